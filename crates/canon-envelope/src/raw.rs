@@ -1,0 +1,167 @@
+//! Zero-copy reading of a JSON object's members: each member value stays a borrowed
+//! `RawValue` until the decoder knows what it needs from it. Payloads are never parsed into a
+//! tree and never re-serialised.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{EnvelopeErrors, ErrorCode};
+
+/// A JSON object's members in document order, values unparsed.
+#[derive(Debug)]
+pub(crate) struct Members<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A string that borrows from the input when it has no escapes.
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some((Str(k), v)) = map.next_entry::<Str<'de>, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// What a raw JSON value is, with scalars decoded.
+#[derive(Debug)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    /// An integer that fits in i64.
+    Int(i64),
+    /// A number with a fraction or exponent, or an integer beyond i64.
+    OtherNumber,
+    Str(Cow<'a, str>),
+    Object,
+    Array,
+}
+
+impl<'a> Scalar<'a> {
+    pub(crate) fn of(raw: &'a RawValue) -> Scalar<'a> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'n') => Scalar::Null,
+            Some(b't') => Scalar::Bool(true),
+            Some(b'f') => Scalar::Bool(false),
+            Some(b'{') => Scalar::Object,
+            Some(b'[') => Scalar::Array,
+            Some(b'"') => match serde_json::from_str::<Str<'a>>(text) {
+                Ok(Str(s)) => Scalar::Str(s),
+                // RawValue already checked the syntax; a failure here is impossible, but an
+                // unreadable string is best reported as a non-string.
+                Err(_) => Scalar::OtherNumber,
+            },
+            _ => text.parse::<i64>().map_or(Scalar::OtherNumber, Scalar::Int),
+        }
+    }
+
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Int(_) | Scalar::OtherNumber => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Object => "an object",
+            Scalar::Array => "an array",
+        }
+    }
+}
+
+/// Parses the members of one JSON object, reporting syntax errors and non-objects with a
+/// location.
+pub(crate) fn parse_object(input: &[u8]) -> Result<Members<'_>, EnvelopeErrors> {
+    match first_byte(input) {
+        Some(b'{') => serde_json::from_slice::<Members<'_>>(input).map_err(json_error),
+        Some(_) => match serde_json::from_slice::<&RawValue>(input) {
+            Ok(_) => Err(EnvelopeErrors::one(
+                ErrorCode::NotAnObject,
+                "",
+                "an event must be a JSON object",
+            )),
+            Err(e) => Err(json_error(e)),
+        },
+        None => Err(EnvelopeErrors::one(
+            ErrorCode::InvalidJson,
+            "",
+            "empty input: expected a JSON object",
+        )),
+    }
+}
+
+/// Parses a JSON array's elements, unparsed.
+pub(crate) fn parse_array(input: &[u8]) -> Result<Vec<&RawValue>, EnvelopeErrors> {
+    match first_byte(input) {
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(input).map_err(json_error),
+        Some(_) => match serde_json::from_slice::<&RawValue>(input) {
+            Ok(_) => Err(EnvelopeErrors::one(
+                ErrorCode::NotAnArray,
+                "",
+                "a batch must be a JSON array of events",
+            )),
+            Err(e) => Err(json_error(e)),
+        },
+        None => Err(EnvelopeErrors::one(
+            ErrorCode::InvalidJson,
+            "",
+            "empty input: expected a JSON array",
+        )),
+    }
+}
+
+fn first_byte(input: &[u8]) -> Option<u8> {
+    input.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+pub(crate) fn json_error(e: serde_json::Error) -> EnvelopeErrors {
+    let location = format!("line {}, column {}", e.line(), e.column());
+    let msg = e.to_string();
+    // serde_json appends " at line L column C"; the location already says it.
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+    EnvelopeErrors::one(ErrorCode::InvalidJson, location, msg)
+}
+
+/// Escapes a member name for use in a JSON pointer (RFC 6901).
+pub(crate) fn pointer_token(name: &str) -> Cow<'_, str> {
+    if name.contains(['~', '/']) {
+        Cow::Owned(name.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}

@@ -157,6 +157,7 @@ fn decode_with(
     let mut seen_required: Vec<&'static str> = Vec::new();
     let mut payload_members: Vec<(&str, &RawValue)> = Vec::new();
     let mut seen_top: Vec<&str> = Vec::new();
+    let mut metadata: Option<&RawValue> = None;
 
     for (name, value) in &members.0 {
         let (name, value): (&str, &RawValue) = (name, value);
@@ -172,17 +173,28 @@ fn decode_with(
         if let Some(field) = spec.field(Slot::Top, name) {
             apply_field(&mut p, &mut ev, &mut own, &mut seen_required, field, value);
         } else if name == "metadata" {
+            metadata = Some(value);
+        } else if spec.flat_payload {
+            payload_members.push((name, value));
+        } else {
+            own.push((pointer(Slot::Top, name), value.to_owned()));
+        }
+    }
+    // Metadata after the top level, so an explicit member always wins over a same-named
+    // metadata member (which is then kept in canonextra).
+    if let Some(value) = metadata {
+        {
             let meta = match Scalar::of(value) {
                 Scalar::Object => match serde_json::from_str::<Members<'_>>(value.get()) {
                     Ok(m) => m,
                     Err(e) => {
                         p.push(ErrorCode::InvalidJson, "/metadata", e.to_string());
-                        continue;
+                        Members(Vec::new())
                     }
                 },
                 Scalar::Null if !spec.metadata_required => {
                     own.push(("/metadata".to_owned(), value.to_owned()));
-                    continue;
+                    Members(Vec::new())
                 }
                 other => {
                     p.push(
@@ -190,13 +202,15 @@ fn decode_with(
                         "/metadata",
                         format!("metadata must be an object, got {}", other.type_name()),
                     );
-                    continue;
+                    Members(Vec::new())
                 }
             };
-            if meta.0.is_empty() {
+            if meta.0.is_empty() && value.get().starts_with('{') {
                 own.push(("/metadata".to_owned(), value.to_owned()));
             }
-            seen_required.push("metadata");
+            if value.get().starts_with('{') {
+                seen_required.push("metadata");
+            }
             let mut seen_meta: Vec<&str> = Vec::new();
             for (mname, mvalue) in &meta.0 {
                 let (mname, mvalue): (&str, &RawValue) = (mname, mvalue);
@@ -215,10 +229,6 @@ fn decode_with(
                     general_rule(&mut p, spec, &mut ev, &mut extra, &mut own, mname, mvalue);
                 }
             }
-        } else if spec.flat_payload {
-            payload_members.push((name, value));
-        } else {
-            own.push((pointer(Slot::Top, name), value.to_owned()));
         }
     }
     if spec.flat_payload {
@@ -292,6 +302,12 @@ fn apply_field(
 ) {
     let loc = pointer(field.slot, field.name);
     let scalar = Scalar::of(value);
+    if field.target == Target::Data {
+        // `"payload": null` is an explicit null payload, as `"data": null` is.
+        seen_required.push(field.name);
+        ev.data = Some(Data::Json(value.to_owned()));
+        return;
+    }
     if let Scalar::Null = scalar {
         // An explicit null is kept as written; the attribute stays absent.
         own.push((loc, value.to_owned()));
@@ -306,7 +322,7 @@ fn apply_field(
         );
     };
     match field.target {
-        Target::Data => ev.data = Some(Data::Json(value.to_owned())),
+        Target::Data => {}
         Target::Id => match scalar {
             Scalar::Str(s) => ev.id = s.into_owned(),
             other => wrong(p, "a string", &other),
@@ -353,7 +369,17 @@ fn apply_field(
                 ev.extensions
                     .insert(name.to_owned(), ExtValue::String(i.to_string()));
             }
-            other => wrong(p, "an integer", &other),
+            Scalar::Str(s) if !s.is_empty() => {
+                // A string where the dialect writes integers (a zero-padded sequence such as
+                // "0001") is kept as the string; if it reads as a plain integer, the original
+                // spelling is kept too, or it would come back as a number.
+                if is_plain_integer(&s) {
+                    own.push((loc, value.to_owned()));
+                }
+                ev.extensions
+                    .insert(name.to_owned(), ExtValue::String(s.into_owned()));
+            }
+            other => wrong(p, "an integer or a string", &other),
         },
     }
 }
@@ -390,6 +416,8 @@ fn general_rule(
     if mappable {
         let attr = match Scalar::of(value) {
             Scalar::Str(s) => Some(ExtValue::String(s.into_owned())),
+            // Canon's typed extensions are strings; a number under their name stays verbatim.
+            _ if rules::is_string_extension(name) => None,
             Scalar::Bool(b) => Some(ExtValue::Bool(b)),
             Scalar::Int(i) => i32::try_from(i).ok().map(ExtValue::Integer),
             _ => None,
@@ -541,6 +569,20 @@ fn encode_with(dialect: Dialect, spec: &Spec, ev: &CloudEvent) -> Result<Vec<u8>
         if consumed.contains(&name.as_str()) {
             continue;
         }
+        if spec
+            .field(Slot::Meta, name)
+            .is_some_and(|f| f.target != Target::IntExt(ext_name(name)))
+        {
+            p.push(
+                ErrorCode::Unrepresentable,
+                format!("/{name}"),
+                format!(
+                    "extension {name} collides with the {} metadata member of that name",
+                    dialect.name()
+                ),
+            );
+            continue;
+        }
         let raw =
             match value {
                 ExtValue::String(s) => raw_string(s),
@@ -581,6 +623,14 @@ fn encode_with(dialect: Dialect, spec: &Spec, ev: &CloudEvent) -> Result<Vec<u8>
         }
     }
     Ok(write_object(&top).into_bytes())
+}
+
+/// `name` as a `'static` extension name if it is one of Canon's, for comparing with targets.
+fn ext_name(name: &str) -> &'static str {
+    [ext::SEQUENCE, ext::DATA_VERSION]
+        .into_iter()
+        .find(|n| *n == name)
+        .unwrap_or("")
 }
 
 fn is_plain_integer(s: &str) -> bool {

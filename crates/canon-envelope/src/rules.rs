@@ -158,6 +158,25 @@ pub fn is_valid_tracestate(s: &str) -> bool {
     count <= 32
 }
 
+/// Whether `name` is one of the extensions Canon types as String (correlationid, sequence,
+/// traceparent, ...).
+pub fn is_string_extension(name: &str) -> bool {
+    KNOWN_STRING.contains(&name)
+}
+
+const KNOWN_STRING: [&str; 10] = [
+    ext::CORRELATION_ID,
+    ext::CAUSATION_ID,
+    ext::SEQUENCE,
+    ext::PARTITION_KEY,
+    ext::TRACEPARENT,
+    ext::TRACESTATE,
+    ext::EXPIRATION,
+    ext::DATA_VERSION,
+    ext::ACTOR,
+    ext::DIALECT_EXTRA,
+];
+
 pub(crate) fn check_required_string(p: &mut Problems, name: &str, value: &str) {
     if value.is_empty() {
         p.push(
@@ -202,18 +221,7 @@ pub(crate) fn check_extension(p: &mut Problems, name: &str, value: &ExtValue) {
         );
         return;
     }
-    let known_string = [
-        ext::CORRELATION_ID,
-        ext::CAUSATION_ID,
-        ext::SEQUENCE,
-        ext::PARTITION_KEY,
-        ext::TRACEPARENT,
-        ext::TRACESTATE,
-        ext::EXPIRATION,
-        ext::DATA_VERSION,
-        ext::ACTOR,
-        ext::DIALECT_EXTRA,
-    ];
+    let known_string = KNOWN_STRING;
     match value {
         ExtValue::String(s) => {
             if !is_valid_string(s) {

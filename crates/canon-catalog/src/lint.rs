@@ -1,0 +1,409 @@
+//! The lint rules of `canon catalog check`. Each rule has a stable code (docs/lints.md) and a
+//! broken catalog in the tests that triggers it.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::catalog::{Catalog, Cx, EventType, FieldPath};
+use crate::compat;
+use crate::diagnostic::Severity;
+use crate::model::PiiRule;
+use crate::naming::Naming;
+use crate::schema_walk::{self, Found};
+
+pub(crate) fn run(cx: &mut Cx<'_>, catalog: &Catalog) {
+    services(cx, catalog);
+    topics(cx, catalog);
+    for ty in catalog.types.values() {
+        let base = format!("/types/{}", ty.name.replace('~', "~0").replace('/', "~1"));
+        naming(cx, catalog, ty, &base);
+        producers(cx, catalog, ty, &base);
+        keys(cx, ty, &base);
+        personal_data(cx, ty, &base);
+        handlers(cx, catalog, ty, &base);
+        versions(cx, catalog, ty, &base);
+    }
+}
+
+fn services(cx: &mut Cx<'_>, catalog: &Catalog) {
+    let used: BTreeSet<&str> = catalog
+        .types
+        .values()
+        .flat_map(|t| t.producers.iter().chain(&t.consumers))
+        .map(String::as_str)
+        .collect();
+    for name in catalog.services.keys() {
+        if !used.contains(name.as_str()) {
+            cx.report(
+                &format!("/services/{name}"),
+                Severity::Warning,
+                "unused-service",
+                format!("service {name} neither produces nor consumes any type"),
+                "remove it, or name it as a producer or consumer",
+            );
+        }
+    }
+}
+
+fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
+    let mut placed: Vec<(&str, &str)> = Vec::new();
+    for (topic, t) in &catalog.topics {
+        for (i, ty) in t.types.iter().enumerate() {
+            let at = format!("/topics/{topic}/types/{i}");
+            if !catalog.types.contains_key(ty) {
+                cx.error(
+                    &at,
+                    "unknown-event-type",
+                    format!("topic {topic} lists {ty}, which this catalog does not declare"),
+                    "declare the type under `types:` or fix the name",
+                );
+            }
+            if let Some((_, other)) = placed.iter().find(|(t2, _)| t2 == ty) {
+                cx.error(
+                    &at,
+                    "topic-conflict",
+                    format!("{ty} is placed on both {other} and {topic}"),
+                    "a type travels on one topic; remove it from one list",
+                );
+            }
+            placed.push((ty, topic));
+        }
+    }
+    for ty in catalog.types.values() {
+        let listed = placed
+            .iter()
+            .find(|(t, _)| *t == ty.name)
+            .map(|(_, topic)| *topic);
+        if let Some(listed) = listed
+            && listed != ty.topic
+        {
+            let at = format!("/types/{}/topic", ty.name);
+            cx.error(
+                &at,
+                "topic-conflict",
+                format!(
+                    "{} says topic {} but topics.{listed} lists it",
+                    ty.name, ty.topic
+                ),
+                "make the two agree, or keep only one of them",
+            );
+        }
+    }
+}
+
+fn naming(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
+    if !catalog.naming.accepts(&ty.name) {
+        cx.error(
+            base,
+            "naming-convention",
+            format!(
+                "type name {} does not follow the catalog's convention, {}",
+                ty.name,
+                catalog.naming.describe()
+            ),
+            "rename the type, or change `naming` if the convention is wrong",
+        );
+        return;
+    }
+    if let (Naming::ReverseDnsVersioned { .. }, Some(major)) =
+        (&catalog.naming, catalog.naming.version_in_name(&ty.name))
+    {
+        for (i, v) in ty.versions.iter().enumerate() {
+            if v.version.major() != major {
+                cx.error(
+                    &v.pointer
+                        .rsplit_once('/')
+                        .map_or(base.to_owned(), |(p, _)| p.to_owned()),
+                    "version-suffix-mismatch",
+                    format!(
+                        "{} ends in v{major} but declares version {}",
+                        ty.name, v.version
+                    ),
+                    "with versioned names a new major is a new type: declare it as its own type",
+                );
+                let _ = i;
+            }
+        }
+    }
+}
+
+fn producers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
+    if ty.producers.is_empty() {
+        cx.error(
+            &format!("{base}/producers"),
+            "missing-producer",
+            format!("{} names no producer", ty.name),
+            "name the service that publishes it; only declared producers may publish",
+        );
+    }
+    for (field, list) in [("producers", &ty.producers), ("consumers", &ty.consumers)] {
+        for (i, s) in list.iter().enumerate() {
+            if !catalog.services.contains_key(s) {
+                cx.error(
+                    &format!("{base}/{field}/{i}"),
+                    "unknown-service",
+                    format!(
+                        "{} names {field:?} service {s}, which is not declared",
+                        ty.name
+                    ),
+                    "add it under `services:` with a one-line description, or fix the name",
+                );
+            }
+        }
+    }
+}
+
+fn keys(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
+    let check = |cx: &mut Cx<'_>, path: &FieldPath, at: String, what: &str| {
+        for v in &ty.versions {
+            match schema_walk::find(&v.schema, path) {
+                Found::Missing => cx.error(
+                    &at,
+                    "key-path-missing",
+                    format!(
+                        "{what} {path} of {} is not a field of the payload (version {})",
+                        ty.name, v.version
+                    ),
+                    "name a field the payload declares, as a dot-separated path",
+                ),
+                Found::Field {
+                    required: false, ..
+                } => cx.error(
+                    &at,
+                    "key-path-optional",
+                    format!(
+                        "{what} {path} of {} is optional in version {}; every event needs it",
+                        ty.name, v.version
+                    ),
+                    "make the field required, or key on a required one",
+                ),
+                Found::Field { schema, .. }
+                    if matches!(
+                        schema.get("type").and_then(Value::as_str),
+                        Some("object" | "array")
+                    ) =>
+                {
+                    cx.error(
+                        &at,
+                        "key-path-not-scalar",
+                        format!(
+                            "{what} {path} of {} is an {}; keys are built from scalar fields",
+                            ty.name,
+                            schema["type"].as_str().unwrap_or("object")
+                        ),
+                        "key on a string, number or boolean field",
+                    )
+                }
+                _ => {}
+            }
+        }
+    };
+    if let Some(agg) = &ty.aggregate {
+        check(cx, agg, format!("{base}/aggregate"), "aggregate key");
+    }
+    for path in &ty.idempotency {
+        check(
+            cx,
+            path,
+            format!("{base}/idempotency"),
+            "idempotency key field",
+        );
+    }
+}
+
+/// Field names that look like personal data.
+pub(crate) fn looks_personal(name: &str, schema: &Value) -> bool {
+    let n = name.to_ascii_lowercase();
+    const EXACT: [&str; 18] = [
+        "email",
+        "phone",
+        "ip",
+        "ip_address",
+        "address",
+        "first_name",
+        "last_name",
+        "full_name",
+        "birth_date",
+        "date_of_birth",
+        "dob",
+        "ssn",
+        "passport",
+        "device_fingerprint",
+        "lat",
+        "lng",
+        "latitude",
+        "longitude",
+    ];
+    EXACT.contains(&n.as_str())
+        || n.contains("email")
+        || n.contains("phone")
+        || n.ends_with("_ip")
+        || schema.get("format").and_then(Value::as_str) == Some("email")
+}
+
+fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
+    for v in &ty.versions {
+        for (path, schema) in schema_walk::properties(&v.schema) {
+            let last = path.0.last().map(String::as_str).unwrap_or("");
+            if looks_personal(last, schema) && !ty.personal_data.contains_key(&path.to_string()) {
+                let at = format!(
+                    "{}/{}",
+                    v.pointer,
+                    path.0
+                        .iter()
+                        .map(|s| format!("properties/{s}"))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                );
+                // Point at the field in shorthand (`payload/email`) or in JSON Schema.
+                let at = if v.pointer.ends_with("/payload") {
+                    format!("{}/{}", v.pointer, path.0.join("/"))
+                } else {
+                    at
+                };
+                cx.error(
+                    &at,
+                    "undeclared-personal-data",
+                    format!("{} field {path} looks like personal data but is not declared under personal_data", ty.name),
+                    &format!("declare it, e.g. `personal_data: {{ {path}: hashed }}` (forbidden, hashed, reference or allowed)"),
+                );
+            }
+        }
+    }
+    for (path, rule) in &ty.personal_data {
+        let fp = FieldPath::parse(path);
+        let at = format!("{base}/personal_data/{path}");
+        for v in &ty.versions {
+            match schema_walk::find(&v.schema, &fp) {
+                Found::Missing if *rule != PiiRule::Forbidden => cx.error(
+                    &at,
+                    "personal-data-path-missing",
+                    format!(
+                        "personal_data names {path}, which is not a field of {} {}",
+                        ty.name, v.version
+                    ),
+                    "fix the path, or remove the entry",
+                ),
+                Found::Field { schema, .. }
+                    if *rule == PiiRule::Hashed
+                        && schema.get("type").is_some_and(|t| {
+                            t != "string"
+                                && !t
+                                    .as_array()
+                                    .is_some_and(|a| a.iter().any(|x| x == "string"))
+                        }) =>
+                {
+                    cx.error(
+                        &at,
+                        "hashed-field-not-string",
+                        format!(
+                            "{path} of {} is declared hashed but its type is not string",
+                            ty.name
+                        ),
+                        "a hashed field holds `sha256:<hex>`; declare it as `hash`",
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn handlers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
+    let h = &ty.handlers;
+    let lists = [
+        ("may_emit", h.may_emit.as_deref().unwrap_or(&[])),
+        ("must_not_emit", h.must_not_emit.as_slice()),
+    ];
+    for (field, list) in lists {
+        for (i, other) in list.iter().enumerate() {
+            if !catalog.types.contains_key(other) {
+                cx.error(
+                    &format!("{base}/handlers/{field}/{i}"),
+                    "unknown-event-type",
+                    format!(
+                        "handlers of {} name {other}, which this catalog does not declare",
+                        ty.name
+                    ),
+                    "declare the type, or fix the name",
+                );
+            }
+        }
+    }
+    if let Some(may) = &h.may_emit {
+        for (i, other) in h.must_not_emit.iter().enumerate() {
+            if may.contains(other) {
+                cx.error(
+                    &format!("{base}/handlers/must_not_emit/{i}"),
+                    "handler-rule-conflict",
+                    format!("handlers of {} both may and must not emit {other}", ty.name),
+                    "remove it from one of the two lists",
+                );
+            }
+        }
+    }
+    if let Some(d) = &ty.deprecated
+        && let Some(r) = &d.replaced_by
+        && !catalog.types.contains_key(r)
+    {
+        cx.error(
+            &format!("{base}/deprecated/replaced_by"),
+            "unknown-event-type",
+            format!(
+                "{} is replaced by {r}, which this catalog does not declare",
+                ty.name
+            ),
+            "declare the replacement type",
+        );
+    }
+}
+
+fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
+    for pair in ty.versions.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let at = new
+            .pointer
+            .rsplit_once('/')
+            .map_or(base.to_owned(), |(p, _)| p.to_owned());
+        if new.version == old.version {
+            cx.error(
+                &at,
+                "duplicate-version",
+                format!("{} declares version {} twice", ty.name, new.version),
+                "give each version its own number",
+            );
+            continue;
+        }
+        if new.version < old.version {
+            cx.error(
+                &at,
+                "version-order",
+                format!(
+                    "{} lists version {} after {}",
+                    ty.name, new.version, old.version
+                ),
+                "list versions in increasing order",
+            );
+            continue;
+        }
+        let breaking = compat::breaking_changes(catalog.compatibility, &old.schema, &new.schema);
+        if !breaking.is_empty() && new.version.major() == old.version.major() {
+            let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
+            cx.error(
+                &at,
+                "version-bump-missing",
+                format!(
+                    "{} {} breaks {:?} compatibility with {} but keeps major {}: {}",
+                    ty.name,
+                    new.version,
+                    catalog.compatibility,
+                    old.version,
+                    old.version.major(),
+                    list.join("; ")
+                ),
+                "a breaking change needs a new major version (or a new type name)",
+            );
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Validating an event against its catalog: the envelope, the type and version, the payload
+//! schema, and the personal-data rules. Every problem is reported, not only the first.
+
+use std::fmt;
+
+use canon_envelope::{CloudEvent, Data, Dialect};
+use jsonschema::error::ValidationErrorKind;
+use serde_json::Value;
+
+use crate::catalog::{Catalog, FieldPath};
+use crate::model::PiiRule;
+use crate::shorthand::HASH_PATTERN;
+
+/// A stable code for a validation problem.
+pub type ViolationCode = &'static str;
+
+/// One reason an event does not satisfy its catalog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// Stable code: an envelope code (`missing-attribute`, ...) or one of `unknown-type`,
+    /// `unknown-version`, `payload-missing`, `payload-not-json`, `payload-<keyword>`
+    /// (`payload-required`, `payload-type`, `payload-enum`, `payload-additionalProperties`, `payload-format`, ...),
+    /// `pii-forbidden`, `pii-not-hashed`, `pii-raw-value`.
+    pub code: ViolationCode,
+    /// The event type, when known.
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    /// The payload version checked against, when known.
+    pub version: Option<String>,
+    /// JSON pointer of the failing part: into the envelope (`/time`) or into the payload
+    /// (`/data/location/lat`).
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(t) = &self.type_name {
+            write!(f, " [{t}")?;
+            if let Some(v) = &self.version {
+                write!(f, " v{v}")?;
+            }
+            write!(f, "]")?;
+        }
+        write!(
+            f,
+            " at {}: {}",
+            if self.location.is_empty() {
+                "/"
+            } else {
+                &self.location
+            },
+            self.message
+        )
+    }
+}
+
+fn hash_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(HASH_PATTERN).unwrap_or_else(|_| unreachable!("constant pattern"))
+    })
+}
+
+fn looks_like_raw_pii(s: &str) -> bool {
+    let email = s.contains('@')
+        && s.rsplit_once('@')
+            .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    let phone = digits >= 7
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c));
+    email || phone
+}
+
+impl Catalog {
+    /// Decodes a document in `dialect` and validates it. Envelope problems are reported with
+    /// the dialect's own locations.
+    pub fn validate_document(
+        &self,
+        dialect: Dialect,
+        input: &[u8],
+    ) -> Result<CloudEvent, Vec<Violation>> {
+        let event = dialect.decode(input).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| Violation {
+                    code: e.code.as_str(),
+                    type_name: None,
+                    version: None,
+                    location: e.location.clone(),
+                    message: e.message.clone(),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let violations = self.validate(&event);
+        if violations.is_empty() {
+            Ok(event)
+        } else {
+            Err(violations)
+        }
+    }
+
+    /// Validates a canonical event: its type must be declared, its payload must match the
+    /// schema of its version (`dataversion`, a `.vN` type suffix, or the first version), and
+    /// the personal-data rules must hold.
+    pub fn validate(&self, event: &CloudEvent) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let Some((ty, suffix_version)) = self.lookup(&event.ty) else {
+            let mut message = format!("type {} is not declared in catalog {}", event.ty, self.name);
+            if let Some(near) = self
+                .types
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(&event.ty))
+            {
+                message.push_str(&format!("; did you mean {near}?"));
+            }
+            out.push(Violation {
+                code: "unknown-type",
+                type_name: Some(event.ty.clone()),
+                version: None,
+                location: "/type".into(),
+                message,
+            });
+            return out;
+        };
+        let stated = event.data_version().map(str::to_owned).or(suffix_version);
+        let Some(pv) = ty.version(stated.as_deref()) else {
+            let known: Vec<&str> = ty.versions.iter().map(|v| v.version.as_str()).collect();
+            out.push(Violation {
+                code: "unknown-version",
+                type_name: Some(ty.name.clone()),
+                version: stated.clone(),
+                location: "/dataversion".into(),
+                message: format!(
+                    "{} has no version {}; declared: {}",
+                    ty.name,
+                    stated.unwrap_or_default(),
+                    known.join(", ")
+                ),
+            });
+            return out;
+        };
+        let violation = |code: ViolationCode, location: String, message: String| Violation {
+            code,
+            type_name: Some(ty.name.clone()),
+            version: Some(pv.version.as_str().to_owned()),
+            location,
+            message,
+        };
+        let payload: Value = match &event.data {
+            None => {
+                out.push(violation(
+                    "payload-missing",
+                    "/data".into(),
+                    format!("{} requires a payload", ty.name),
+                ));
+                return out;
+            }
+            Some(Data::Json(raw)) => match serde_json::from_str(raw.get()) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(violation("payload-not-json", "/data".into(), e.to_string()));
+                    return out;
+                }
+            },
+            Some(_) => {
+                out.push(violation(
+                    "payload-not-json",
+                    "/data".into(),
+                    format!("{} payloads are JSON; this event's data is not", ty.name),
+                ));
+                return out;
+            }
+        };
+        if let Some(validator) = &pv.validator {
+            for e in validator.iter_errors(&payload) {
+                let base = format!("/data{}", e.instance_path());
+                let (code, location, message) = match e.kind() {
+                    ValidationErrorKind::Required { property } => {
+                        let name = property.as_str().unwrap_or_default();
+                        (
+                            "payload-required",
+                            format!("{base}/{name}"),
+                            format!("required field {name} is missing"),
+                        )
+                    }
+                    ValidationErrorKind::AdditionalProperties { unexpected } => {
+                        for name in unexpected.iter().skip(1) {
+                            out.push(violation(
+                                "payload-unknown-field",
+                                format!("{base}/{name}"),
+                                format!(
+                                    "field {name} is not declared for {} {}",
+                                    ty.name, pv.version
+                                ),
+                            ));
+                        }
+                        let name = unexpected.first().cloned().unwrap_or_default();
+                        (
+                            "payload-unknown-field",
+                            format!("{base}/{name}"),
+                            format!(
+                                "field {name} is not declared for {} {}",
+                                ty.name, pv.version
+                            ),
+                        )
+                    }
+                    kind => (keyword_code(kind.keyword()), base, e.to_string()),
+                };
+                out.push(violation(code, location, message));
+            }
+        }
+        for (path, rule) in &ty.personal_data {
+            let fp = FieldPath::parse(path);
+            let Some(value) = fp.lookup(&payload) else {
+                continue;
+            };
+            let location = format!("/data/{}", fp.0.join("/"));
+            match rule {
+                PiiRule::Forbidden if !value.is_null() => {
+                    out.push(violation(
+                        "pii-forbidden",
+                        location,
+                        format!("{path} is personal data the catalog forbids in this event"),
+                    ));
+                }
+                PiiRule::Hashed => {
+                    if let Some(s) = value.as_str()
+                        && !hash_regex().is_match(s)
+                    {
+                        out.push(violation(
+                            "pii-not-hashed",
+                            location,
+                            format!(
+                                "{path} must hold a hash such as sha256:<hex>, not a raw value"
+                            ),
+                        ));
+                    }
+                }
+                PiiRule::Reference => {
+                    if let Some(s) = value.as_str()
+                        && looks_like_raw_pii(s)
+                    {
+                        out.push(violation("pii-raw-value", location, format!("{path} must hold a reference id, but holds what looks like a raw email or phone number")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn keyword_code(keyword: &str) -> ViolationCode {
+    match keyword {
+        "type" => "payload-type",
+        "enum" | "const" => "payload-enum",
+        "format" => "payload-format",
+        "pattern" => "payload-pattern",
+        "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
+            "payload-range"
+        }
+        "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties" | "maxProperties" => {
+            "payload-size"
+        }
+        _ => "payload-constraint",
+    }
+}

@@ -1,1 +1,160 @@
-fn main() {}
+//! `canon`: the command line of Canon.
+//!
+//! Exit codes (documented in README.md): 0 success, 1 invalid input (a catalog with errors, an
+//! invalid event, a breaking diff, an event that cannot be converted), 2 usage (bad flags, an
+//! unreadable file).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod catalog_cmd;
+mod event_cmd;
+
+/// Canon: the domain-event backbone.
+#[derive(Debug, Parser)]
+#[command(name = "canon", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with event catalogs (one YAML file per application).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Work with single events.
+    #[command(subcommand)]
+    Event(EventCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Lint catalog files: every problem with file, line, column, code and a hint.
+    Check {
+        /// Catalog files.
+        #[arg(required = true)]
+        files: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Validate events against a catalog: envelope, type, version, payload schema, personal data.
+    Validate {
+        /// The catalog file.
+        #[arg(long)]
+        catalog: String,
+        /// A file holding one event or a JSON array of events; `-` or nothing reads stdin.
+        event: Option<String>,
+        /// The events' dialect; defaults to the catalog's.
+        #[arg(long)]
+        dialect: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Compare two revisions of a catalog; fails on breaking changes without a version bump.
+    Diff {
+        /// The old revision.
+        old: String,
+        /// The new revision.
+        new: String,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show a catalog's types, or one type with its expanded JSON Schema per version.
+    Show {
+        /// The catalog file.
+        file: String,
+        /// A type name.
+        #[arg(name = "TYPE")]
+        ty: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventCommand {
+    /// Convert events between dialects (cloudevents, bme, go4u, lifeos), losslessly.
+    Convert {
+        /// Dialect of the input.
+        #[arg(long)]
+        from: String,
+        /// Dialect of the output.
+        #[arg(long)]
+        to: String,
+        /// A file holding one event or a JSON array of events; `-` or nothing reads stdin.
+        input: Option<String>,
+    },
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people.
+    Human,
+    /// For scripts: one JSON document on stdout.
+    Json,
+}
+
+/// How a command ended.
+#[derive(Debug)]
+enum Outcome {
+    Ok,
+    Invalid,
+}
+
+/// A usage problem: exit code 2.
+#[derive(Debug)]
+struct Usage(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let result = match cli.command {
+        Command::Catalog(CatalogCommand::Check { files, format }) => catalog_cmd::check(&mut out, &files, format),
+        Command::Catalog(CatalogCommand::Validate { catalog, event, dialect, format }) => {
+            catalog_cmd::validate(&mut out, &catalog, event.as_deref(), dialect.as_deref(), format)
+        }
+        Command::Catalog(CatalogCommand::Diff { old, new, format }) => catalog_cmd::diff(&mut out, &old, &new, format),
+        Command::Catalog(CatalogCommand::Show { file, ty, format }) => catalog_cmd::show(&mut out, &file, ty.as_deref(), format),
+        Command::Event(EventCommand::Convert { from, to, input }) => event_cmd::convert(&mut out, &from, &to, input.as_deref()),
+    };
+    let _ = out.flush();
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Invalid) => ExitCode::from(1),
+        Err(Usage(message)) => {
+            let _ = writeln!(std::io::stderr(), "canon: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads a file, or stdin for `-` / nothing.
+fn read_input(path: Option<&str>) -> Result<(String, Vec<u8>), Usage> {
+    match path {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| Usage(format!("cannot read stdin: {e}")))?;
+            Ok(("<stdin>".into(), buf))
+        }
+        Some(p) => std::fs::read(p).map(|b| (p.to_owned(), b)).map_err(|e| Usage(format!("cannot read {p}: {e}"))),
+    }
+}
+
+/// Splits input into events: a JSON array gives its elements, anything else is one event.
+fn split_events(input: &[u8]) -> Vec<Vec<u8>> {
+    let trimmed = input.iter().position(|b| !b.is_ascii_whitespace()).map_or(&input[..0], |i| &input[i..]);
+    if trimmed.first() == Some(&b'[')
+        && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(trimmed)
+    {
+        return items.iter().map(|r| r.get().as_bytes().to_vec()).collect();
+    }
+    vec![input.to_vec()]
+}
+
+fn io(e: std::io::Error) -> Usage {
+    Usage(format!("cannot write output: {e}"))
+}

@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::{Format, Outcome, Usage, io, read_input, split_events};
 
 fn load(path: &str) -> Result<Loaded, Usage> {
-    let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("cannot read {path}: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Usage(format!("cannot read {path}: {e}")))?;
     Ok(Catalog::load(&text, path))
 }
 
@@ -17,22 +18,41 @@ fn load(path: &str) -> Result<Loaded, Usage> {
 fn load_clean(path: &str) -> Result<Result<Catalog, Outcome>, Usage> {
     let loaded = load(path)?;
     if loaded.has_errors() {
-        for d in loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+        for d in loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+        {
             let _ = writeln!(std::io::stderr(), "{d}");
         }
-        let _ = writeln!(std::io::stderr(), "canon: {path} has errors; run `canon catalog check {path}`");
+        let _ = writeln!(
+            std::io::stderr(),
+            "canon: {path} has errors; run `canon catalog check {path}`"
+        );
         return Ok(Err(Outcome::Invalid));
     }
     Ok(loaded.catalog.ok_or(Outcome::Invalid))
 }
 
-pub(crate) fn check(out: &mut impl Write, files: &[String], format: Format) -> Result<Outcome, Usage> {
+pub(crate) fn check(
+    out: &mut impl Write,
+    files: &[String],
+    format: Format,
+) -> Result<Outcome, Usage> {
     let mut results = Vec::new();
     for f in files {
         results.push((f, load(f)?));
     }
-    let errors = results.iter().flat_map(|(_, l)| &l.diagnostics).filter(|d| d.severity == Severity::Error).count();
-    let warnings = results.iter().flat_map(|(_, l)| &l.diagnostics).filter(|d| d.severity == Severity::Warning).count();
+    let errors = results
+        .iter()
+        .flat_map(|(_, l)| &l.diagnostics)
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = results
+        .iter()
+        .flat_map(|(_, l)| &l.diagnostics)
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
     match format {
         Format::Human => {
             for (f, loaded) in &results {
@@ -49,15 +69,29 @@ pub(crate) fn check(out: &mut impl Write, files: &[String], format: Format) -> R
             }
         }
         Format::Json => {
-            let files: Vec<_> = results.iter().map(|(f, l)| json!({"file": f, "diagnostics": l.diagnostics})).collect();
-            let doc = json!({"ok": errors == 0, "errors": errors, "warnings": warnings, "files": files});
+            let files: Vec<_> = results
+                .iter()
+                .map(|(f, l)| json!({"file": f, "diagnostics": l.diagnostics}))
+                .collect();
+            let doc =
+                json!({"ok": errors == 0, "errors": errors, "warnings": warnings, "files": files});
             writeln!(out, "{doc}").map_err(io)?;
         }
     }
-    Ok(if errors == 0 { Outcome::Ok } else { Outcome::Invalid })
+    Ok(if errors == 0 {
+        Outcome::Ok
+    } else {
+        Outcome::Invalid
+    })
 }
 
-pub(crate) fn validate(out: &mut impl Write, catalog: &str, event: Option<&str>, dialect: Option<&str>, format: Format) -> Result<Outcome, Usage> {
+pub(crate) fn validate(
+    out: &mut impl Write,
+    catalog: &str,
+    event: Option<&str>,
+    dialect: Option<&str>,
+    format: Format,
+) -> Result<Outcome, Usage> {
     let catalog = match load_clean(catalog)? {
         Ok(c) => c,
         Err(outcome) => return Ok(outcome),
@@ -75,7 +109,11 @@ pub(crate) fn validate(out: &mut impl Write, catalog: &str, event: Option<&str>,
             Ok(e) => (Some(e.id), Some(e.ty), Vec::new()),
             Err(v) => {
                 let decoded = dialect.decode(ev).ok();
-                (decoded.as_ref().map(|e| e.id.clone()), decoded.map(|e| e.ty), v)
+                (
+                    decoded.as_ref().map(|e| e.id.clone()),
+                    decoded.map(|e| e.ty),
+                    v,
+                )
             }
         };
         all_valid &= violations.is_empty();
@@ -96,19 +134,35 @@ pub(crate) fn validate(out: &mut impl Write, catalog: &str, event: Option<&str>,
         }
     }
     if format == Format::Json {
-        writeln!(out, "{}", json!({"valid": all_valid, "dialect": dialect.name(), "events": reports})).map_err(io)?;
+        writeln!(
+            out,
+            "{}",
+            json!({"valid": all_valid, "dialect": dialect.name(), "events": reports})
+        )
+        .map_err(io)?;
     }
-    Ok(if all_valid { Outcome::Ok } else { Outcome::Invalid })
+    Ok(if all_valid {
+        Outcome::Ok
+    } else {
+        Outcome::Invalid
+    })
 }
 
-pub(crate) fn diff(out: &mut impl Write, old: &str, new: &str, format: Format) -> Result<Outcome, Usage> {
+pub(crate) fn diff(
+    out: &mut impl Write,
+    old: &str,
+    new: &str,
+    format: Format,
+) -> Result<Outcome, Usage> {
     let (old_c, new_c) = match (load_clean(old)?, load_clean(new)?) {
         (Ok(o), Ok(n)) => (o, n),
         _ => return Ok(Outcome::Invalid),
     };
     let d = diff_catalogs(&old_c, &new_c);
     match format {
-        Format::Json => writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default()).map_err(io)?,
+        Format::Json => {
+            writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default()).map_err(io)?
+        }
         Format::Human => {
             for t in &d.types {
                 if t.change == canon_catalog::TypeChange::Unchanged {
@@ -119,7 +173,10 @@ pub(crate) fn diff(out: &mut impl Write, old: &str, new: &str, format: Format) -
                     (Some(v), _) | (None, Some(v)) => format!(" {v}"),
                     _ => String::new(),
                 };
-                let compat = t.compatibility.map(|c| format!(", compatibility: {c}")).unwrap_or_default();
+                let compat = t
+                    .compatibility
+                    .map(|c| format!(", compatibility: {c}"))
+                    .unwrap_or_default();
                 writeln!(out, "{} {:?}{versions}{compat}", t.name, t.change).map_err(io)?;
                 for c in &t.breaking {
                     writeln!(out, "  breaking: {c}").map_err(io)?;
@@ -128,14 +185,36 @@ pub(crate) fn diff(out: &mut impl Write, old: &str, new: &str, format: Format) -
                     writeln!(out, "  error[{}]: {}", e.code, e.message).map_err(io)?;
                 }
             }
-            let changed = d.types.iter().filter(|t| t.change != canon_catalog::TypeChange::Unchanged).count();
-            writeln!(out, "{changed} type(s) changed, {}", if d.has_errors() { "with errors" } else { "no errors" }).map_err(io)?;
+            let changed = d
+                .types
+                .iter()
+                .filter(|t| t.change != canon_catalog::TypeChange::Unchanged)
+                .count();
+            writeln!(
+                out,
+                "{changed} type(s) changed, {}",
+                if d.has_errors() {
+                    "with errors"
+                } else {
+                    "no errors"
+                }
+            )
+            .map_err(io)?;
         }
     }
-    Ok(if d.has_errors() { Outcome::Invalid } else { Outcome::Ok })
+    Ok(if d.has_errors() {
+        Outcome::Invalid
+    } else {
+        Outcome::Ok
+    })
 }
 
-pub(crate) fn show(out: &mut impl Write, file: &str, ty: Option<&str>, format: Format) -> Result<Outcome, Usage> {
+pub(crate) fn show(
+    out: &mut impl Write,
+    file: &str,
+    ty: Option<&str>,
+    format: Format,
+) -> Result<Outcome, Usage> {
     let catalog = match load_clean(file)? {
         Ok(c) => c,
         Err(outcome) => return Ok(outcome),
@@ -167,7 +246,8 @@ pub(crate) fn show(out: &mut impl Write, file: &str, ty: Option<&str>, format: F
                         writeln!(out, "  aggregate:   {a}").map_err(io)?;
                     }
                     if !t.idempotency.is_empty() {
-                        let k: Vec<String> = t.idempotency.iter().map(ToString::to_string).collect();
+                        let k: Vec<String> =
+                            t.idempotency.iter().map(ToString::to_string).collect();
                         writeln!(out, "  idempotency: {}", k.join("+")).map_err(io)?;
                     }
                     for (path, rule) in &t.personal_data {
@@ -180,11 +260,17 @@ pub(crate) fn show(out: &mut impl Write, file: &str, ty: Option<&str>, format: F
                         writeln!(out, "  may emit:    {}", may.join(", ")).map_err(io)?;
                     }
                     if !t.handlers.must_not_emit.is_empty() {
-                        writeln!(out, "  must not emit: {}", t.handlers.must_not_emit.join(", ")).map_err(io)?;
+                        writeln!(
+                            out,
+                            "  must not emit: {}",
+                            t.handlers.must_not_emit.join(", ")
+                        )
+                        .map_err(io)?;
                     }
                     for v in &t.versions {
                         let schema = serde_json::to_string_pretty(&v.schema).unwrap_or_default();
-                        writeln!(out, "  version {}:\n{}", v.version, indent(&schema, 4)).map_err(io)?;
+                        writeln!(out, "  version {}:\n{}", v.version, indent(&schema, 4))
+                            .map_err(io)?;
                     }
                 }
             }
@@ -195,10 +281,29 @@ pub(crate) fn show(out: &mut impl Write, file: &str, ty: Option<&str>, format: F
                 writeln!(out, "{}", json!({"name": catalog.name, "summary": catalog.summary, "dialect": catalog.dialect.name(), "types": types})).map_err(io)?;
             }
             Format::Human => {
-                writeln!(out, "{} ({} types, dialect {}, naming {})", catalog.name, catalog.types.len(), catalog.dialect, catalog.naming.describe()).map_err(io)?;
+                writeln!(
+                    out,
+                    "{} ({} types, dialect {}, naming {})",
+                    catalog.name,
+                    catalog.types.len(),
+                    catalog.dialect,
+                    catalog.naming.describe()
+                )
+                .map_err(io)?;
                 for t in catalog.types.values() {
-                    let v = t.latest().map(|v| v.version.to_string()).unwrap_or_default();
-                    writeln!(out, "  {:<40} v{:<6} {:<22} {}", t.name, v, t.topic, t.producers.join(", ")).map_err(io)?;
+                    let v = t
+                        .latest()
+                        .map(|v| v.version.to_string())
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "  {:<40} v{:<6} {:<22} {}",
+                        t.name,
+                        v,
+                        t.topic,
+                        t.producers.join(", ")
+                    )
+                    .map_err(io)?;
                 }
             }
         },
@@ -208,5 +313,8 @@ pub(crate) fn show(out: &mut impl Write, file: &str, ty: Option<&str>, format: F
 
 fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
-    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

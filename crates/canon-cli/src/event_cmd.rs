@@ -6,9 +6,18 @@ use canon_envelope::Dialect;
 
 use crate::{Outcome, Usage, io, read_input, split_events};
 
-pub(crate) fn convert(out: &mut impl Write, from: &str, to: &str, input: Option<&str>) -> Result<Outcome, Usage> {
-    let from: Dialect = from.parse().map_err(|e: canon_envelope::UnknownDialect| Usage(e.to_string()))?;
-    let to: Dialect = to.parse().map_err(|e: canon_envelope::UnknownDialect| Usage(e.to_string()))?;
+pub(crate) fn convert(
+    out: &mut impl Write,
+    from: &str,
+    to: &str,
+    input: Option<&str>,
+) -> Result<Outcome, Usage> {
+    let from: Dialect = from
+        .parse()
+        .map_err(|e: canon_envelope::UnknownDialect| Usage(e.to_string()))?;
+    let to: Dialect = to
+        .parse()
+        .map_err(|e: canon_envelope::UnknownDialect| Usage(e.to_string()))?;
     let (name, bytes) = read_input(input)?;
     let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let events = split_events(&bytes);
@@ -21,7 +30,11 @@ pub(crate) fn convert(out: &mut impl Write, from: &str, to: &str, input: Option<
             Err(errors) => {
                 failed = true;
                 for e in errors.iter() {
-                    let at = if is_array { format!("{name}: event {i}") } else { name.clone() };
+                    let at = if is_array {
+                        format!("{name}: event {i}")
+                    } else {
+                        name.clone()
+                    };
                     let _ = writeln!(std::io::stderr(), "{at}: {e}");
                 }
             }
@@ -31,7 +44,10 @@ pub(crate) fn convert(out: &mut impl Write, from: &str, to: &str, input: Option<
         return Ok(Outcome::Invalid);
     }
     if is_array {
-        let joined: Vec<String> = converted.into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect();
+        let joined: Vec<String> = converted
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect();
         writeln!(out, "[{}]", joined.join(",")).map_err(io)?;
     } else if let Some(one) = converted.first() {
         out.write_all(one).map_err(io)?;

@@ -113,13 +113,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     let result = match cli.command {
-        Command::Catalog(CatalogCommand::Check { files, format }) => catalog_cmd::check(&mut out, &files, format),
-        Command::Catalog(CatalogCommand::Validate { catalog, event, dialect, format }) => {
-            catalog_cmd::validate(&mut out, &catalog, event.as_deref(), dialect.as_deref(), format)
+        Command::Catalog(CatalogCommand::Check { files, format }) => {
+            catalog_cmd::check(&mut out, &files, format)
         }
-        Command::Catalog(CatalogCommand::Diff { old, new, format }) => catalog_cmd::diff(&mut out, &old, &new, format),
-        Command::Catalog(CatalogCommand::Show { file, ty, format }) => catalog_cmd::show(&mut out, &file, ty.as_deref(), format),
-        Command::Event(EventCommand::Convert { from, to, input }) => event_cmd::convert(&mut out, &from, &to, input.as_deref()),
+        Command::Catalog(CatalogCommand::Validate {
+            catalog,
+            event,
+            dialect,
+            format,
+        }) => catalog_cmd::validate(
+            &mut out,
+            &catalog,
+            event.as_deref(),
+            dialect.as_deref(),
+            format,
+        ),
+        Command::Catalog(CatalogCommand::Diff { old, new, format }) => {
+            catalog_cmd::diff(&mut out, &old, &new, format)
+        }
+        Command::Catalog(CatalogCommand::Show { file, ty, format }) => {
+            catalog_cmd::show(&mut out, &file, ty.as_deref(), format)
+        }
+        Command::Event(EventCommand::Convert { from, to, input }) => {
+            event_cmd::convert(&mut out, &from, &to, input.as_deref())
+        }
     };
     let _ = out.flush();
     match result {
@@ -137,16 +154,22 @@ fn read_input(path: Option<&str>) -> Result<(String, Vec<u8>), Usage> {
     match path {
         None | Some("-") => {
             let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| Usage(format!("cannot read stdin: {e}")))?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| Usage(format!("cannot read stdin: {e}")))?;
             Ok(("<stdin>".into(), buf))
         }
-        Some(p) => std::fs::read(p).map(|b| (p.to_owned(), b)).map_err(|e| Usage(format!("cannot read {p}: {e}"))),
+        Some(p) => std::fs::read(p)
+            .map(|b| (p.to_owned(), b))
+            .map_err(|e| Usage(format!("cannot read {p}: {e}"))),
     }
 }
 
 /// Splits input into events: a JSON array gives its elements, anything else is one event.
 fn split_events(input: &[u8]) -> Vec<Vec<u8>> {
-    let trimmed = input.iter().position(|b| !b.is_ascii_whitespace()).map_or(&input[..0], |i| &input[i..]);
+    let trimmed = input
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(&input[..0], |i| &input[i..]);
     if trimmed.first() == Some(&b'[')
         && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(trimmed)
     {

@@ -1,7 +1,10 @@
 //! Integration tests of canon-catalog: the shipped seed catalogs, every lint rule, event
 //! validation, compatibility diffs and key computation.
 
+mod diff;
 mod examples;
+mod invalid;
+mod lint;
 
 use std::path::PathBuf;
 

@@ -261,7 +261,7 @@ impl Cx<'_> {
             match seg {
                 Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
                 Segment::Map { key } => {
-                    pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")))
+                    pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")));
                 }
                 _ => {}
             }
@@ -426,11 +426,18 @@ fn version_text(cx: &Cx<'_>, pointer: &str, v: &Value) -> Option<String> {
     }
 }
 
+/// A version as written: where it is, its number, its shorthand payload, its JSON Schema.
+type RawVersion<'a> = (
+    String,
+    Option<&'a Value>,
+    Option<&'a Value>,
+    Option<&'a Value>,
+);
+
 fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Option<EventType> {
     let base = format!("/types/{}", escape(name));
     let mut ok = true;
-    let mut raw_versions: Vec<(String, Option<&Value>, Option<&Value>, Option<&Value>)> =
-        Vec::new();
+    let mut raw_versions: Vec<RawVersion<'_>> = Vec::new();
     match &t.versions {
         Some(list) => {
             if t.version.is_some() || t.payload.is_some() || t.schema.is_some() {

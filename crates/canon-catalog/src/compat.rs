@@ -284,7 +284,7 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
         if !pb.contains_key(name) {
             match &xb {
                 Value::Bool(false) => {
-                    push(out, dir, &field(name), "field is no longer allowed".into())
+                    push(out, dir, &field(name), "field is no longer allowed".into());
                 }
                 other => check(sa, other, &field(name), dir, out),
             }

@@ -193,7 +193,7 @@ fn keys(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
                             schema["type"].as_str().unwrap_or("object")
                         ),
                         "key on a string, number or boolean field",
-                    )
+                    );
                 }
                 _ => {}
             }
@@ -302,7 +302,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
                             ty.name
                         ),
                         "a hashed field holds `sha256:<hex>`; declare it as `hash`",
-                    )
+                    );
                 }
                 _ => {}
             }

@@ -14,8 +14,7 @@ impl Version {
     /// Parses `MAJOR[.MINOR[.PATCH]]`.
     pub fn parse(text: &str) -> Option<Version> {
         let mut parts = [0u64; 3];
-        let mut n = 0;
-        for piece in text.split('.') {
+        for (n, piece) in text.split('.').enumerate() {
             if n == 3
                 || piece.is_empty()
                 || !piece.bytes().all(|b| b.is_ascii_digit())
@@ -24,7 +23,6 @@ impl Version {
                 return None;
             }
             parts[n] = piece.parse().ok()?;
-            n += 1;
         }
         Some(Version {
             parts,

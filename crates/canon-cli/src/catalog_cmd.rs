@@ -154,14 +154,13 @@ pub(crate) fn diff(
     new: &str,
     format: Format,
 ) -> Result<Outcome, Usage> {
-    let (old_c, new_c) = match (load_clean(old)?, load_clean(new)?) {
-        (Ok(o), Ok(n)) => (o, n),
-        _ => return Ok(Outcome::Invalid),
+    let (Ok(old_c), Ok(new_c)) = (load_clean(old)?, load_clean(new)?) else {
+        return Ok(Outcome::Invalid);
     };
     let d = diff_catalogs(&old_c, &new_c);
     match format {
         Format::Json => {
-            writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default()).map_err(io)?
+            writeln!(out, "{}", serde_json::to_string(&d).unwrap_or_default()).map_err(io)?;
         }
         Format::Human => {
             for t in &d.types {

@@ -395,17 +395,17 @@ fn general_rule(
     value: &RawValue,
 ) {
     let loc = pointer(Slot::Meta, name);
-    if name == ext::DIALECT_EXTRA {
-        if let Scalar::Str(s) = Scalar::of(value) {
-            match Extra::parse(&s) {
-                Ok(parsed) => {
-                    extra.merge(parsed);
-                    return;
-                }
-                Err(msg) => {
-                    p.push(ErrorCode::InvalidDialectMember, loc, msg);
-                    return;
-                }
+    if name == ext::DIALECT_EXTRA
+        && let Scalar::Str(s) = Scalar::of(value)
+    {
+        match Extra::parse(&s) {
+            Ok(parsed) => {
+                extra.merge(parsed);
+                return;
+            }
+            Err(msg) => {
+                p.push(ErrorCode::InvalidDialectMember, loc, msg);
+                return;
             }
         }
     }
@@ -430,7 +430,7 @@ fn general_rule(
                 ("subject", ExtValue::String(s)) => ev.subject = Some(s),
                 ("time", ExtValue::String(s)) => ev.time = Some(s),
                 ("source" | "datacontenttype" | "dataschema" | "subject" | "time", _) => {
-                    own.push((loc, value.to_owned()))
+                    own.push((loc, value.to_owned()));
                 }
                 (_, attr) => {
                     ev.extensions.insert(name.to_owned(), attr);

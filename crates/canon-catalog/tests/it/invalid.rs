@@ -18,7 +18,10 @@ struct Case {
     datetime: &'static str,
 }
 
-fn mutations(c: &Case) -> Vec<(&'static str, Box<dyn Fn(&mut CloudEvent, &mut Value)>)> {
+/// A named change to an event and its payload.
+type Mutation = (&'static str, Box<dyn Fn(&mut CloudEvent, &mut Value)>);
+
+fn mutations(c: &Case) -> Vec<Mutation> {
     let (required, string, enumerated, datetime) = (c.required, c.string, c.enumerated, c.datetime);
     vec![
         (
@@ -32,7 +35,7 @@ fn mutations(c: &Case) -> Vec<(&'static str, Box<dyn Fn(&mut CloudEvent, &mut Va
                     p.as_object_mut()
                         .unwrap()
                         .insert("surprise".into(), json!(1)),
-                )
+                );
             }),
         ),
         ("wrong type", Box::new(move |_, p| p[string] = json!(12345))),

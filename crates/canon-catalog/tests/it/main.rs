@@ -1,6 +1,11 @@
 //! Integration tests of canon-catalog: the shipped seed catalogs, every lint rule, event
 //! validation, compatibility diffs and key computation.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 mod diff;
 mod examples;
 mod invalid;

@@ -1,6 +1,11 @@
 //! Integration tests of canon-envelope: the JSON format's validation checklist, the HTTP
 //! binding, and the dialect codecs over every seed example event.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 mod dialects;
 mod http;
 mod json;

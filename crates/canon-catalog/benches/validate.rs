@@ -8,22 +8,40 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn case(name: &str, pick: usize) -> (Catalog, Vec<u8>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let text = std::fs::read_to_string(root.join(format!("examples/catalogs/{name}.yaml"))).expect("catalog");
+    let text = std::fs::read_to_string(root.join(format!("examples/catalogs/{name}.yaml")))
+        .expect("catalog");
     let catalog = Catalog::load(&text, name).catalog.expect("valid catalog");
-    let events: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(root.join(format!("examples/events/{name}.json"))).expect("events")).expect("json");
+    let events: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root.join(format!("examples/events/{name}.json")))
+            .expect("events"),
+    )
+    .expect("json");
     (catalog, events[pick].to_string().into_bytes())
 }
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_validate");
     // The largest example event of each dialect's seed, near 500 bytes.
-    for (name, pick) in [("coach", 6), ("todo", 0), ("bme", 0), ("go4u", 4), ("lifeos", 9)] {
+    for (name, pick) in [
+        ("coach", 6),
+        ("todo", 0),
+        ("bme", 0),
+        ("go4u", 4),
+        ("lifeos", 9),
+    ] {
         let (catalog, doc) = case(name, pick);
         assert!(catalog.validate_document(catalog.dialect, &doc).is_ok());
         group.throughput(Throughput::Elements(1));
-        group.bench_function(format!("{}_{}_{}B", catalog.dialect, name, doc.len()), |b| {
-            b.iter(|| catalog.validate_document(catalog.dialect, std::hint::black_box(&doc)).is_ok());
-        });
+        group.bench_function(
+            format!("{}_{}_{}B", catalog.dialect, name, doc.len()),
+            |b| {
+                b.iter(|| {
+                    catalog
+                        .validate_document(catalog.dialect, std::hint::black_box(&doc))
+                        .is_ok()
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -19,7 +19,7 @@ pub type ViolationCode = &'static str;
 pub struct Violation {
     /// Stable code: an envelope code (`missing-attribute`, ...) or one of `unknown-type`,
     /// `unknown-version`, `payload-missing`, `payload-not-json`, `payload-<keyword>`
-    /// (`payload-required`, `payload-type`, `payload-enum`, `payload-additionalProperties`, `payload-format`, ...),
+    /// (`payload-required`, `payload-type`, `payload-enum`, `payload-unknown-field`, `payload-format`, ...),
     /// `pii-forbidden`, `pii-not-hashed`, `pii-raw-value`.
     pub code: ViolationCode,
     /// The event type, when known.

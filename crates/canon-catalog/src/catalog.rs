@@ -51,8 +51,14 @@ pub struct Topic {
 }
 
 /// A dot-separated path to a payload field (`location.country`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FieldPath(pub Vec<String>);
+
+impl serde::Serialize for FieldPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 impl FieldPath {
     /// Parses `a.b.c`.
@@ -90,7 +96,7 @@ pub struct EventType {
     /// The payload fields whose values make an event unique.
     pub idempotency: Vec<FieldPath>,
     /// Personal-data fields and their rules.
-    pub personal_data: BTreeMap<String, PiiRule>,
+    pub personal_data: BTreeMap<FieldPath, PiiRule>,
     /// The consent purpose handlers need.
     pub consent: Option<String>,
     /// Side-effect rules for handlers.
@@ -130,10 +136,7 @@ impl EventType {
     pub fn version(&self, stated: Option<&str>) -> Option<&PayloadVersion> {
         match stated {
             None => self.versions.first(),
-            Some(s) => {
-                let v = Version::parse(s)?;
-                self.versions.iter().find(|pv| pv.version == v)
-            }
+            Some(s) => self.versions.iter().find(|pv| pv.version.matches(s)),
         }
     }
 
@@ -558,7 +561,11 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             .as_deref()
             .map(|s| s.split('+').map(FieldPath::parse).collect())
             .unwrap_or_default(),
-        personal_data: t.personal_data.clone(),
+        personal_data: t
+            .personal_data
+            .iter()
+            .map(|(k, v)| (FieldPath::parse(k), *v))
+            .collect(),
         consent: t.consent.clone(),
         handlers: t.handlers.clone().unwrap_or_default(),
         deprecated,

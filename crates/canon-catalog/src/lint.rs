@@ -246,7 +246,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
     for v in &ty.versions {
         for (path, schema) in schema_walk::properties(&v.schema) {
             let last = path.0.last().map(String::as_str).unwrap_or("");
-            if looks_personal(last, schema) && !ty.personal_data.contains_key(&path.to_string()) {
+            if looks_personal(last, schema) && !ty.personal_data.contains_key(&path) {
                 let at = format!(
                     "{}/{}",
                     v.pointer,
@@ -272,10 +272,9 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
         }
     }
     for (path, rule) in &ty.personal_data {
-        let fp = FieldPath::parse(path);
         let at = format!("{base}/personal_data/{path}");
         for v in &ty.versions {
-            match schema_walk::find(&v.schema, &fp) {
+            match schema_walk::find(&v.schema, path) {
                 Found::Missing if *rule != PiiRule::Forbidden => cx.error(
                     &at,
                     "personal-data-path-missing",

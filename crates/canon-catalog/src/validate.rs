@@ -7,7 +7,7 @@ use canon_envelope::{CloudEvent, Data, Dialect};
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
-use crate::catalog::{Catalog, FieldPath};
+use crate::catalog::Catalog;
 use crate::model::PiiRule;
 use crate::shorthand::HASH_PATTERN;
 
@@ -126,13 +126,16 @@ impl Catalog {
             });
             return out;
         };
-        let stated = event.data_version().map(str::to_owned).or(suffix_version);
+        let stated: Option<std::borrow::Cow<'_, str>> = event
+            .data_version()
+            .map(Into::into)
+            .or(suffix_version.map(Into::into));
         let Some(pv) = ty.version(stated.as_deref()) else {
             let known: Vec<&str> = ty.versions.iter().map(|v| v.version.as_str()).collect();
             out.push(Violation {
                 code: "unknown-version",
                 type_name: Some(ty.name.clone()),
-                version: stated.clone(),
+                version: stated.as_deref().map(str::to_owned),
                 location: "/dataversion".into(),
                 message: format!(
                     "{} has no version {}; declared: {}",
@@ -175,7 +178,8 @@ impl Catalog {
                 return out;
             }
         };
-        if let Some(validator) = &pv.validator {
+        // `is_valid` is much cheaper than collecting errors; most events are valid.
+        if let Some(validator) = pv.validator.as_ref().filter(|v| !v.is_valid(&payload)) {
             for e in validator.iter_errors(&payload) {
                 let base = format!("/data{}", e.instance_path());
                 let (code, location, message) = match e.kind() {
@@ -214,16 +218,15 @@ impl Catalog {
             }
         }
         for (path, rule) in &ty.personal_data {
-            let fp = FieldPath::parse(path);
-            let Some(value) = fp.lookup(&payload) else {
+            let Some(value) = path.lookup(&payload) else {
                 continue;
             };
-            let location = format!("/data/{}", fp.0.join("/"));
+            let location = || format!("/data/{}", path.0.join("/"));
             match rule {
                 PiiRule::Forbidden if !value.is_null() => {
                     out.push(violation(
                         "pii-forbidden",
-                        location,
+                        location(),
                         format!("{path} is personal data the catalog forbids in this event"),
                     ));
                 }
@@ -233,7 +236,7 @@ impl Catalog {
                     {
                         out.push(violation(
                             "pii-not-hashed",
-                            location,
+                            location(),
                             format!(
                                 "{path} must hold a hash such as sha256:<hex>, not a raw value"
                             ),
@@ -244,7 +247,7 @@ impl Catalog {
                     if let Some(s) = value.as_str()
                         && looks_like_raw_pii(s)
                     {
-                        out.push(violation("pii-raw-value", location, format!("{path} must hold a reference id, but holds what looks like a raw email or phone number")));
+                        out.push(violation("pii-raw-value", location(), format!("{path} must hold a reference id, but holds what looks like a raw email or phone number")));
                     }
                 }
                 _ => {}

@@ -13,6 +13,18 @@ pub struct Version {
 impl Version {
     /// Parses `MAJOR[.MINOR[.PATCH]]`.
     pub fn parse(text: &str) -> Option<Version> {
+        Some(Version {
+            parts: Self::parts(text)?,
+            text: text.to_owned(),
+        })
+    }
+
+    /// Whether `text` names this version (`1` names `1.0.0`), without allocating.
+    pub fn matches(&self, text: &str) -> bool {
+        Self::parts(text) == Some(self.parts)
+    }
+
+    fn parts(text: &str) -> Option<[u64; 3]> {
         let mut parts = [0u64; 3];
         for (n, piece) in text.split('.').enumerate() {
             if n == 3
@@ -24,10 +36,7 @@ impl Version {
             }
             parts[n] = piece.parse().ok()?;
         }
-        Some(Version {
-            parts,
-            text: text.to_owned(),
-        })
+        Some(parts)
     }
 
     /// The major number.

@@ -141,316 +141,288 @@ fn pointer(slot: Slot, name: &str) -> String {
     }
 }
 
+/// The members of an object, each name once; a repeated name is reported and skipped.
+fn unique_members<'a>(
+    p: &mut Problems,
+    slot: Slot,
+    members: &'a Members<'a>,
+) -> Vec<(&'a str, &'a RawValue)> {
+    let mut out: Vec<(&str, &RawValue)> = Vec::with_capacity(members.0.len());
+    for (name, value) in &members.0 {
+        let name: &str = name;
+        if out.iter().any(|(seen, _)| *seen == name) {
+            p.push(
+                ErrorCode::DuplicateMember,
+                pointer(slot, name),
+                format!("member {name:?} appears more than once"),
+            );
+        } else {
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// The state of one dialect document being read into a canonical event.
+struct Decoding<'s> {
+    dialect: Dialect,
+    spec: &'s Spec,
+    p: Problems,
+    ev: CloudEvent,
+    /// What other dialects kept in `canonextra`, merged with what this one keeps.
+    extra: Extra,
+    /// Members of this document kept verbatim, by JSON pointer.
+    own: Vec<(String, Box<RawValue>)>,
+    /// Required members seen (present, whatever their value's validity).
+    present: Vec<&'static str>,
+}
+
 fn decode_with(
     dialect: Dialect,
     spec: &Spec,
     members: &Members<'_>,
 ) -> Result<CloudEvent, EnvelopeErrors> {
-    let mut p = Problems::default();
-    let mut ev = CloudEvent::new(
-        String::new(),
-        spec.implied_source.unwrap_or(""),
-        String::new(),
-    );
-    let mut extra = Extra::default();
-    let mut own = Vec::new();
-    let mut seen_required: Vec<&'static str> = Vec::new();
-    let mut payload_members: Vec<(&str, &RawValue)> = Vec::new();
-    let mut seen_top: Vec<&str> = Vec::new();
-    let mut metadata: Option<&RawValue> = None;
-
-    for (name, value) in &members.0 {
-        let (name, value): (&str, &RawValue) = (name, value);
-        if seen_top.contains(&name) {
-            p.push(
-                ErrorCode::DuplicateMember,
-                pointer(Slot::Top, name),
-                format!("member {name:?} appears more than once"),
-            );
-            continue;
-        }
-        seen_top.push(name);
+    let mut d = Decoding {
+        dialect,
+        spec,
+        p: Problems::default(),
+        ev: CloudEvent::new(
+            String::new(),
+            spec.implied_source.unwrap_or(""),
+            String::new(),
+        ),
+        extra: Extra::default(),
+        own: Vec::new(),
+        present: Vec::new(),
+    };
+    let mut payload: Vec<(&str, &RawValue)> = Vec::new();
+    let mut metadata = None;
+    for (name, value) in unique_members(&mut d.p, Slot::Top, members) {
         if let Some(field) = spec.field(Slot::Top, name) {
-            apply_field(&mut p, &mut ev, &mut own, &mut seen_required, field, value);
+            d.field(field, value);
         } else if name == "metadata" {
             metadata = Some(value);
         } else if spec.flat_payload {
-            payload_members.push((name, value));
+            payload.push((name, value));
         } else {
-            own.push((pointer(Slot::Top, name), value.to_owned()));
+            d.keep(pointer(Slot::Top, name), value);
         }
     }
-    // Metadata after the top level, so an explicit member always wins over a same-named
-    // metadata member (which is then kept in canonextra).
     if let Some(value) = metadata {
-        {
-            let meta = match Scalar::of(value) {
-                Scalar::Object => match serde_json::from_str::<Members<'_>>(value.get()) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        p.push(ErrorCode::InvalidJson, "/metadata", e.to_string());
-                        Members(Vec::new())
-                    }
-                },
-                Scalar::Null if !spec.metadata_required => {
-                    own.push(("/metadata".to_owned(), value.to_owned()));
-                    Members(Vec::new())
-                }
-                other => {
-                    p.push(
-                        ErrorCode::InvalidDialectMember,
-                        "/metadata",
-                        format!("metadata must be an object, got {}", other.type_name()),
-                    );
-                    Members(Vec::new())
-                }
-            };
-            if meta.0.is_empty() && value.get().starts_with('{') {
-                own.push(("/metadata".to_owned(), value.to_owned()));
-            }
-            if value.get().starts_with('{') {
-                seen_required.push("metadata");
-            }
-            let mut seen_meta: Vec<&str> = Vec::new();
-            for (mname, mvalue) in &meta.0 {
-                let (mname, mvalue): (&str, &RawValue) = (mname, mvalue);
-                if seen_meta.contains(&mname) {
-                    p.push(
-                        ErrorCode::DuplicateMember,
-                        pointer(Slot::Meta, mname),
-                        format!("member {mname:?} appears more than once"),
-                    );
-                    continue;
-                }
-                seen_meta.push(mname);
-                if let Some(field) = spec.field(Slot::Meta, mname) {
-                    apply_field(&mut p, &mut ev, &mut own, &mut seen_required, field, mvalue);
-                } else {
-                    general_rule(&mut p, spec, &mut ev, &mut extra, &mut own, mname, mvalue);
-                }
-            }
-        }
+        d.metadata(value);
     }
     if spec.flat_payload {
-        let mut text = String::with_capacity(
-            2 + payload_members
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>(),
-        );
-        text.push('{');
-        for (i, (k, v)) in payload_members.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
+        d.ev.data = Some(Data::Json(write_object(payload)));
+    }
+    d.finish()
+}
+
+impl Decoding<'_> {
+    fn keep(&mut self, pointer: String, value: &RawValue) {
+        self.own.push((pointer, value.to_owned()));
+    }
+
+    fn metadata(&mut self, value: &RawValue) {
+        let required = self.spec.required.contains(&"metadata");
+        match Scalar::of(value) {
+            Scalar::Object => {
+                self.present.push("metadata");
+                // The value is a valid JSON object already; reading its members cannot fail.
+                let Ok(meta) = serde_json::from_str::<Members<'_>>(value.get()) else {
+                    return;
+                };
+                if meta.0.is_empty() {
+                    self.keep("/metadata".to_owned(), value);
+                }
+                for (name, member) in unique_members(&mut self.p, Slot::Meta, &meta) {
+                    match self.spec.field(Slot::Meta, name) {
+                        Some(field) => self.field(field, member),
+                        None => self.general_rule(name, member),
+                    }
+                }
             }
-            text.push_str(&serde_json::to_string(k).unwrap_or_default());
-            text.push(':');
-            text.push_str(v.get());
-        }
-        text.push('}');
-        match RawValue::from_string(text) {
-            Ok(raw) => ev.data = Some(Data::Json(raw)),
-            Err(e) => p.push(ErrorCode::InvalidJson, "", e.to_string()),
-        }
-    }
-    for required in spec.required {
-        if !seen_required.contains(required) {
-            p.push(
-                ErrorCode::MissingAttribute,
-                required_pointer(spec, required),
-                format!("{} requires member {required}", dialect.name()),
-            );
+            Scalar::Null if !required => self.keep("/metadata".to_owned(), value),
+            other => {
+                // Present, so not also reported missing.
+                self.present.push("metadata");
+                let message = format!("metadata must be an object, got {}", other.type_name());
+                self.p
+                    .push(ErrorCode::InvalidDialectMember, "/metadata", message);
+            }
         }
     }
-    if !own.is_empty() {
-        extra.set(dialect, own);
-    }
-    if let Some(text) = extra.to_extension() {
-        ev.extensions
-            .insert(ext::DIALECT_EXTRA.to_owned(), ExtValue::String(text));
-    }
-    if p.is_empty()
-        && let Err(errors) = ev.validate()
-    {
-        // Report type-system problems at the dialect member that carried the attribute.
-        for e in errors.0 {
-            let attr = e.location.trim_start_matches('/');
-            let location = spec
-                .member_for_attribute(attr)
-                .unwrap_or_else(|| pointer(Slot::Meta, attr));
-            p.push(e.code, location, e.message);
-        }
-    }
-    p.finish(ev)
-}
 
-fn required_pointer(spec: &Spec, member: &str) -> String {
-    spec.fields
-        .iter()
-        .find(|f| f.name == member)
-        .map_or_else(|| pointer(Slot::Top, member), |f| pointer(f.slot, f.name))
-}
-
-/// Applies one explicitly mapped member.
-fn apply_field(
-    p: &mut Problems,
-    ev: &mut CloudEvent,
-    own: &mut Vec<(String, Box<RawValue>)>,
-    seen_required: &mut Vec<&'static str>,
-    field: &spec::Field,
-    value: &RawValue,
-) {
-    let loc = pointer(field.slot, field.name);
-    let scalar = Scalar::of(value);
-    if field.target == Target::Data {
-        // `"payload": null` is an explicit null payload, as `"data": null` is.
-        seen_required.push(field.name);
-        ev.data = Some(Data::Json(value.to_owned()));
-        return;
-    }
-    if let Scalar::Null = scalar {
-        // An explicit null is kept as written; the attribute stays absent.
-        own.push((loc, value.to_owned()));
-        return;
-    }
-    seen_required.push(field.name);
-    let wrong = |p: &mut Problems, expected: &str, got: &Scalar<'_>| {
-        p.push(
-            ErrorCode::InvalidDialectMember,
-            loc.clone(),
-            format!("{} must be {expected}, got {}", field.name, got.type_name()),
-        );
-    };
-    match field.target {
-        Target::Data => {}
-        Target::Id => match scalar {
-            Scalar::Str(s) => ev.id = s.into_owned(),
-            other => wrong(p, "a string", &other),
-        },
-        Target::Type => match scalar {
-            Scalar::Str(s) => ev.ty = s.into_owned(),
-            other => wrong(p, "a string", &other),
-        },
-        Target::Source => match scalar {
-            Scalar::Str(s) => ev.source = s.into_owned(),
-            other => wrong(p, "a string", &other),
-        },
-        Target::Time => match scalar {
-            Scalar::Str(s) => {
+    /// Applies one explicitly mapped member.
+    fn field(&mut self, field: &spec::Field, value: &RawValue) {
+        // Formatted only when needed: most members are fine and not kept verbatim.
+        let loc = || pointer(field.slot, field.name);
+        let scalar = Scalar::of(value);
+        if field.target == Target::Data {
+            // `"payload": null` is an explicit null payload, as `"data": null` is.
+            self.present.push(field.name);
+            self.ev.data = Some(Data::Json(value.to_owned()));
+            return;
+        }
+        if let Scalar::Null = scalar {
+            // An explicit null is kept as written; the attribute stays absent.
+            self.keep(loc(), value);
+            return;
+        }
+        self.present.push(field.name);
+        let expected = match field.target {
+            Target::IntExt(_) => "an integer or a string",
+            _ => "a string",
+        };
+        let s = match scalar {
+            Scalar::Str(s) if !(matches!(field.target, Target::IntExt(_)) && s.is_empty()) => s,
+            Scalar::Int(i) if matches!(field.target, Target::IntExt(_)) => i.to_string().into(),
+            other => {
+                let message = format!(
+                    "{} must be {expected}, got {}",
+                    field.name,
+                    other.type_name()
+                );
+                self.p.push(ErrorCode::InvalidDialectMember, loc(), message);
+                return;
+            }
+        };
+        match field.target {
+            Target::Id => self.ev.id = s.into_owned(),
+            Target::Type => self.ev.ty = s.into_owned(),
+            Target::Source => self.ev.source = s.into_owned(),
+            Target::Time => {
                 if rules::parse_rfc3339(&s).is_some() {
-                    ev.time = Some(s.into_owned());
+                    self.ev.time = Some(s.into_owned());
                 } else if rules::parse_rfc3339(&format!("{s}Z")).is_some() {
                     // An ISO 8601 date-time without offset (Python's utcnow().isoformat()) is
                     // read as UTC; the original spelling is kept for the return trip.
-                    ev.time = Some(format!("{s}Z"));
-                    own.push((loc, value.to_owned()));
+                    self.ev.time = Some(format!("{s}Z"));
+                    self.keep(loc(), value);
                 } else {
-                    p.push(
-                        ErrorCode::InvalidTimestamp,
-                        loc.clone(),
-                        format!(
-                            "{} must be an ISO 8601 / RFC 3339 date-time, got {s:?}",
-                            field.name
-                        ),
+                    let message = format!(
+                        "{} must be an ISO 8601 / RFC 3339 date-time, got {s:?}",
+                        field.name
                     );
+                    self.p.push(ErrorCode::InvalidTimestamp, loc(), message);
                 }
             }
-            other => wrong(p, "a string", &other),
-        },
-        Target::Ext(name) => match scalar {
-            Scalar::Str(s) => {
-                ev.extensions
+            Target::Ext(name) => {
+                self.ev
+                    .extensions
                     .insert(name.to_owned(), ExtValue::String(s.into_owned()));
             }
-            other => wrong(p, "a string", &other),
-        },
-        Target::IntExt(name) => match scalar {
-            Scalar::Int(i) => {
-                ev.extensions
-                    .insert(name.to_owned(), ExtValue::String(i.to_string()));
-            }
-            Scalar::Str(s) if !s.is_empty() => {
+            Target::IntExt(name) => {
                 // A string where the dialect writes integers (a zero-padded sequence such as
-                // "0001") is kept as the string; if it reads as a plain integer, the original
-                // spelling is kept too, or it would come back as a number.
-                if is_plain_integer(&s) {
-                    own.push((loc, value.to_owned()));
+                // "0001", a version "1.0.0") is carried as is. One that reads as a plain integer
+                // would be written back as a number, so its spelling is kept too.
+                if matches!(scalar_kind(value), Kind::String) && is_plain_integer(&s) {
+                    self.keep(loc(), value);
                 }
-                ev.extensions
+                self.ev
+                    .extensions
                     .insert(name.to_owned(), ExtValue::String(s.into_owned()));
             }
-            other => wrong(p, "an integer or a string", &other),
-        },
-    }
-}
-
-/// The general rule for a `metadata` member with no explicit mapping.
-fn general_rule(
-    p: &mut Problems,
-    spec: &Spec,
-    ev: &mut CloudEvent,
-    extra: &mut Extra,
-    own: &mut Vec<(String, Box<RawValue>)>,
-    name: &str,
-    value: &RawValue,
-) {
-    let loc = pointer(Slot::Meta, name);
-    if name == ext::DIALECT_EXTRA
-        && let Scalar::Str(s) = Scalar::of(value)
-    {
-        match Extra::parse(&s) {
-            Ok(parsed) => {
-                extra.merge(parsed);
-                return;
-            }
-            Err(msg) => {
-                p.push(ErrorCode::InvalidDialectMember, loc, msg);
-                return;
-            }
+            Target::Data => {}
         }
     }
-    let mappable = rules::is_valid_attribute_name(name)
-        && !matches!(name, "id" | "type" | "specversion" | "data_base64")
-        && !spec.maps_attribute(name)
-        && !ev.extensions.contains_key(name);
-    if mappable {
+
+    /// The general rule for a `metadata` member with no explicit mapping.
+    fn general_rule(&mut self, name: &str, value: &RawValue) {
+        let loc = || pointer(Slot::Meta, name);
+        if name == ext::DIALECT_EXTRA
+            && let Scalar::Str(s) = Scalar::of(value)
+        {
+            match Extra::parse(&s) {
+                Ok(parsed) => self.extra.merge(parsed),
+                Err(msg) => self.p.push(ErrorCode::InvalidDialectMember, loc(), msg),
+            }
+            return;
+        }
+        let mappable = rules::is_valid_attribute_name(name)
+            && !matches!(name, "id" | "type" | "specversion" | "data_base64")
+            && !self.spec.maps_attribute(name);
         let attr = match Scalar::of(value) {
+            _ if !mappable => None,
             Scalar::Str(s) => Some(ExtValue::String(s.into_owned())),
-            // Canon's typed extensions are strings; a number under their name stays verbatim.
+            // Canon's typed extensions are strings; another value under their name stays verbatim.
             _ if rules::is_string_extension(name) => None,
             Scalar::Bool(b) => Some(ExtValue::Bool(b)),
             Scalar::Int(i) => i32::try_from(i).ok().map(ExtValue::Integer),
             _ => None,
         };
-        if let Some(attr) = attr {
-            match (name, attr) {
-                ("source", ExtValue::String(s)) => ev.source = s,
-                ("datacontenttype", ExtValue::String(s)) => ev.datacontenttype = Some(s),
-                ("dataschema", ExtValue::String(s)) => ev.dataschema = Some(s),
-                ("subject", ExtValue::String(s)) => ev.subject = Some(s),
-                ("time", ExtValue::String(s)) => ev.time = Some(s),
-                ("source" | "datacontenttype" | "dataschema" | "subject" | "time", _) => {
-                    own.push((loc, value.to_owned()));
-                }
-                (_, attr) => {
-                    ev.extensions.insert(name.to_owned(), attr);
-                }
+        let ev = &mut self.ev;
+        match (name, attr) {
+            ("source", Some(ExtValue::String(s))) => ev.source = s,
+            ("datacontenttype", Some(ExtValue::String(s))) => ev.datacontenttype = Some(s),
+            ("dataschema", Some(ExtValue::String(s))) => ev.dataschema = Some(s),
+            ("subject", Some(ExtValue::String(s))) => ev.subject = Some(s),
+            ("time", Some(ExtValue::String(s))) => ev.time = Some(s),
+            ("source" | "datacontenttype" | "dataschema" | "subject" | "time", _) | (_, None) => {
+                self.keep(loc(), value)
             }
-            return;
+            (_, Some(attr)) => {
+                ev.extensions.insert(name.to_owned(), attr);
+            }
         }
     }
-    own.push((loc, value.to_owned()));
+
+    fn finish(mut self) -> Result<CloudEvent, EnvelopeErrors> {
+        let spec = self.spec;
+        for required in spec.required {
+            if !self.present.contains(required) {
+                let location = spec
+                    .fields
+                    .iter()
+                    .find(|f| f.name == *required)
+                    .map_or_else(|| pointer(Slot::Top, required), |f| pointer(f.slot, f.name));
+                self.p.push(
+                    ErrorCode::MissingAttribute,
+                    location,
+                    format!("{} requires member {required}", self.dialect.name()),
+                );
+            }
+        }
+        if !self.own.is_empty() {
+            self.extra.set(self.dialect, self.own);
+        }
+        if let Some(text) = self.extra.to_extension() {
+            self.ev
+                .extensions
+                .insert(ext::DIALECT_EXTRA.to_owned(), ExtValue::String(text));
+        }
+        // Type-system problems are reported at the dialect member that carried the attribute.
+        self.p.absorb(self.ev.validate(), |location| {
+            let attr = location.trim_start_matches('/');
+            spec.member_for_attribute(attr)
+                .unwrap_or_else(|| pointer(Slot::Meta, attr))
+        });
+        self.p.finish(self.ev)
+    }
 }
 
-fn raw_string(s: &str) -> Box<RawValue> {
-    // Serialising a &str cannot fail.
-    serde_json::value::to_raw_value(s).unwrap_or_else(|_| RawValue::NULL.to_owned())
+enum Kind {
+    String,
+    Other,
+}
+
+fn scalar_kind(value: &RawValue) -> Kind {
+    if value.get().starts_with('"') {
+        Kind::String
+    } else {
+        Kind::Other
+    }
+}
+
+fn raw<T: serde::Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    // Strings, booleans and integers always serialise.
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 fn encode_with(dialect: Dialect, spec: &Spec, ev: &CloudEvent) -> Result<Vec<u8>, EnvelopeErrors> {
     let mut p = Problems::default();
     let mut top: Vec<(String, Box<RawValue>)> = Vec::new();
     let mut meta: Vec<(String, Box<RawValue>)> = Vec::new();
+    // Attributes written by an explicit member (or implied), so not written again in metadata.
     let mut consumed: Vec<&str> = vec![ext::DIALECT_EXTRA];
     let mut extra = match ev
         .extensions
@@ -463,138 +435,121 @@ fn encode_with(dialect: Dialect, spec: &Spec, ev: &CloudEvent) -> Result<Vec<u8>
         None => Extra::default(),
     };
     let own = extra.take(dialect);
+    let string_ext = |name: &str| ev.extensions.get(name).and_then(ExtValue::as_str);
 
     for field in spec.fields {
         let value: Option<Box<RawValue>> = match field.target {
-            Target::Id => Some(raw_string(&ev.id)),
-            Target::Type => Some(raw_string(&ev.ty)),
-            Target::Source => {
-                consumed.push("source");
-                Some(raw_string(&ev.source))
-            }
-            Target::Time => {
-                consumed.push("time");
-                ev.time.as_deref().map(raw_string)
-            }
-            Target::Ext(name) => {
-                consumed.push(name);
-                ev.extensions
-                    .get(name)
-                    .and_then(ExtValue::as_str)
-                    .map(raw_string)
-            }
-            Target::IntExt(name) => match ev.extensions.get(name).and_then(ExtValue::as_str) {
-                Some(s) if is_plain_integer(s) => {
-                    consumed.push(name);
-                    RawValue::from_string(s.to_owned()).ok()
-                }
-                _ => None,
-            },
+            Target::Id => Some(raw(&ev.id)),
+            Target::Type => Some(raw(&ev.ty)),
+            Target::Source => Some(raw(&ev.source)),
+            Target::Time => ev.time.as_deref().map(raw),
+            Target::Ext(name) => string_ext(name).map(raw),
+            Target::IntExt(name) => string_ext(name).map(|s| match s.parse::<i64>() {
+                Ok(i) if is_plain_integer(s) => raw(&i),
+                _ => raw(s),
+            }),
             Target::Data => match &ev.data {
-                Some(Data::Json(raw)) => Some(raw.clone()),
-                Some(Data::Text(text)) => Some(raw_string(text)),
+                Some(Data::Json(json)) => Some(json.clone()),
+                Some(Data::Text(text)) => Some(raw(text)),
                 Some(Data::Binary(_)) => {
-                    p.push(
-                        ErrorCode::Unrepresentable,
-                        "/data",
-                        format!(
-                            "{} carries JSON payloads only; this event's data is binary",
-                            dialect.name()
-                        ),
+                    let message = format!(
+                        "{} carries JSON payloads only; this event's data is binary",
+                        dialect.name()
                     );
+                    p.push(ErrorCode::Unrepresentable, "/data", message);
                     None
                 }
                 None => None,
             },
         };
-        if let Some(v) = value {
-            match field.slot {
-                Slot::Top => top.push((field.name.to_owned(), v)),
-                Slot::Meta => meta.push((field.name.to_owned(), v)),
+        let at = pointer(field.slot, field.name);
+        match value {
+            Some(v) => {
+                consumed.extend(spec::attribute_of(field.target));
+                match field.slot {
+                    Slot::Top => top.push((field.name.to_owned(), v)),
+                    Slot::Meta => meta.push((field.name.to_owned(), v)),
+                }
             }
-        } else if spec.required.contains(&field.name)
-            && !own
-                .iter()
-                .any(|(ptr, _)| *ptr == pointer(field.slot, field.name))
-        {
-            p.push(
-                ErrorCode::Unrepresentable,
-                pointer(field.slot, field.name),
-                format!(
+            None if spec.required.contains(&field.name)
+                && !own.iter().any(|(ptr, _)| *ptr == at) =>
+            {
+                let message = format!(
                     "{} requires {} but the event has none",
                     dialect.name(),
                     field.name
-                ),
-            );
+                );
+                p.push(ErrorCode::Unrepresentable, at, message);
+            }
+            None => {}
         }
     }
-    if let Some(implied) = spec.implied_source
-        && ev.source == implied
-    {
+    if spec.implied_source == Some(ev.source.as_str()) {
         consumed.push("source");
     }
     if spec.flat_payload {
+        let not_object = || {
+            format!(
+                "{} events carry their payload as top-level fields; the data must be a JSON object",
+                dialect.name()
+            )
+        };
         match &ev.data {
-            Some(Data::Json(raw)) => match serde_json::from_str::<Members<'_>>(raw.get()) {
-                Ok(members) => {
-                    for (k, v) in members.0 {
-                        if spec.field(Slot::Top, &k).is_some() || k == "metadata" {
-                            p.push(ErrorCode::Unrepresentable, format!("/data/{}", pointer_token(&k)), format!("payload field {k:?} collides with a lifeos envelope member"));
-                        } else {
-                            top.push((k.into_owned(), v.to_owned()));
-                        }
+            Some(Data::Json(json)) if json.get().starts_with('{') => {
+                // A valid JSON object; reading its members cannot fail.
+                let members =
+                    serde_json::from_str::<Members<'_>>(json.get()).unwrap_or(Members(Vec::new()));
+                for (k, v) in members.0 {
+                    if spec.field(Slot::Top, &k).is_some() || k == "metadata" {
+                        let message = format!(
+                            "payload field {k:?} collides with a {} envelope member",
+                            dialect.name()
+                        );
+                        p.push(
+                            ErrorCode::Unrepresentable,
+                            format!("/data/{}", pointer_token(&k)),
+                            message,
+                        );
+                    } else {
+                        top.push((k.into_owned(), v.to_owned()));
                     }
                 }
-                Err(_) => p.push(ErrorCode::Unrepresentable, "/data", "lifeos events carry their payload as top-level fields; the data must be a JSON object"),
-            },
-            Some(_) => p.push(ErrorCode::Unrepresentable, "/data", "lifeos events carry JSON object payloads only"),
+            }
+            Some(_) => p.push(ErrorCode::Unrepresentable, "/data", not_object()),
             None => {}
         }
     }
     // Every attribute without an explicit mapping travels in metadata under its own name.
-    for (name, value) in [
+    let core = [
         ("source", Some(&ev.source)),
         ("datacontenttype", ev.datacontenttype.as_ref()),
         ("dataschema", ev.dataschema.as_ref()),
         ("subject", ev.subject.as_ref()),
         ("time", ev.time.as_ref()),
-    ] {
-        if let Some(v) = value
-            && !consumed.contains(&name)
-        {
-            meta.push((name.to_owned(), raw_string(v)));
-        }
-    }
-    for (name, value) in &ev.extensions {
-        if consumed.contains(&name.as_str()) {
+    ];
+    let core = core
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, raw(v))));
+    let extensions = ev
+        .extensions
+        .iter()
+        .map(|(name, v)| (name.as_str(), raw(v)));
+    for (name, value) in core.chain(extensions) {
+        if consumed.contains(&name) {
             continue;
         }
-        if spec
-            .field(Slot::Meta, name)
-            .is_some_and(|f| f.target != Target::IntExt(ext_name(name)))
-        {
-            p.push(
-                ErrorCode::Unrepresentable,
-                format!("/{name}"),
-                format!(
-                    "extension {name} collides with the {} metadata member of that name",
-                    dialect.name()
-                ),
+        if spec.field(Slot::Meta, name).is_some() {
+            let message = format!(
+                "attribute {name} collides with the {} metadata member of that name",
+                dialect.name()
             );
+            p.push(ErrorCode::Unrepresentable, format!("/{name}"), message);
             continue;
         }
-        let raw =
-            match value {
-                ExtValue::String(s) => raw_string(s),
-                ExtValue::Bool(b) => RawValue::from_string(b.to_string())
-                    .unwrap_or_else(|_| RawValue::NULL.to_owned()),
-                ExtValue::Integer(i) => RawValue::from_string(i.to_string())
-                    .unwrap_or_else(|_| RawValue::NULL.to_owned()),
-            };
-        meta.push((name.clone(), raw));
+        meta.push((name.to_owned(), value));
     }
     if let Some(text) = extra.to_extension() {
-        meta.push((ext::DIALECT_EXTRA.to_owned(), raw_string(&text)));
+        meta.push((ext::DIALECT_EXTRA.to_owned(), raw(&text)));
     }
     // Members this dialect's own documents had with no canonical counterpart go back where they
     // were, overriding what the mapping produced (e.g. a timestamp's original spelling).
@@ -611,26 +566,18 @@ fn encode_with(dialect: Dialect, spec: &Spec, ev: &CloudEvent) -> Result<Vec<u8>
     if !p.is_empty() {
         return p.finish(Vec::new());
     }
-    match (meta.is_empty(), meta_override) {
-        (true, Some(v)) => top.push(("metadata".to_owned(), v)),
-        (true, None) => {}
-        (false, _) => {
-            let text = write_object(&meta);
-            top.push((
-                "metadata".to_owned(),
-                RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned()),
-            ));
+    match meta_override {
+        Some(v) if meta.is_empty() => top.push(("metadata".to_owned(), v)),
+        _ if meta.is_empty() => {}
+        _ => {
+            let object = write_object(meta.iter().map(|(k, v)| (k.as_str(), &**v)));
+            top.push(("metadata".to_owned(), object));
         }
     }
-    Ok(write_object(&top).into_bytes())
-}
-
-/// `name` as a `'static` extension name if it is one of Canon's, for comparing with targets.
-fn ext_name(name: &str) -> &'static str {
-    [ext::SEQUENCE, ext::DATA_VERSION]
-        .into_iter()
-        .find(|n| *n == name)
-        .unwrap_or("")
+    Ok(write_object(top.iter().map(|(k, v)| (k.as_str(), &**v)))
+        .get()
+        .as_bytes()
+        .to_vec())
 }
 
 fn is_plain_integer(s: &str) -> bool {
@@ -648,22 +595,18 @@ fn upsert(members: &mut Vec<(String, Box<RawValue>)>, name: String, value: Box<R
     }
 }
 
-fn write_object(members: &[(String, Box<RawValue>)]) -> String {
-    let mut out = String::with_capacity(
-        2 + members
-            .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum::<usize>(),
-    );
-    out.push('{');
-    for (i, (k, v)) in members.iter().enumerate() {
+/// Writes a JSON object from member names and raw values, without re-serialising the values.
+fn write_object<'a>(members: impl IntoIterator<Item = (&'a str, &'a RawValue)>) -> Box<RawValue> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push_str(raw(k).get());
         out.push(':');
         out.push_str(v.get());
     }
     out.push('}');
-    out
+    // Built from a quoted key and valid JSON values: always a valid object.
+    RawValue::from_string(out).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }

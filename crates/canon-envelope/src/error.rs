@@ -209,7 +209,19 @@ impl Problems {
         self.0.is_empty()
     }
 
-    pub(crate) fn locations(&self) -> Vec<String> {
-        self.0.iter().map(|e| e.location.clone()).collect()
+    /// Adds the problems of a validation, moved to where the decoder found each attribute
+    /// (`locate` maps `/name` to that place), skipping places already reported.
+    pub(crate) fn absorb(
+        &mut self,
+        result: Result<(), EnvelopeErrors>,
+        locate: impl Fn(&str) -> String,
+    ) {
+        let Err(errors) = result else { return };
+        for e in errors.0 {
+            let location = locate(&e.location);
+            if !self.0.iter().any(|known| known.location == location) {
+                self.0.push(EnvelopeError { location, ..e });
+            }
+        }
     }
 }

@@ -107,6 +107,16 @@ impl ExtValue {
     }
 }
 
+impl serde::Serialize for ExtValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExtValue::Bool(b) => s.serialize_bool(*b),
+            ExtValue::Integer(i) => s.serialize_i32(*i),
+            ExtValue::String(v) => s.serialize_str(v),
+        }
+    }
+}
+
 impl From<&str> for ExtValue {
     fn from(s: &str) -> Self {
         ExtValue::String(s.to_owned())
@@ -261,10 +271,10 @@ impl CloudEvent {
         }
         rules::check_required_string(&mut p, "type", &self.ty);
         if let Some(v) = &self.datacontenttype {
-            rules::check_optional_string(&mut p, "datacontenttype", v);
+            rules::check_required_string(&mut p, "datacontenttype", v);
         }
         if let Some(v) = &self.dataschema {
-            rules::check_optional_string(&mut p, "dataschema", v);
+            rules::check_required_string(&mut p, "dataschema", v);
             if !v.is_empty() && !rules::is_absolute_uri(v) {
                 p.push(
                     ErrorCode::InvalidUri,
@@ -274,7 +284,7 @@ impl CloudEvent {
             }
         }
         if let Some(v) = &self.subject {
-            rules::check_optional_string(&mut p, "subject", v);
+            rules::check_required_string(&mut p, "subject", v);
         }
         if let Some(v) = &self.time {
             rules::check_timestamp(&mut p, "time", v);

@@ -126,9 +126,20 @@ impl CloudEvent {
         for (name, raw) in headers {
             let lower = name.to_ascii_lowercase();
             if lower == "content-type" {
-                match decode_header_value(raw) {
-                    Ok(v) => ev.datacontenttype = Some(v),
-                    Err(msg) => p.push(ErrorCode::InvalidHeaderValue, "content-type", msg),
+                // Content-Type is an ordinary HTTP header: its value is taken as is, not
+                // percent-decoded like the ce- headers.
+                match std::str::from_utf8(raw) {
+                    Ok(_) if ev.datacontenttype.is_some() => p.push(
+                        ErrorCode::DuplicateMember,
+                        "content-type",
+                        "header appears more than once",
+                    ),
+                    Ok(v) => ev.datacontenttype = Some(v.trim().to_owned()),
+                    Err(_) => p.push(
+                        ErrorCode::InvalidHeaderValue,
+                        "content-type",
+                        "Content-Type is not UTF-8",
+                    ),
                 }
                 continue;
             }
@@ -179,7 +190,6 @@ impl CloudEvent {
                 "datacontenttype" => {
                     p.push(ErrorCode::InvalidAttributeName, header, "datacontenttype travels as Content-Type in binary mode, not as ce-datacontenttype");
                 }
-                "data_base64" => {}
                 _ => {
                     ev.extensions
                         .insert(attr.to_owned(), ExtValue::String(value));
@@ -216,15 +226,14 @@ impl CloudEvent {
                 },
             );
         }
-        if p.is_empty() {
-            // Re-check the type system, with header names as locations.
-            if let Err(errors) = ev.validate() {
-                for e in errors.0 {
-                    let header = e.location.trim_start_matches('/');
-                    p.push(e.code, format!("ce-{header}"), e.message);
-                }
+        // The type system, reported under the header that carried each attribute.
+        p.absorb(ev.validate(), |location| {
+            match location.trim_start_matches('/') {
+                "datacontenttype" => "content-type".to_owned(),
+                "data" => "body".to_owned(),
+                attr => format!("ce-{attr}"),
             }
-        }
+        });
         p.finish(ev)
     }
 

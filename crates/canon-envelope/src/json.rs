@@ -1,8 +1,6 @@
 //! The CloudEvents JSON event format: one event (`application/cloudevents+json`) or a batch
 //! (`application/cloudevents-batch+json`), decoded strictly and encoded canonically.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -65,11 +63,12 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
 
     for (name, value) in &members.0 {
         let name: &str = name;
-        let loc = format!("/{}", pointer_token(name));
+        // The location is only formatted when a problem is reported.
+        let loc = || format!("/{}", pointer_token(name));
         if seen.contains(&name) {
             p.push(
                 ErrorCode::DuplicateMember,
-                loc,
+                loc(),
                 format!("member {name:?} appears more than once"),
             );
             continue;
@@ -82,7 +81,7 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
                 Scalar::Str(s) => data_base64 = Some(s.into_owned()),
                 other => p.push(
                     ErrorCode::InvalidAttributeType,
-                    loc,
+                    loc(),
                     format!("data_base64 must be a string, got {}", other.type_name()),
                 ),
             },
@@ -94,7 +93,7 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
                     other => {
                         p.push(
                             ErrorCode::InvalidAttributeType,
-                            loc,
+                            loc(),
                             format!("{name} must be a string, got {}", other.type_name()),
                         );
                         // Count it as present so it is not also reported missing.
@@ -114,7 +113,7 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
                         if s != "1.0" {
                             p.push(
                                 ErrorCode::UnsupportedSpecVersion,
-                                loc,
+                                loc(),
                                 format!("specversion must be \"1.0\", got {s:?}"),
                             );
                         }
@@ -132,12 +131,12 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
                 if !rules::is_valid_attribute_name(name) {
                     p.push(
                         ErrorCode::InvalidAttributeName,
-                        loc,
+                        loc(),
                         format!("attribute name {name:?} must match [a-z0-9]+"),
                     );
                     continue;
                 }
-                if let Some(v) = ext_value(&mut p, &loc, name, value) {
+                if let Some(v) = ext_value(&mut p, name, value) {
                     ev.extensions.insert(name.to_owned(), v);
                 }
             }
@@ -180,16 +179,8 @@ pub(crate) fn from_members(members: &Members<'_>) -> Result<CloudEvent, Envelope
         (Some(d), None) => Some(data_from_member(&ev, d)),
         (None, None) => None,
     };
-    // The type-system rules (strings, URIs, timestamps, extension syntax). A location already
-    // reported above is not reported twice.
-    if let Err(errors) = ev.validate() {
-        let reported = p.locations();
-        for e in errors.0 {
-            if !reported.contains(&e.location) {
-                p.push(e.code, e.location, e.message);
-            }
-        }
-    }
+    // The type-system rules (strings, URIs, timestamps, extension syntax).
+    p.absorb(ev.validate(), str::to_owned);
     p.finish(ev)
 }
 
@@ -204,12 +195,8 @@ fn data_from_member(ev: &CloudEvent, d: &RawValue) -> Data {
 
 /// Reads an extension value in the JSON format: Boolean, Integer (int32) or String; null is
 /// absent.
-pub(crate) fn ext_value(
-    p: &mut Problems,
-    loc: &str,
-    name: &str,
-    value: &RawValue,
-) -> Option<ExtValue> {
+pub(crate) fn ext_value(p: &mut Problems, name: &str, value: &RawValue) -> Option<ExtValue> {
+    let loc = || format!("/{}", pointer_token(name));
     match Scalar::of(value) {
         Scalar::Null => None,
         Scalar::Bool(b) => Some(ExtValue::Bool(b)),
@@ -218,7 +205,7 @@ pub(crate) fn ext_value(
             Err(_) => {
                 p.push(
                     ErrorCode::IntegerOutOfRange,
-                    loc,
+                    loc(),
                     format!("{name} is outside the signed 32-bit integer range"),
                 );
                 None
@@ -227,7 +214,7 @@ pub(crate) fn ext_value(
         Scalar::OtherNumber => {
             p.push(
                 ErrorCode::IntegerOutOfRange,
-                loc,
+                loc(),
                 format!("{name} must be a whole number within the signed 32-bit range"),
             );
             None
@@ -236,7 +223,7 @@ pub(crate) fn ext_value(
         other @ (Scalar::Object | Scalar::Array) => {
             p.push(
                 ErrorCode::InvalidAttributeType,
-                loc,
+                loc(),
                 format!(
                     "{name} must be a string, boolean or integer, got {}",
                     other.type_name()
@@ -264,7 +251,9 @@ impl Serialize for CloudEvent {
                 m.serialize_entry(name, v)?;
             }
         }
-        serialize_extensions(&mut m, &self.extensions)?;
+        for (name, value) in &self.extensions {
+            m.serialize_entry(name, value)?;
+        }
         match &self.data {
             Some(Data::Json(raw)) => m.serialize_entry("data", raw)?,
             Some(Data::Text(text)) => m.serialize_entry("data", text)?,
@@ -273,18 +262,4 @@ impl Serialize for CloudEvent {
         }
         m.end()
     }
-}
-
-fn serialize_extensions<M: SerializeMap>(
-    m: &mut M,
-    extensions: &BTreeMap<String, ExtValue>,
-) -> Result<(), M::Error> {
-    for (name, value) in extensions {
-        match value {
-            ExtValue::Bool(b) => m.serialize_entry(name, b)?,
-            ExtValue::Integer(i) => m.serialize_entry(name, i)?,
-            ExtValue::String(s) => m.serialize_entry(name, s)?,
-        }
-    }
-    Ok(())
 }

@@ -28,3 +28,4 @@ pub use error::{EnvelopeError, EnvelopeErrors, ErrorCode};
 pub use event::{CloudEvent, Data, ExtValue, TraceParent, ext};
 pub use http::{BinaryMessage, HttpMode, decode_header_value, encode_header_value};
 pub use json::{BATCH_MEDIA_TYPE, MEDIA_TYPE};
+pub use raw::pointer_token;

@@ -157,8 +157,9 @@ pub(crate) fn json_error(e: serde_json::Error) -> EnvelopeErrors {
     EnvelopeErrors::one(ErrorCode::InvalidJson, location, msg)
 }
 
-/// Escapes a member name for use in a JSON pointer (RFC 6901).
-pub(crate) fn pointer_token(name: &str) -> Cow<'_, str> {
+/// Escapes a member name for use as one token of a JSON pointer (RFC 6901): `~` becomes `~0`
+/// and `/` becomes `~1`.
+pub fn pointer_token(name: &str) -> Cow<'_, str> {
     if name.contains(['~', '/']) {
         Cow::Owned(name.replace('~', "~0").replace('/', "~1"))
     } else {

@@ -130,32 +130,45 @@ pub fn parse_traceparent(s: &str) -> Option<TraceParent<'_>> {
 
 /// A W3C `tracestate`: comma-separated `key=value` members (empty members allowed), at most 32.
 pub fn is_valid_tracestate(s: &str) -> bool {
-    let mut count = 0;
+    let mut keys: Vec<&str> = Vec::new();
     for member in s.split(',') {
         let member = member.trim_matches([' ', '\t']);
         if member.is_empty() {
             continue;
         }
-        count += 1;
         let Some((key, value)) = member.split_once('=') else {
             return false;
         };
-        let key_ok = !key.is_empty()
-            && key.len() <= 256
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b));
         let value_ok = !value.is_empty()
             && value.len() <= 256
             && value
                 .bytes()
                 .all(|b| (0x20..=0x7E).contains(&b) && b != b',' && b != b'=')
             && !value.ends_with(' ');
-        if !(key_ok && value_ok) {
+        if !(is_tracestate_key(key) && value_ok) || keys.contains(&key) {
             return false;
         }
+        keys.push(key);
     }
-    count <= 32
+    keys.len() <= 32
+}
+
+/// `simple-key = lcalpha 0*255(keychar)`, or `tenant@system` with a tenant of 1 to 241
+/// characters starting with a letter or digit and a system of 1 to 14 starting with a letter.
+fn is_tracestate_key(key: &str) -> bool {
+    let keychar = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/".contains(&b);
+    let part = |s: &str, max: usize, first: fn(u8) -> bool| {
+        let b = s.as_bytes();
+        !b.is_empty() && b.len() <= max && first(b[0]) && b[1..].iter().all(|&c| keychar(c))
+    };
+    match key.split_once('@') {
+        None => part(key, 256, |b| b.is_ascii_lowercase()),
+        Some((tenant, system)) => {
+            part(tenant, 241, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit()
+            }) && part(system, 14, |b| b.is_ascii_lowercase())
+        }
+    }
 }
 
 /// Whether `name` is one of the extensions Canon types as String (correlationid, sequence,
@@ -177,6 +190,7 @@ const KNOWN_STRING: [&str; 10] = [
     ext::DIALECT_EXTRA,
 ];
 
+/// A non-empty CloudEvents String (the rule for every present string attribute).
 pub(crate) fn check_required_string(p: &mut Problems, name: &str, value: &str) {
     if value.is_empty() {
         p.push(
@@ -191,10 +205,6 @@ pub(crate) fn check_required_string(p: &mut Problems, name: &str, value: &str) {
             format!("{name} holds a control character or noncharacter"),
         );
     }
-}
-
-pub(crate) fn check_optional_string(p: &mut Problems, name: &str, value: &str) {
-    check_required_string(p, name, value);
 }
 
 pub(crate) fn check_timestamp(p: &mut Problems, name: &str, value: &str) {
@@ -212,30 +222,29 @@ pub(crate) fn check_timestamp(p: &mut Problems, name: &str, value: &str) {
 /// Checks an extension's name, its value's type and, for the extensions Canon knows, the
 /// value's syntax.
 pub(crate) fn check_extension(p: &mut Problems, name: &str, value: &ExtValue) {
-    let loc = format!("/{name}");
+    let loc = || format!("/{name}");
     if !is_valid_attribute_name(name) {
         p.push(
             ErrorCode::InvalidAttributeName,
-            loc,
+            loc(),
             format!("attribute name {name:?} must match [a-z0-9]+ and not be `data`"),
         );
         return;
     }
-    let known_string = KNOWN_STRING;
     match value {
         ExtValue::String(s) => {
             if !is_valid_string(s) {
                 p.push(
                     ErrorCode::InvalidString,
-                    loc,
+                    loc(),
                     format!("{name} holds a control character or noncharacter"),
                 );
                 return;
             }
-            if known_string.contains(&name) && s.is_empty() && name != ext::TRACESTATE {
+            if is_string_extension(name) && s.is_empty() && name != ext::TRACESTATE {
                 p.push(
                     ErrorCode::EmptyAttribute,
-                    loc,
+                    loc(),
                     format!("{name} must not be empty"),
                 );
                 return;
@@ -243,21 +252,21 @@ pub(crate) fn check_extension(p: &mut Problems, name: &str, value: &ExtValue) {
             match name {
                 ext::TRACEPARENT if parse_traceparent(s).is_none() => p.push(
                     ErrorCode::InvalidTraceParent,
-                    loc,
+                    loc(),
                     "traceparent must be `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower-case, ids not all zero",
                 ),
                 ext::TRACESTATE if !is_valid_tracestate(s) => {
-                    p.push(ErrorCode::InvalidTraceState, loc, "tracestate must be a comma-separated list of key=value");
+                    p.push(ErrorCode::InvalidTraceState, loc(), "tracestate must be a comma-separated list of key=value");
                 }
                 ext::EXPIRATION => check_timestamp(p, name, s),
                 _ => {}
             }
         }
         ExtValue::Bool(_) | ExtValue::Integer(_) => {
-            if known_string.contains(&name) {
+            if is_string_extension(name) {
                 p.push(
                     ErrorCode::InvalidAttributeType,
-                    loc,
+                    loc(),
                     format!("{name} must be a string"),
                 );
             }

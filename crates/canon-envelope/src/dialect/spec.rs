@@ -40,7 +40,6 @@ pub(super) struct Spec {
     pub(super) implied_source: Option<&'static str>,
     /// Payload fields sit at the top level, next to the envelope members (lifeos).
     pub(super) flat_payload: bool,
-    pub(super) metadata_required: bool,
 }
 
 impl Spec {
@@ -50,13 +49,12 @@ impl Spec {
             .find(|f| f.slot == slot && f.name == name)
     }
 
-    /// Whether an explicit member always carries this attribute (so a same-named metadata
-    /// member must not). Integer members are not counted: an attribute value that is not an
-    /// integer travels in metadata under its own name instead.
+    /// Whether an explicit member carries this attribute (so a same-named metadata member
+    /// must not).
     pub(super) fn maps_attribute(&self, attr: &str) -> bool {
         self.fields
             .iter()
-            .any(|f| !matches!(f.target, Target::IntExt(_)) && attribute_of(f.target) == Some(attr))
+            .any(|f| attribute_of(f.target) == Some(attr))
     }
 
     /// The member that carries an attribute, as a JSON pointer.
@@ -68,7 +66,7 @@ impl Spec {
     }
 }
 
-fn attribute_of(target: Target) -> Option<&'static str> {
+pub(super) fn attribute_of(target: Target) -> Option<&'static str> {
     match target {
         Target::Id => Some("id"),
         Target::Type => Some("type"),
@@ -101,7 +99,6 @@ pub(super) static BME: Spec = Spec {
     required: &["eventId", "type", "metadata", "timestamp"],
     implied_source: Some("urn:canon:bme"),
     flat_payload: false,
-    metadata_required: true,
 };
 
 /// Seed 002.
@@ -124,7 +121,6 @@ pub(super) static GO4U: Spec = Spec {
     required: &["event_id", "event_name", "occurred_at", "producer"],
     implied_source: None,
     flat_payload: false,
-    metadata_required: false,
 };
 
 /// Seed 003.
@@ -144,5 +140,4 @@ pub(super) static LIFEOS: Spec = Spec {
     required: &["event_id", "event_type", "timestamp"],
     implied_source: Some("urn:canon:lifeos"),
     flat_payload: true,
-    metadata_required: false,
 };

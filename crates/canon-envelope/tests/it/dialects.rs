@@ -158,7 +158,6 @@ fn refuses_malformed_dialect_envelopes() {
         missing-attribute /eventId (bme requires member eventId)
         bme:
         invalid-dialect-member /metadata (metadata must be an object, got a string)
-        missing-attribute /metadata (bme requires member metadata)
         missing-attribute /metadata/timestamp (bme requires member timestamp)
         go4u:
         invalid-dialect-member /event_id (event_id must be a string, got a number)

@@ -110,3 +110,37 @@ fn json_data_without_content_type_is_sent_as_application_json() {
     assert_eq!(msg.content_type.as_deref(), Some("application/json"));
     assert_eq!(msg.body, br#"{"a":1}"#);
 }
+
+#[test]
+fn content_type_is_an_ordinary_header() {
+    let base: Vec<(&str, &[u8])> = vec![
+        ("ce-specversion", b"1.0"),
+        ("ce-id", b"1"),
+        ("ce-source", b"/s"),
+        ("ce-type", b"t"),
+    ];
+    // Not percent-decoded: only ce- values are encoded.
+    let mut headers = base.clone();
+    headers.push(("Content-Type", b"text/plain; note=100%25"));
+    let ev = CloudEvent::from_http_binary(headers, b"hi").unwrap();
+    assert_eq!(
+        ev.datacontenttype.as_deref(),
+        Some("text/plain; note=100%25")
+    );
+    // Twice is refused, and an empty one is reported under its own name.
+    let mut headers = base.clone();
+    headers.push(("content-type", b"text/plain"));
+    headers.push(("content-type", b"application/json"));
+    let errors = CloudEvent::from_http_binary(headers, b"hi").unwrap_err();
+    assert_eq!(
+        (errors.0[0].code.as_str(), errors.0[0].location.as_str()),
+        ("duplicate-member", "content-type")
+    );
+    let mut headers = base;
+    headers.push(("content-type", b""));
+    let errors = CloudEvent::from_http_binary(headers, b"hi").unwrap_err();
+    assert_eq!(
+        (errors.0[0].code.as_str(), errors.0[0].location.as_str()),
+        ("empty-attribute", "content-type")
+    );
+}

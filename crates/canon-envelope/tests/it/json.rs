@@ -204,3 +204,16 @@ fn batch_is_all_or_nothing_and_names_the_index() {
     let round = CloudEvent::batch_from_json(&CloudEvent::batch_to_json(&ok)).unwrap();
     assert_eq!(round, ok);
 }
+
+#[test]
+fn tracestate_follows_the_w3c_grammar() {
+    use canon_envelope::rules::is_valid_tracestate;
+    assert!(is_valid_tracestate(
+        "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    ));
+    assert!(is_valid_tracestate("fw529a3039@dt=00f067aa0ba902b7, ,"));
+    assert!(!is_valid_tracestate("_x=1"), "a key starts with a letter");
+    assert!(!is_valid_tracestate("a@b@c=1"), "one @ at most");
+    assert!(!is_valid_tracestate("a=1,a=2"), "keys are unique");
+    assert!(!is_valid_tracestate("a=1=2"));
+}

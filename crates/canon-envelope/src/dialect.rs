@@ -358,7 +358,7 @@ impl Decoding<'_> {
             ("subject", Some(ExtValue::String(s))) => ev.subject = Some(s),
             ("time", Some(ExtValue::String(s))) => ev.time = Some(s),
             ("source" | "datacontenttype" | "dataschema" | "subject" | "time", _) | (_, None) => {
-                self.keep(loc(), value)
+                self.keep(loc(), value);
             }
             (_, Some(attr)) => {
                 ev.extensions.insert(name.to_owned(), attr);

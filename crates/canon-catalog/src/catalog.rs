@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use canon_envelope::Dialect;
+use canon_envelope::{Dialect, pointer_token};
 use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Severity};
@@ -126,8 +126,27 @@ pub struct PayloadVersion {
     /// Its JSON Schema (shorthand already expanded).
     pub schema: Value,
     pub(crate) validator: Option<Arc<jsonschema::Validator>>,
-    /// JSON pointer of this version's schema in the file.
+    /// JSON pointer of this version's entry in the file (the type, or `versions/<i>`).
+    pub(crate) base: String,
+    /// JSON pointer of this version's `payload` or `schema`.
     pub(crate) pointer: String,
+    /// Whether it was written in shorthand (`payload:`) rather than JSON Schema.
+    pub(crate) shorthand: bool,
+}
+
+impl PayloadVersion {
+    /// Why moving from `self` to the later version `next` needs a new major version under
+    /// `mode`: the breaking changes, if `next` keeps the major. Empty when the bump is right.
+    pub(crate) fn missing_bump(
+        &self,
+        next: &PayloadVersion,
+        mode: Compatibility,
+    ) -> Vec<crate::compat::Change> {
+        if next.version.major() != self.version.major() {
+            return Vec::new();
+        }
+        crate::compat::breaking_changes(mode, &self.schema, &next.schema)
+    }
 }
 
 impl EventType {
@@ -264,7 +283,7 @@ impl Cx<'_> {
             match seg {
                 Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
                 Segment::Map { key } => {
-                    pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")));
+                    pointer.push_str(&format!("/{}", pointer_token(key)));
                 }
                 _ => {}
             }
@@ -294,10 +313,6 @@ impl Cx<'_> {
     }
 }
 
-fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
-
 fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
     let mut ok = true;
     if model.canon != 1 {
@@ -310,7 +325,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
         ok = false;
     }
     let naming = match &model.naming {
-        None => Naming::Pattern(regex::Regex::new(".+").ok()?),
+        None => Naming::Any,
         Some(NamingModel::Pattern { pattern }) => match regex::Regex::new(pattern) {
             Ok(r) => Naming::Pattern(r),
             Err(e) => {
@@ -321,7 +336,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
                     "write a valid Rust regex",
                 );
                 ok = false;
-                Naming::Pattern(regex::Regex::new(".+").ok()?)
+                Naming::Any
             }
         },
         Some(NamingModel::Preset(p)) => match p.as_str() {
@@ -353,7 +368,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
                     "use context.Verb, area.action.state, PascalCase, reverse-dns-versioned, or {pattern: \"^...$\"}",
                 );
                 ok = false;
-                Naming::Pattern(regex::Regex::new(".+").ok()?)
+                Naming::Any
             }
         },
     };
@@ -438,13 +453,22 @@ type RawVersion<'a> = (
 );
 
 fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Option<EventType> {
-    let base = format!("/types/{}", escape(name));
+    let base = format!("/types/{}", pointer_token(name));
     let mut ok = true;
     let mut raw_versions: Vec<RawVersion<'_>> = Vec::new();
     match &t.versions {
         Some(list) => {
             if t.version.is_some() || t.payload.is_some() || t.schema.is_some() {
                 cx.error(&base, "versions-and-schema", format!("type {name} has both `versions` and a top-level version/payload/schema"), "keep one: `versions:` for several versions, or `version` with `payload`/`schema`");
+                ok = false;
+            }
+            if list.is_empty() {
+                cx.error(
+                    &format!("{base}/versions"),
+                    "missing-schema",
+                    format!("{name} lists no versions"),
+                    "add at least one `- version: 1` with a `payload` or `schema`",
+                );
                 ok = false;
             }
             for (i, v) in list.iter().enumerate() {
@@ -486,8 +510,10 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
         let schema = match (payload, schema) {
             (Some(p), None) => match shorthand::expand(p) {
                 Ok(s) => Some(s),
-                Err(e) => {
-                    cx.error(&format!("{at}/payload{}", e.pointer), "invalid-shorthand", e.message, "see the shorthand table in docs/catalog-format.md, or use `schema:` with JSON Schema");
+                Err(errors) => {
+                    for e in errors {
+                        cx.error(&format!("{at}/payload{}", e.pointer), "invalid-shorthand", e.message, "see the shorthand table in docs/catalog-format.md, or use `schema:` with JSON Schema");
+                    }
                     None
                 }
             },
@@ -531,7 +557,9 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             version,
             schema,
             validator,
+            base: at,
             pointer: schema_pointer,
+            shorthand: payload.is_some(),
         });
     }
     let deprecated = t.deprecated.clone().and_then(|d| match d {
@@ -546,7 +574,8 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             replaced_by: d.replaced_by,
             since: d
                 .since
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+                .as_ref()
+                .and_then(|v| version_text(cx, &format!("{base}/deprecated/since"), v)),
         }),
     });
     ok.then(|| EventType {
@@ -575,12 +604,10 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
 
 /// Checks a schema against the 2020-12 meta-schema and compiles it, with formats asserted.
 pub(crate) fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
-    if let Err(e) = jsonschema::meta::validate(schema) {
-        return Err(format!("{} (at {})", e, e.instance_path()));
-    }
+    // Building checks the schema against the meta-schema first.
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
         .should_validate_formats(true)
         .build(schema)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{e} (at {})", e.instance_path()))
 }

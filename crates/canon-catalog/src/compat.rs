@@ -55,11 +55,6 @@ pub fn breaking_changes(mode: Compatibility, old: &Value, new: &Value) -> Vec<Ch
     out
 }
 
-/// Both directions, for reporting.
-pub fn all_changes(old: &Value, new: &Value) -> Vec<Change> {
-    breaking_changes(Compatibility::Full, old, new)
-}
-
 /// Why some instance valid under `a` may be invalid under `b`; empty when `a` ⊆ `b`.
 pub fn widening_problems(a: &Value, b: &Value, dir: Direction) -> Vec<Change> {
     let mut out = Vec::new();
@@ -113,19 +108,45 @@ fn push(out: &mut Vec<Change>, dir: Direction, path: &str, description: String) 
     });
 }
 
+static ANY: Value = Value::Bool(true);
+
+/// The values an `enum` or `const` allows.
+fn values(m: &Map<String, Value>) -> Option<Vec<&Value>> {
+    match (m.get("enum").and_then(Value::as_array), m.get("const")) {
+        (Some(list), _) => Some(list.iter().collect()),
+        (None, Some(c)) => Some(vec![c]),
+        (None, None) => None,
+    }
+}
+
+fn props(m: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    m.get("properties").and_then(Value::as_object)
+}
+
+fn required(m: &Map<String, Value>) -> Vec<&str> {
+    m.get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
 fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>) {
-    if b == &Value::Bool(true)
-        || b.as_object().is_some_and(Map::is_empty)
-        || a == &Value::Bool(false)
-        || a == b
-    {
+    if b == &ANY || b.as_object().is_some_and(Map::is_empty) || a == &Value::Bool(false) || a == b {
         return;
     }
     if b == &Value::Bool(false) {
         push(out, dir, path, "no value is accepted any more".into());
         return;
     }
-    let (Some(am), Some(bm)) = (a.as_object(), b.as_object().or(None)) else {
+    let empty = Map::new();
+    let (Some(am), Some(bm)) = (
+        if a == &ANY {
+            Some(&empty)
+        } else {
+            a.as_object()
+        },
+        b.as_object(),
+    ) else {
         push(
             out,
             dir,
@@ -134,8 +155,6 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
         );
         return;
     };
-    let empty = Map::new();
-    let am = if a == &Value::Bool(true) { &empty } else { am };
     // Keywords outside the handled vocabulary must be identical.
     for key in bm.keys().chain(am.keys()) {
         if !HANDLED.contains(&key.as_str()) && am.get(key) != bm.get(key) {
@@ -163,26 +182,18 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
                 format!("any type was accepted, now only {}", tb.join(" or ")),
             ),
             Some(ta) => {
-                for t in ta {
-                    if !covered(t) {
-                        push(
-                            out,
-                            dir,
-                            path,
-                            format!("type {t} is no longer accepted (now {})", tb.join(" or ")),
-                        );
-                    }
+                for t in ta.iter().filter(|t| !covered(t)) {
+                    push(
+                        out,
+                        dir,
+                        path,
+                        format!("type {t} is no longer accepted (now {})", tb.join(" or ")),
+                    );
                 }
             }
         }
     }
     // enum / const
-    let values = |m: &Map<String, Value>| -> Option<Vec<Value>> {
-        m.get("enum")
-            .and_then(Value::as_array)
-            .cloned()
-            .or_else(|| m.get("const").map(|c| vec![c.clone()]))
-    };
     if let Some(vb) = values(bm) {
         match values(am) {
             None => push(
@@ -198,7 +209,7 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
             }
         }
     }
-    // numeric and length bounds: b's lower bound must not rise, upper bound must not fall.
+    // Numeric and length bounds: b's lower bound must not rise, its upper bound not fall.
     for (key, lower) in [
         ("minimum", true),
         ("exclusiveMinimum", true),
@@ -228,33 +239,21 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
     }
     // arrays
     if let Some(ib) = bm.get("items") {
-        let ia = am.get("items").cloned().unwrap_or(Value::Bool(true));
-        check(&ia, ib, &format!("{path}[]"), dir, out);
+        check(
+            am.get("items").unwrap_or(&ANY),
+            ib,
+            &format!("{path}[]"),
+            dir,
+            out,
+        );
     }
     // objects
-    let props = |m: &Map<String, Value>| {
-        m.get("properties")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let required = |m: &Map<String, Value>| -> Vec<String> {
-        m.get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let (pa, pb, ra, rb) = (props(am), props(bm), required(am), required(bm));
-    let addl = |m: &Map<String, Value>| {
-        m.get("additionalProperties")
-            .cloned()
-            .unwrap_or(Value::Bool(true))
-    };
-    let (xa, xb) = (addl(am), addl(bm));
+    let (pa, pb) = (props(am).unwrap_or(&empty), props(bm).unwrap_or(&empty));
+    let (ra, rb) = (required(am), required(bm));
+    let (xa, xb) = (
+        am.get("additionalProperties").unwrap_or(&ANY),
+        bm.get("additionalProperties").unwrap_or(&ANY),
+    );
     let field = |name: &str| {
         if path == "$" {
             name.to_owned()
@@ -262,46 +261,34 @@ fn check(a: &Value, b: &Value, path: &str, dir: Direction, out: &mut Vec<Change>
             format!("{path}.{name}")
         }
     };
-    for r in &rb {
-        if !ra.contains(r) {
-            let what = if pa.contains_key(r) {
-                "became required"
-            } else {
-                "is a new required field"
-            };
-            push(out, dir, &field(r), what.into());
+    for r in rb.iter().filter(|r| !ra.contains(r)) {
+        let what = if pa.contains_key(*r) {
+            "became required"
+        } else {
+            "is a new required field"
+        };
+        push(out, dir, &field(r), what.into());
+    }
+    for (name, sb) in pb {
+        // A field only b declares: instances of a may carry it with anything a's
+        // additionalProperties allowed.
+        check(pa.get(name).unwrap_or(xa), sb, &field(name), dir, out);
+    }
+    for (name, sa) in pa.iter().filter(|(name, _)| !pb.contains_key(*name)) {
+        match xb {
+            Value::Bool(false) => push(out, dir, &field(name), "field is no longer allowed".into()),
+            other => check(sa, other, &field(name), dir, out),
         }
     }
-    for (name, sb) in &pb {
-        match pa.get(name) {
-            Some(sa) => check(sa, sb, &field(name), dir, out),
-            // A field only b declares: instances of a may carry it with anything a's
-            // additionalProperties allowed.
-            None => check(&xa, sb, &field(name), dir, out),
-        }
-    }
-    for (name, sa) in &pa {
-        if !pb.contains_key(name) {
-            match &xb {
-                Value::Bool(false) => {
-                    push(out, dir, &field(name), "field is no longer allowed".into());
-                }
-                other => check(sa, other, &field(name), dir, out),
-            }
-        }
-    }
-    if xb != Value::Bool(true)
-        && xa != xb
-        && !(pb.is_empty() && pa.is_empty() && xb.as_object().is_some_and(Map::is_empty))
-    {
-        match (&xa, &xb) {
-            (Value::Bool(false), _) => {}
-            _ => push(
-                out,
-                dir,
-                path,
-                "undeclared fields are no longer accepted".into(),
-            ),
-        }
+    // Fields neither declares: whatever a allowed for them, b must allow.
+    match (xa, xb) {
+        (Value::Bool(false), _) => {}
+        (_, Value::Bool(false)) => push(
+            out,
+            dir,
+            path,
+            "undeclared fields are no longer accepted".into(),
+        ),
+        _ => check(xa, xb, &field("*"), dir, out),
     }
 }

@@ -15,7 +15,7 @@ pub enum TypeChange {
     Added,
     /// Only in the old catalog.
     Removed,
-    /// In both, with a different latest payload schema.
+    /// In both, with a version added, removed or changed.
     Changed,
     /// In both, same payload schemas.
     Unchanged,
@@ -158,8 +158,8 @@ fn compare(new_catalog: &Catalog, o: &EventType, n: &EventType) -> TypeDiff {
     };
     // A new latest version that breaks the policy must be a new major.
     if nl.version != ol.version {
-        let breaking = compat::breaking_changes(mode, &ol.schema, &nl.schema);
-        if !breaking.is_empty() && nl.version.major() == ol.version.major() {
+        let breaking = ol.missing_bump(nl, mode);
+        if !breaking.is_empty() {
             let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
             errors.push(DiffError {
                 code: "breaking-change-without-version-bump",

@@ -3,15 +3,12 @@
 use canon_envelope::{CloudEvent, Data};
 use serde_json::Value;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, EventType};
 
 /// Why a key could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    /// The type is not in the catalog. Validate the event first.
-    #[error("type {0} is not declared in the catalog")]
-    UnknownType(String),
     /// The payload is absent or not JSON. Validate the event first.
     #[error("the payload is not a JSON document")]
     PayloadNotJson,
@@ -20,69 +17,79 @@ pub enum KeyError {
     MissingField(String),
 }
 
-fn scalar_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// The keys of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Keys {
+    /// The idempotency key, if the type declares one.
+    pub idempotency: Option<String>,
+    /// The aggregate key, if the type declares one.
+    pub aggregate: Option<String>,
+    /// The ordering key: the aggregate key, else the event's `partitionkey`.
+    pub ordering: Option<String>,
 }
 
-fn payload(event: &CloudEvent) -> Result<Value, KeyError> {
-    match &event.data {
-        Some(Data::Json(raw)) => {
-            serde_json::from_str(raw.get()).map_err(|_| KeyError::PayloadNotJson)
-        }
-        _ => Err(KeyError::PayloadNotJson),
-    }
-}
-
-impl Catalog {
-    /// The idempotency key of an event whose type declares one: the type name and the key
-    /// fields' values, as a compact JSON array (`["challenge.completed","u1","c9","2025-…"]`),
-    /// so that no choice of values can make two different keys collide. `None` if the type
-    /// declares no idempotency key.
-    pub fn idempotency_key(&self, event: &CloudEvent) -> Result<Option<String>, KeyError> {
-        let (ty, _) = self
-            .lookup(&event.ty)
-            .ok_or_else(|| KeyError::UnknownType(event.ty.clone()))?;
-        if ty.idempotency.is_empty() {
+impl EventType {
+    /// The idempotency key: the type name and the key fields' values as a compact JSON array
+    /// (`["challenge.completed","u1","c9","2025-…"]`). The values keep their JSON types, so no
+    /// choice of values can make two different keys collide (`1` and `"1"` differ). `None` if
+    /// the type declares no idempotency key.
+    pub fn idempotency_key(&self, payload: &Value) -> Result<Option<String>, KeyError> {
+        if self.idempotency.is_empty() {
             return Ok(None);
         }
-        let payload = payload(event)?;
-        let mut parts = vec![Value::String(ty.name.clone())];
-        for path in &ty.idempotency {
-            match path.lookup(&payload) {
-                Some(v) if !v.is_null() => parts.push(Value::String(scalar_text(v))),
+        let mut parts = Vec::with_capacity(1 + self.idempotency.len());
+        parts.push(Value::String(self.name.clone()));
+        for path in &self.idempotency {
+            match path.lookup(payload) {
+                Some(v) if !v.is_null() => parts.push(v.clone()),
                 _ => return Err(KeyError::MissingField(path.to_string())),
             }
         }
         Ok(Some(Value::Array(parts).to_string()))
     }
 
-    /// The aggregate key of an event: the value of the type's aggregate field. `None` if the
-    /// type declares none.
-    pub fn aggregate_key(&self, event: &CloudEvent) -> Result<Option<String>, KeyError> {
-        let (ty, _) = self
-            .lookup(&event.ty)
-            .ok_or_else(|| KeyError::UnknownType(event.ty.clone()))?;
-        let Some(path) = &ty.aggregate else {
+    /// The aggregate key: the aggregate field's value (a string as is, anything else as JSON).
+    /// `None` if the type declares none.
+    pub fn aggregate_key(&self, payload: &Value) -> Result<Option<String>, KeyError> {
+        let Some(path) = &self.aggregate else {
             return Ok(None);
         };
-        let payload = payload(event)?;
-        match path.lookup(&payload) {
-            Some(v) if !v.is_null() => Ok(Some(scalar_text(v))),
+        match path.lookup(payload) {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) if !v.is_null() => Ok(Some(v.to_string())),
             _ => Err(KeyError::MissingField(path.to_string())),
         }
     }
+}
 
-    /// The ordering key: the catalog's aggregate key, else the event's `partitionkey`.
-    pub fn ordering_key(&self, event: &CloudEvent) -> Result<Option<String>, KeyError> {
-        match self.aggregate_key(event) {
-            Ok(Some(k)) => Ok(Some(k)),
-            Ok(None) | Err(KeyError::UnknownType(_)) => {
-                Ok(event.partition_key().map(str::to_owned))
-            }
-            Err(e) => Err(e),
+impl Catalog {
+    /// Every key of an event, from one parse of its payload. A type the catalog does not declare
+    /// has only the `partitionkey` as its ordering key.
+    pub fn keys(&self, event: &CloudEvent) -> Result<Keys, KeyError> {
+        let partition = || event.partition_key().map(str::to_owned);
+        let Some((ty, _)) = self.lookup(&event.ty) else {
+            return Ok(Keys {
+                ordering: partition(),
+                ..Keys::default()
+            });
+        };
+        if ty.idempotency.is_empty() && ty.aggregate.is_none() {
+            return Ok(Keys {
+                ordering: partition(),
+                ..Keys::default()
+            });
         }
+        let payload: Value = match &event.data {
+            Some(Data::Json(raw)) => {
+                serde_json::from_str(raw.get()).map_err(|_| KeyError::PayloadNotJson)?
+            }
+            _ => return Err(KeyError::PayloadNotJson),
+        };
+        let aggregate = ty.aggregate_key(&payload)?;
+        Ok(Keys {
+            idempotency: ty.idempotency_key(&payload)?,
+            ordering: aggregate.clone().or_else(partition),
+            aggregate,
+        })
     }
 }

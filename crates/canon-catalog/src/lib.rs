@@ -22,7 +22,7 @@ pub mod yaml;
 pub use catalog::{Catalog, Deprecation, EventType, FieldPath, Loaded, PayloadVersion, Topic};
 pub use diagnostic::{Diagnostic, Severity};
 pub use diff::{CatalogDiff, TypeChange, TypeDiff, diff};
-pub use keys::KeyError;
+pub use keys::{KeyError, Keys};
 pub use model::{Compatibility, DeliveryModel, HandlersModel, Ordering, PiiRule};
 pub use naming::Naming;
 pub use shorthand::HASH_PATTERN;

@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::catalog::{Catalog, Cx, EventType, FieldPath};
-use crate::compat;
+use canon_envelope::pointer_token;
+
+use crate::catalog::{Catalog, Cx, EventType, FieldPath, PayloadVersion};
 use crate::diagnostic::Severity;
 use crate::model::PiiRule;
 use crate::naming::Naming;
@@ -16,13 +17,13 @@ pub(crate) fn run(cx: &mut Cx<'_>, catalog: &Catalog) {
     services(cx, catalog);
     topics(cx, catalog);
     for ty in catalog.types.values() {
-        let base = format!("/types/{}", ty.name.replace('~', "~0").replace('/', "~1"));
+        let base = format!("/types/{}", pointer_token(&ty.name));
         naming(cx, catalog, ty, &base);
         producers(cx, catalog, ty, &base);
         keys(cx, ty, &base);
         personal_data(cx, ty, &base);
         handlers(cx, catalog, ty, &base);
-        versions(cx, catalog, ty, &base);
+        versions(cx, catalog, ty);
     }
 }
 
@@ -36,7 +37,7 @@ fn services(cx: &mut Cx<'_>, catalog: &Catalog) {
     for name in catalog.services.keys() {
         if !used.contains(name.as_str()) {
             cx.report(
-                &format!("/services/{name}"),
+                &format!("/services/{}", pointer_token(name)),
                 Severity::Warning,
                 "unused-service",
                 format!("service {name} neither produces nor consumes any type"),
@@ -50,7 +51,7 @@ fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
     let mut placed: Vec<(&str, &str)> = Vec::new();
     for (topic, t) in &catalog.topics {
         for (i, ty) in t.types.iter().enumerate() {
-            let at = format!("/topics/{topic}/types/{i}");
+            let at = format!("/topics/{}/types/{i}", pointer_token(topic));
             if !catalog.types.contains_key(ty) {
                 cx.error(
                     &at,
@@ -78,7 +79,7 @@ fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
         if let Some(listed) = listed
             && listed != ty.topic
         {
-            let at = format!("/types/{}/topic", ty.name);
+            let at = format!("/types/{}/topic", pointer_token(&ty.name));
             cx.error(
                 &at,
                 "topic-conflict",
@@ -109,21 +110,16 @@ fn naming(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
     if let (Naming::ReverseDnsVersioned { .. }, Some(major)) =
         (&catalog.naming, catalog.naming.version_in_name(&ty.name))
     {
-        for (i, v) in ty.versions.iter().enumerate() {
-            if v.version.major() != major {
-                cx.error(
-                    &v.pointer
-                        .rsplit_once('/')
-                        .map_or(base.to_owned(), |(p, _)| p.to_owned()),
-                    "version-suffix-mismatch",
-                    format!(
-                        "{} ends in v{major} but declares version {}",
-                        ty.name, v.version
-                    ),
-                    "with versioned names a new major is a new type: declare it as its own type",
-                );
-                let _ = i;
-            }
+        for v in ty.versions.iter().filter(|v| v.version.major() != major) {
+            cx.error(
+                &v.base,
+                "version-suffix-mismatch",
+                format!(
+                    "{} ends in v{major} but declares version {}",
+                    ty.name, v.version
+                ),
+                "with versioned names a new major is a new type: declare it as its own type",
+            );
         }
     }
 }
@@ -247,21 +243,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
         for (path, schema) in schema_walk::properties(&v.schema) {
             let last = path.0.last().map(String::as_str).unwrap_or("");
             if looks_personal(last, schema) && !ty.personal_data.contains_key(&path) {
-                let at = format!(
-                    "{}/{}",
-                    v.pointer,
-                    path.0
-                        .iter()
-                        .map(|s| format!("properties/{s}"))
-                        .collect::<Vec<_>>()
-                        .join("/")
-                );
-                // Point at the field in shorthand (`payload/email`) or in JSON Schema.
-                let at = if v.pointer.ends_with("/payload") {
-                    format!("{}/{}", v.pointer, path.0.join("/"))
-                } else {
-                    at
-                };
+                let at = field_pointer(cx, v, &path);
                 cx.error(
                     &at,
                     "undeclared-personal-data",
@@ -272,39 +254,43 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
         }
     }
     for (path, rule) in &ty.personal_data {
-        let at = format!("{base}/personal_data/{path}");
-        for v in &ty.versions {
-            match schema_walk::find(&v.schema, path) {
-                Found::Missing if *rule != PiiRule::Forbidden => cx.error(
-                    &at,
-                    "personal-data-path-missing",
-                    format!(
-                        "personal_data names {path}, which is not a field of {} {}",
-                        ty.name, v.version
-                    ),
-                    "fix the path, or remove the entry",
-                ),
-                Found::Field { schema, .. }
-                    if *rule == PiiRule::Hashed
-                        && schema.get("type").is_some_and(|t| {
-                            t != "string"
-                                && !t
-                                    .as_array()
-                                    .is_some_and(|a| a.iter().any(|x| x == "string"))
-                        }) =>
-                {
-                    cx.error(
-                        &at,
-                        "hashed-field-not-string",
-                        format!(
-                            "{path} of {} is declared hashed but its type is not string",
-                            ty.name
-                        ),
-                        "a hashed field holds `sha256:<hex>`; declare it as `hash`",
-                    );
-                }
-                _ => {}
-            }
+        let at = format!("{base}/personal_data/{}", pointer_token(&path.to_string()));
+        let found: Vec<Found<'_>> = ty
+            .versions
+            .iter()
+            .map(|v| schema_walk::find(&v.schema, path))
+            .collect();
+        // A field may exist in some versions only; it must exist in one. (A forbidden field
+        // need not exist at all: the rule keeps it out.)
+        if *rule != PiiRule::Forbidden && found.iter().all(|f| *f == Found::Missing) {
+            let message = format!(
+                "personal_data names {path}, which is not a field of any version of {}",
+                ty.name
+            );
+            cx.error(
+                &at,
+                "personal-data-path-missing",
+                message,
+                "fix the path, or remove the entry",
+            );
+        }
+        let is_string = |t: &Value| {
+            t == "string"
+                || t.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "string"))
+        };
+        let not_string = found.iter().any(|f| matches!(f, Found::Field { schema, .. } if schema.get("type").is_some_and(|t| !is_string(t))));
+        if *rule == PiiRule::Hashed && not_string {
+            let message = format!(
+                "{path} of {} is declared hashed but its type is not string",
+                ty.name
+            );
+            cx.error(
+                &at,
+                "hashed-field-not-string",
+                message,
+                "a hashed field holds `sha256:<hex>`; declare it as `hash`",
+            );
         }
     }
 }
@@ -358,41 +344,33 @@ fn handlers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
     }
 }
 
-fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
+fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType) {
     for pair in ty.versions.windows(2) {
         let (old, new) = (&pair[0], &pair[1]);
-        let at = new
-            .pointer
-            .rsplit_once('/')
-            .map_or(base.to_owned(), |(p, _)| p.to_owned());
+        let at = &new.base;
         if new.version == old.version {
             cx.error(
-                &at,
+                at,
                 "duplicate-version",
                 format!("{} declares version {} twice", ty.name, new.version),
                 "give each version its own number",
             );
-            continue;
-        }
-        if new.version < old.version {
+        } else if new.version < old.version {
+            let message = format!(
+                "{} lists version {} after {}",
+                ty.name, new.version, old.version
+            );
             cx.error(
-                &at,
+                at,
                 "version-order",
-                format!(
-                    "{} lists version {} after {}",
-                    ty.name, new.version, old.version
-                ),
+                message,
                 "list versions in increasing order",
             );
-            continue;
-        }
-        let breaking = compat::breaking_changes(catalog.compatibility, &old.schema, &new.schema);
-        if !breaking.is_empty() && new.version.major() == old.version.major() {
-            let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
-            cx.error(
-                &at,
-                "version-bump-missing",
-                format!(
+        } else {
+            let breaking = old.missing_bump(new, catalog.compatibility);
+            if !breaking.is_empty() {
+                let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
+                let message = format!(
                     "{} {} breaks {:?} compatibility with {} but keeps major {}: {}",
                     ty.name,
                     new.version,
@@ -400,9 +378,31 @@ fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
                     old.version,
                     old.version.major(),
                     list.join("; ")
-                ),
-                "a breaking change needs a new major version (or a new type name)",
-            );
+                );
+                cx.error(
+                    at,
+                    "version-bump-missing",
+                    message,
+                    "a breaking change needs a new major version (or a new type name)",
+                );
+            }
         }
     }
+}
+
+/// Where a payload field is written in the file: under `payload` in shorthand (as `name` or
+/// `name?`), under `properties` in JSON Schema.
+fn field_pointer(cx: &Cx<'_>, v: &PayloadVersion, path: &FieldPath) -> String {
+    let mut at = v.pointer.clone();
+    for segment in &path.0 {
+        let token = pointer_token(segment);
+        at = if !v.shorthand {
+            format!("{at}/properties/{token}")
+        } else if cx.doc.has(&format!("{at}/{token}")) {
+            format!("{at}/{token}")
+        } else {
+            format!("{at}/{token}?")
+        };
+    }
+    at
 }

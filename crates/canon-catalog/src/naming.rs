@@ -1,10 +1,14 @@
 //! Naming conventions for event type names.
 
+use std::sync::LazyLock;
+
 use regex::Regex;
 
 /// A catalog's naming convention.
 #[derive(Debug, Clone)]
 pub enum Naming {
+    /// No convention: any non-empty name.
+    Any,
     /// `context.Verb` (seed 001), optional `.vN` suffix.
     ContextVerb,
     /// `area.action.state` (seed 002): 2 to 4 lower snake_case segments.
@@ -20,20 +24,30 @@ pub enum Naming {
     Pattern(Regex),
 }
 
+fn regex(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap_or_else(|e| unreachable!("constant pattern {pattern}: {e}"))
+}
+
+static CONTEXT_VERB: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^[a-z][a-zA-Z0-9]*\.[A-Z][A-Za-z0-9]*(\.v[0-9]+)?$"));
+static AREA_ACTION_STATE: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$"));
+static PASCAL_CASE: LazyLock<Regex> = LazyLock::new(|| regex(r"^[A-Z][a-z0-9]+([A-Z][a-z0-9]*)*$"));
+static DOMAIN_ACTION_VERSION: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\.v[1-9][0-9]*$"));
+
 impl Naming {
     /// Whether `name` follows the convention.
     pub fn accepts(&self, name: &str) -> bool {
-        let re = |p: &str| Regex::new(p).is_ok_and(|r| r.is_match(name));
         match self {
-            Naming::ContextVerb => re(r"^[a-z][a-zA-Z0-9]*\.[A-Z][A-Za-z0-9]*(\.v[0-9]+)?$"),
-            Naming::AreaActionState => re(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$"),
-            Naming::PascalCase => re(r"^[A-Z][a-z0-9]+([A-Z][a-z0-9]*)*$"),
+            Naming::Any => !name.is_empty(),
+            Naming::ContextVerb => CONTEXT_VERB.is_match(name),
+            Naming::AreaActionState => AREA_ACTION_STATE.is_match(name),
+            Naming::PascalCase => PASCAL_CASE.is_match(name),
             Naming::ReverseDnsVersioned { prefix } => name
                 .strip_prefix(prefix.as_str())
                 .and_then(|rest| rest.strip_prefix('.'))
-                .is_some_and(|rest| {
-                    re_match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\.v[1-9][0-9]*$", rest)
-                }),
+                .is_some_and(|rest| DOMAIN_ACTION_VERSION.is_match(rest)),
             Naming::Pattern(r) => r.is_match(name),
         }
     }
@@ -41,6 +55,7 @@ impl Naming {
     /// A one-line description for messages.
     pub fn describe(&self) -> String {
         match self {
+            Naming::Any => "any name".into(),
             Naming::ContextVerb => "context.Verb (e.g. money.TransactionCreated)".into(),
             Naming::AreaActionState => {
                 "area.action.state (2 to 4 lower snake_case segments, e.g. task.deal.confirmed)"
@@ -54,18 +69,12 @@ impl Naming {
         }
     }
 
-    /// For conventions that put the version in the name, the major it names (`…v2` → 2).
+    /// For a convention that puts the major version in the name, the major a name states
+    /// (`com.todo.task.created.v2` → 2).
     pub fn version_in_name(&self, name: &str) -> Option<u64> {
         match self {
-            Naming::ReverseDnsVersioned { .. } | Naming::ContextVerb => {
-                let (_, last) = name.rsplit_once('.')?;
-                last.strip_prefix('v')?.parse().ok()
-            }
+            Naming::ReverseDnsVersioned { .. } => name.rsplit_once(".v")?.1.parse().ok(),
             _ => None,
         }
     }
-}
-
-fn re_match(pattern: &str, s: &str) -> bool {
-    Regex::new(pattern).is_ok_and(|r| r.is_match(s))
 }

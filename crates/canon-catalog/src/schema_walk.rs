@@ -50,7 +50,8 @@ fn is_structural(schema: &Value) -> bool {
         .any(|k| schema.get(k).is_some())
 }
 
-/// Every property declared in the schema, as (path, schema), depth first.
+/// Every property declared in the schema, as (path, schema), depth first. Fields inside array
+/// items are not listed: a field path cannot name them.
 pub(crate) fn properties(schema: &Value) -> Vec<(FieldPath, &Value)> {
     let mut out = Vec::new();
     walk(schema, &mut Vec::new(), &mut out);
@@ -65,8 +66,5 @@ fn walk<'s>(schema: &'s Value, prefix: &mut Vec<String>, out: &mut Vec<(FieldPat
             walk(sub, prefix, out);
             prefix.pop();
         }
-    }
-    if let Some(items) = schema.get("items") {
-        walk(items, prefix, out);
     }
 }

@@ -14,13 +14,14 @@ pub(crate) struct ShorthandError {
     pub(crate) message: String,
 }
 
-/// Expands a `payload:` mapping into a closed object schema.
-pub(crate) fn expand(payload: &Value) -> Result<Value, ShorthandError> {
+/// Expands a `payload:` mapping into a closed object schema, or returns every problem.
+pub(crate) fn expand(payload: &Value) -> Result<Value, Vec<ShorthandError>> {
     let mut errors = Vec::new();
     let schema = object(payload, "", &mut errors);
-    match errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(schema),
+    if errors.is_empty() {
+        Ok(schema)
+    } else {
+        Err(errors)
     }
 }
 
@@ -39,7 +40,7 @@ fn object(fields: &Value, at: &str, errors: &mut Vec<ShorthandError>) -> Value {
             Some(n) => (n, true),
             None => (key.as_str(), false),
         };
-        let here = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+        let here = format!("{at}/{}", canon_envelope::pointer_token(key));
         if name.is_empty() {
             errors.push(ShorthandError {
                 pointer: here.clone(),

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use canon_envelope::{CloudEvent, Data, Dialect};
+use canon_envelope::{CloudEvent, Data, Dialect, EnvelopeErrors, pointer_token};
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
@@ -32,6 +32,22 @@ pub struct Violation {
     pub location: String,
     /// What is wrong.
     pub message: String,
+}
+
+impl Violation {
+    /// Envelope problems as violations (no type or version known yet).
+    pub fn from_envelope(errors: &EnvelopeErrors) -> Vec<Violation> {
+        errors
+            .iter()
+            .map(|e| Violation {
+                code: e.code.as_str(),
+                type_name: None,
+                version: None,
+                location: e.location.clone(),
+                message: e.message.clone(),
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for Violation {
@@ -68,10 +84,13 @@ fn looks_like_raw_pii(s: &str) -> bool {
     let email = s.contains('@')
         && s.rsplit_once('@')
             .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+    // A bare run of digits is an ordinary numeric id; a phone number shows its form: a leading
+    // `+` or separators between the digits.
     let digits = s.chars().filter(char::is_ascii_digit).count();
     let phone = digits >= 7
         && s.chars()
-            .all(|c| c.is_ascii_digit() || " +-().".contains(c));
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+        && s.chars().any(|c| !c.is_ascii_digit());
     email || phone
 }
 
@@ -83,18 +102,9 @@ impl Catalog {
         dialect: Dialect,
         input: &[u8],
     ) -> Result<CloudEvent, Vec<Violation>> {
-        let event = dialect.decode(input).map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| Violation {
-                    code: e.code.as_str(),
-                    type_name: None,
-                    version: None,
-                    location: e.location.clone(),
-                    message: e.message.clone(),
-                })
-                .collect::<Vec<_>>()
-        })?;
+        let event = dialect
+            .decode(input)
+            .map_err(|errors| Violation::from_envelope(&errors))?;
         let violations = self.validate(&event);
         if violations.is_empty() {
             Ok(event)
@@ -182,46 +192,39 @@ impl Catalog {
         if let Some(validator) = pv.validator.as_ref().filter(|v| !v.is_valid(&payload)) {
             for e in validator.iter_errors(&payload) {
                 let base = format!("/data{}", e.instance_path());
-                let (code, location, message) = match e.kind() {
+                match e.kind() {
                     ValidationErrorKind::Required { property } => {
                         let name = property.as_str().unwrap_or_default();
-                        (
+                        let location = format!("{base}/{}", pointer_token(name));
+                        out.push(violation(
                             "payload-required",
-                            format!("{base}/{name}"),
+                            location,
                             format!("required field {name} is missing"),
-                        )
+                        ));
                     }
                     ValidationErrorKind::AdditionalProperties { unexpected } => {
-                        for name in unexpected.iter().skip(1) {
-                            out.push(violation(
-                                "payload-unknown-field",
-                                format!("{base}/{name}"),
-                                format!(
-                                    "field {name} is not declared for {} {}",
-                                    ty.name, pv.version
-                                ),
-                            ));
-                        }
-                        let name = unexpected.first().cloned().unwrap_or_default();
-                        (
-                            "payload-unknown-field",
-                            format!("{base}/{name}"),
-                            format!(
+                        for name in unexpected {
+                            let location = format!("{base}/{}", pointer_token(name));
+                            let message = format!(
                                 "field {name} is not declared for {} {}",
                                 ty.name, pv.version
-                            ),
-                        )
+                            );
+                            out.push(violation("payload-unknown-field", location, message));
+                        }
                     }
-                    kind => (keyword_code(kind.keyword()), base, e.to_string()),
-                };
-                out.push(violation(code, location, message));
+                    kind => out.push(violation(keyword_code(kind.keyword()), base, e.to_string())),
+                }
             }
         }
         for (path, rule) in &ty.personal_data {
             let Some(value) = path.lookup(&payload) else {
                 continue;
             };
-            let location = || format!("/data/{}", path.0.join("/"));
+            let location = || {
+                path.0.iter().fold(String::from("/data"), |at, s| {
+                    format!("{at}/{}", pointer_token(s))
+                })
+            };
             match rule {
                 PiiRule::Forbidden if !value.is_null() => {
                     out.push(violation(

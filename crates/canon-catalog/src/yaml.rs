@@ -52,12 +52,9 @@ impl Document {
         }
     }
 
-    /// Where the value of the node at `pointer` is (not its key).
-    pub fn value_position(&self, pointer: &str) -> Position {
-        self.values
-            .get(pointer)
-            .copied()
-            .unwrap_or_else(|| self.position(pointer))
+    /// Whether the file has a node (or key) at `pointer`.
+    pub fn has(&self, pointer: &str) -> bool {
+        self.keys.contains_key(pointer) || self.values.contains_key(pointer)
     }
 
     /// The source text of a float scalar, e.g. `1.10`.
@@ -95,9 +92,9 @@ pub fn load(source: &str) -> Result<Document, YamlError> {
     if let Some(err) = builder.error {
         return Err(err);
     }
-    if builder.documents > 1 {
+    if let Some(position) = builder.second_document {
         return Err(YamlError {
-            position: Position { line: 1, column: 1 },
+            position,
             code: "unsupported-yaml",
             message: "a catalog is one YAML document; found several".into(),
         });
@@ -119,7 +116,7 @@ enum Frame {
     Map {
         pointer: String,
         map: Map<String, Value>,
-        key: Option<(String, Position)>,
+        key: Option<String>,
     },
 }
 
@@ -131,6 +128,8 @@ struct Builder {
     keys: HashMap<String, Position>,
     float_text: HashMap<String, String>,
     error: Option<YamlError>,
+    /// Where the second document starts, if there is one.
+    second_document: Option<Position>,
     documents: usize,
 }
 
@@ -167,7 +166,7 @@ impl Builder {
             Some(Frame::Seq { pointer, items }) => Some(format!("{pointer}/{}", items.len())),
             Some(Frame::Map {
                 pointer,
-                key: Some((k, _)),
+                key: Some(k),
                 ..
             }) => Some(format!("{pointer}/{}", escape(k))),
             Some(Frame::Map { key: None, .. }) => None,
@@ -179,7 +178,7 @@ impl Builder {
             None => self.root = Some(value),
             Some(Frame::Seq { items, .. }) => items.push(value),
             Some(Frame::Map { map, key, .. }) => {
-                if let Some((k, _)) = key.take() {
+                if let Some(k) = key.take() {
                     map.insert(k, value);
                 }
             }
@@ -194,7 +193,12 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
         }
         let at = pos(span);
         match ev {
-            Event::DocumentStart(_) => self.documents += 1,
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents == 2 {
+                    self.second_document = Some(at);
+                }
+            }
             Event::Alias(_) => self.fail(
                 at,
                 "unsupported-yaml",
@@ -223,7 +227,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                         }
                         let child = format!("{pointer}/{}", escape(&k));
                         self.keys.insert(child, at);
-                        *key = Some((k, at));
+                        *key = Some(k);
                     }
                     Some(pointer) => {
                         let value = scalar_value(&text, style, tag.as_ref());

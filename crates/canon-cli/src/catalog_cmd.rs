@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use canon_catalog::{Catalog, Loaded, Severity, diff as diff_catalogs};
+use canon_catalog::{Catalog, Loaded, Severity, Violation, diff as diff_catalogs};
 use canon_envelope::Dialect;
 use serde_json::json;
 
@@ -101,20 +101,16 @@ pub(crate) fn validate(
         None => catalog.dialect,
     };
     let (name, bytes) = read_input(event)?;
-    let events = split_events(&bytes);
+    let (_, events) = split_events(&bytes);
     let mut all_valid = true;
     let mut reports = Vec::new();
     for (i, ev) in events.iter().enumerate() {
-        let (id, ty, violations) = match catalog.validate_document(dialect, ev) {
-            Ok(e) => (Some(e.id), Some(e.ty), Vec::new()),
-            Err(v) => {
-                let decoded = dialect.decode(ev).ok();
-                (
-                    decoded.as_ref().map(|e| e.id.clone()),
-                    decoded.map(|e| e.ty),
-                    v,
-                )
+        let (id, ty, violations) = match dialect.decode(ev) {
+            Ok(e) => {
+                let violations = catalog.validate(&e);
+                (Some(e.id), Some(e.ty), violations)
             }
+            Err(errors) => (None, None, Violation::from_envelope(&errors)),
         };
         all_valid &= violations.is_empty();
         match format {

@@ -19,8 +19,7 @@ pub(crate) fn convert(
         .parse()
         .map_err(|e: canon_envelope::UnknownDialect| Usage(e.to_string()))?;
     let (name, bytes) = read_input(input)?;
-    let is_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let events = split_events(&bytes);
+    let (is_array, events) = split_events(&bytes);
     let mut converted = Vec::with_capacity(events.len());
     let mut failed = false;
     for (i, ev) in events.iter().enumerate() {

@@ -164,18 +164,16 @@ fn read_input(path: Option<&str>) -> Result<(String, Vec<u8>), Usage> {
     }
 }
 
-/// Splits input into events: a JSON array gives its elements, anything else is one event.
-fn split_events(input: &[u8]) -> Vec<Vec<u8>> {
-    let trimmed = input
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .map_or(&input[..0], |i| &input[i..]);
-    if trimmed.first() == Some(&b'[')
-        && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(trimmed)
+/// Splits input into events: a JSON array gives its elements (and `true`), anything else is one
+/// event (and `false`).
+fn split_events(input: &[u8]) -> (bool, Vec<&[u8]>) {
+    let starts_array = input.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if starts_array
+        && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(input)
     {
-        return items.iter().map(|r| r.get().as_bytes().to_vec()).collect();
+        return (true, items.iter().map(|r| r.get().as_bytes()).collect());
     }
-    vec![input.to_vec()]
+    (false, vec![input])
 }
 
 fn io(e: std::io::Error) -> Usage {

@@ -1,10 +1,9 @@
-//! Compatibility diffs between catalog revisions, and key computation.
+//! Compatibility diffs between catalog revisions.
 
 use canon_catalog::{Catalog, diff};
-use canon_envelope::CloudEvent;
 use expect_test::expect;
 
-fn catalog(payload: &str, version: &str) -> Catalog {
+pub(crate) fn catalog(payload: &str, version: &str) -> Catalog {
     let text = format!(
         "canon: 1\nname: shop\nservices: {{orders: O}}\ntypes:\n  order.placed:\n    summary: s\n    producers: [orders]\n    aggregate: order_id\n    idempotency: order_id+placed_at\n    version: {version}\n    payload: {payload}\n  order.gone:\n    summary: s\n    producers: [orders]\n    payload: {{id: string}}\n"
     );
@@ -98,25 +97,14 @@ fn removing_an_undeprecated_type_is_an_error() {
 }
 
 #[test]
-fn computes_idempotency_aggregate_and_ordering_keys() {
-    let c = catalog(BASE, "1");
-    let ev = CloudEvent::from_json(
-        br#"{"specversion":"1.0","id":"1","source":"s","type":"order.placed","partitionkey":"p","data":{"order_id":"o+1","placed_at":"2025-01-01T00:00:00Z","total":3}}"#,
-    )
-    .unwrap();
-    assert_eq!(
-        c.idempotency_key(&ev).unwrap().as_deref(),
-        Some(r#"["order.placed","o+1","2025-01-01T00:00:00Z"]"#)
-    );
-    assert_eq!(c.aggregate_key(&ev).unwrap().as_deref(), Some("o+1"));
-    assert_eq!(c.ordering_key(&ev).unwrap().as_deref(), Some("o+1"));
-    let mut other = ev.clone();
-    other.ty = "not.declared".into();
-    assert_eq!(c.ordering_key(&other).unwrap().as_deref(), Some("p"));
-    let mut missing = ev;
-    missing.data = Some(canon_envelope::Data::json(r#"{"order_id":"o"}"#).unwrap());
-    assert_eq!(
-        c.idempotency_key(&missing).unwrap_err().to_string(),
-        "key field placed_at is missing from the payload"
-    );
+fn an_absent_subschema_means_anything() {
+    use canon_catalog::compat::{Direction, widening_problems};
+    use serde_json::json;
+    let old = json!({"type": "array"});
+    let new = json!({"type": "array", "items": {"type": "string"}});
+    expect![[r#"[Change { breaks: Backward, path: "$[]", description: "any type was accepted, now only string" }]"#]].assert_eq(&format!("{:?}", widening_problems(&old, &new, Direction::Backward)));
+    assert!(widening_problems(&new, &old, Direction::Forward).is_empty());
+    let open = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    let closed = json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false});
+    expect![[r#"[Change { breaks: Backward, path: "$", description: "undeclared fields are no longer accepted" }]"#]].assert_eq(&format!("{:?}", widening_problems(&open, &closed, Direction::Backward)));
 }

@@ -1,7 +1,7 @@
 //! For each seed catalog: a valid seed event passes, and at least ten mutations of it fail with
 //! the right code at the right place.
 
-use canon_envelope::{CloudEvent, Data};
+use canon_envelope::{CloudEvent, Data, Dialect, ErrorCode};
 use expect_test::{Expect, expect};
 use serde_json::{Value, json};
 
@@ -84,9 +84,7 @@ fn check(case: Case, expect: Expect) {
         "the seed example must be valid"
     );
     let mut out = String::new();
-    let list = mutations(&case);
-    assert!(list.len() >= 10);
-    for (label, mutate) in list {
+    for (label, mutate) in mutations(&case) {
         let mut ev = original.clone();
         let mut payload: Value =
             serde_json::from_slice(ev.data.as_ref().unwrap().as_bytes()).unwrap();
@@ -99,7 +97,13 @@ fn check(case: Case, expect: Expect) {
                 Err(v) => v,
             },
             // lifeos cannot even carry a non-object payload; check the canonical event.
-            Err(_) => catalog.validate(&ev),
+            Err(e)
+                if catalog.dialect == Dialect::LifeOs
+                    && e.0[0].code == ErrorCode::Unrepresentable =>
+            {
+                catalog.validate(&ev)
+            }
+            Err(e) => panic!("{}: {label}: cannot encode: {e}", case.catalog),
         };
         assert!(
             !violations.is_empty(),

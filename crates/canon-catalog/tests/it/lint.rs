@@ -197,3 +197,127 @@ fn versioned_names_match_their_version() {
     "#]]
     .assert_eq(&render(&Catalog::load(text, "todo.yaml")));
 }
+
+#[test]
+fn structural_problems() {
+    check(
+        &GOOD_TYPE.replace(
+            "    payload:\n      order_id: string\n",
+            "    version: 1\n    versions: []\n",
+        ),
+        expect![[r#"
+        shop.yaml:8:3: error[versions-and-schema]: type order.placed has both `versions` and a top-level version/payload/schema
+          hint: keep one: `versions:` for several versions, or `version` with `payload`/`schema`
+        shop.yaml:14:5: error[missing-schema]: order.placed lists no versions
+          hint: add at least one `- version: 1` with a `payload` or `schema`
+    "#]],
+    );
+    check(
+        &GOOD_TYPE.replace(
+            "    payload:\n      order_id: string\n",
+            "    versions: []\n",
+        ),
+        expect![[r#"
+        shop.yaml:13:5: error[missing-schema]: order.placed lists no versions
+          hint: add at least one `- version: 1` with a `payload` or `schema`
+    "#]],
+    );
+    check(
+        &format!("{GOOD_TYPE}    schema: {{type: object}}\n"),
+        expect![[r#"
+        shop.yaml:8:3: error[schema-and-payload]: order.placed has both `payload` and `schema`
+          hint: keep one: `payload` (shorthand) or `schema` (JSON Schema)
+    "#]],
+    );
+    check(
+        &GOOD_TYPE.replace("    payload:\n      order_id: string\n", ""),
+        expect![[r#"
+        shop.yaml:8:3: error[missing-schema]: order.placed declares no payload
+          hint: add `payload:` in shorthand or `schema:` with JSON Schema
+    "#]],
+    );
+    check(
+        &format!("{GOOD_TYPE}    version: one\n"),
+        expect![[r#"
+        shop.yaml:15:5: error[invalid-version]: version "one" of order.placed is not MAJOR[.MINOR[.PATCH]]
+          hint: write e.g. 1, 1.2 or "1.0.0"
+    "#]],
+    );
+    check(
+        &GOOD_TYPE.replace("consumers: [billing]", "consumers: billing"),
+        expect![[r#"
+        shop.yaml:11:5: error[invalid-value]: invalid type: string "billing", expected a sequence
+          hint: docs/catalog-format.md says what this key holds
+    "#]],
+    );
+    let text = format!("{HEAD}{GOOD_TYPE}").replace("canon: 1", "canon: 2");
+    expect![[r#"
+        shop.yaml:1:1: error[unsupported-format-version]: catalog format version 2 is not supported
+          hint: use `canon: 1`
+    "#]]
+    .assert_eq(&render(&Catalog::load(&text, "shop.yaml")));
+    expect![[r#"
+        two.yaml:2:1: error[unsupported-yaml]: a catalog is one YAML document; found several
+          hint: fix the YAML at this position; catalogs use plain YAML without anchors, aliases or duplicate keys
+    "#]].assert_eq(&render(&Catalog::load("canon: 1\n---\ncanon: 1\n", "two.yaml")));
+}
+
+#[test]
+fn lint_rules_without_a_test_elsewhere() {
+    check(
+        &GOOD_TYPE
+            .replace(
+                "producers: [orders]",
+                "producers: []\n    consumers: [orders]",
+            )
+            .replace("    consumers: [billing]\n", ""),
+        expect![[r#"
+        shop.yaml:6:3: warning[unused-service]: service billing neither produces nor consumes any type
+          hint: remove it, or name it as a producer or consumer
+        shop.yaml:10:5: error[missing-producer]: order.placed names no producer
+          hint: name the service that publishes it; only declared producers may publish
+    "#]],
+    );
+    check(
+        &GOOD_TYPE
+            .replace("aggregate: order_id", "aggregate: items")
+            .replace(
+                "order_id: string",
+                "order_id: string\n      items: string[]",
+            ),
+        expect![[r#"
+        shop.yaml:12:5: error[key-path-not-scalar]: aggregate key items of order.placed is an array; keys are built from scalar fields
+          hint: key on a string, number or boolean field
+    "#]],
+    );
+    check(
+        &format!(
+            "{GOOD_TYPE}      age: integer\n    personal_data:\n      nickname: reference\n      age: hashed\n"
+        ),
+        expect![[r#"
+        shop.yaml:17:7: error[personal-data-path-missing]: personal_data names nickname, which is not a field of any version of order.placed
+          hint: fix the path, or remove the entry
+        shop.yaml:18:7: error[hashed-field-not-string]: age of order.placed is declared hashed but its type is not string
+          hint: a hashed field holds `sha256:<hex>`; declare it as `hash`
+    "#]],
+    );
+    let versions = "    versions:\n      - version: 2\n        payload: {order_id: string}\n      - version: 1\n        payload: {order_id: string}\n";
+    check(
+        &GOOD_TYPE.replace("    payload:\n      order_id: string\n", versions),
+        expect![[r#"
+        shop.yaml:16:9: error[version-order]: order.placed lists version 1 after 2
+          hint: list versions in increasing order
+    "#]],
+    );
+}
+
+#[test]
+fn diagnostics_point_at_the_field_as_written() {
+    // An optional shorthand field is written `name?`; a type name may hold a `/`.
+    let body = "types:\n  order/placed:\n    summary: s\n    producers: [orders]\n    consumers: [billing]\n    payload:\n      order_id: string\n      contact_email?: string\n";
+    let text = format!("{HEAD}{body}").replace("naming: area.action.state\n", "");
+    expect![[r#"
+        shop.yaml:13:7: error[undeclared-personal-data]: order/placed field contact_email looks like personal data but is not declared under personal_data
+          hint: declare it, e.g. `personal_data: { contact_email: hashed }` (forbidden, hashed, reference or allowed)
+    "#]].assert_eq(&render(&Catalog::load(&text, "shop.yaml")));
+}

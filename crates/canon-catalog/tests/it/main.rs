@@ -9,7 +9,9 @@
 mod diff;
 mod examples;
 mod invalid;
+mod keys;
 mod lint;
+mod validation;
 
 use std::path::PathBuf;
 

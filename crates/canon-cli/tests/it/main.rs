@@ -1,0 +1,303 @@
+//! The `canon` binary end to end: output, `--format json` and exit codes.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use expect_test::expect;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `canon` in the repository root; returns (exit code, stdout, stderr).
+fn canon(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("canon-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_passes_the_seed_catalogs() {
+    let (code, out, _) = canon(
+        &[
+            "catalog",
+            "check",
+            "examples/catalogs/bme.yaml",
+            "examples/catalogs/coach.yaml",
+            "examples/catalogs/go4u.yaml",
+            "examples/catalogs/lifeos.yaml",
+            "examples/catalogs/todo.yaml",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    expect![[r#"
+        examples/catalogs/bme.yaml: ok (21 types)
+        examples/catalogs/coach.yaml: ok (8 types)
+        examples/catalogs/go4u.yaml: ok (34 types)
+        examples/catalogs/lifeos.yaml: ok (39 types)
+        examples/catalogs/todo.yaml: ok (9 types)
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn check_reports_problems_with_exit_1_and_json() {
+    let broken = temp_file(
+        "broken.yaml",
+        "canon: 1\nname: x\nservices: {a: A}\ntypes:\n  t.created:\n    summary: s\n    producers: [b]\n    payload: {id: strng}\n",
+    );
+    let (code, out, _) = canon(&["catalog", "check", s(&broken)], "");
+    assert_eq!(code, 1);
+    expect![[r#"
+        broken.yaml:8:15: error[invalid-shorthand]: unknown type `strng`; expected string, integer, number, boolean, object, any, datetime, date, uuid, uri, email, hash, enum(...), T[] or T | null
+          hint: see the shorthand table in docs/catalog-format.md, or use `schema:` with JSON Schema
+        1 error(s), 0 warning(s)
+    "#]].assert_eq(&out.replace(s(&broken), "broken.yaml"));
+    let (code, out, _) = canon(&["catalog", "check", "--format", "json", s(&broken)], "");
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["errors"], 1);
+    assert_eq!(
+        doc["files"][0]["diagnostics"][0]["code"],
+        "invalid-shorthand"
+    );
+    assert_eq!(doc["files"][0]["diagnostics"][0]["line"], 8);
+}
+
+#[test]
+fn validate_reads_a_file_or_stdin() {
+    let (code, out, _) = canon(
+        &[
+            "catalog",
+            "validate",
+            "--catalog",
+            "examples/catalogs/todo.yaml",
+            "examples/events/todo.json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": valid (")).count(),
+        9,
+        "{out}"
+    );
+    let event = r#"{"eventId":"e1","type":"money.TransactionCreated","payload":{"id":"t","date":"yesterday","type":"gift","amount":"10","currency":"USD","category":"Food"},"metadata":{"timestamp":"2025-02-24T12:00:00Z"}}"#;
+    let (code, out, _) = canon(
+        &[
+            "catalog",
+            "validate",
+            "--catalog",
+            "examples/catalogs/bme.yaml",
+            "-",
+        ],
+        event,
+    );
+    assert_eq!(code, 1);
+    expect![[r#"
+        <stdin>: invalid (money.TransactionCreated e1)
+          payload-type [money.TransactionCreated v1] at /data/amount: "10" is not of type "number"
+          payload-format [money.TransactionCreated v1] at /data/date: "yesterday" is not a "date"
+          payload-enum [money.TransactionCreated v1] at /data/type: "gift" is not one of "expense", "income" or "transfer"
+    "#]].assert_eq(&out);
+    let (code, out, _) = canon(
+        &[
+            "catalog",
+            "validate",
+            "--catalog",
+            "examples/catalogs/bme.yaml",
+            "--format",
+            "json",
+        ],
+        "{\"eventId\":1}",
+    );
+    assert_eq!(code, 1);
+    expect![[r#"
+        {"dialect":"bme","events":[{"id":null,"index":0,"type":null,"valid":false,"violations":[{"code":"invalid-dialect-member","location":"/eventId","message":"eventId must be a string, got a number","type":null,"version":null},{"code":"missing-attribute","location":"/type","message":"bme requires member type","type":null,"version":null},{"code":"missing-attribute","location":"/metadata","message":"bme requires member metadata","type":null,"version":null},{"code":"missing-attribute","location":"/metadata/timestamp","message":"bme requires member timestamp","type":null,"version":null}]}],"valid":false}
+    "#]].assert_eq(&out);
+}
+
+#[test]
+fn diff_fails_on_a_breaking_change_without_a_bump() {
+    let head = "canon: 1\nname: x\nservices: {a: A}\ntypes:\n  t.created:\n    summary: s\n    producers: [a]\n";
+    let old = temp_file("old.yaml", &format!("{head}    payload: {{id: string}}\n"));
+    let compatible = temp_file(
+        "compatible.yaml",
+        &format!("{head}    payload: {{id: string, note?: string}}\n"),
+    );
+    let breaking = temp_file(
+        "breaking.yaml",
+        &format!("{head}    payload: {{id: integer}}\n"),
+    );
+    let (code, out, _) = canon(&["catalog", "diff", s(&old), s(&compatible)], "");
+    assert_eq!(code, 0);
+    expect![[r#"
+        t.created Changed 1, compatibility: backward
+          breaking: note: field is no longer allowed (breaks forward)
+        1 type(s) changed, no errors
+    "#]]
+    .assert_eq(&out);
+    let (code, out, _) = canon(&["catalog", "diff", s(&old), s(&breaking)], "");
+    assert_eq!(code, 1);
+    expect![[r#"
+        t.created Changed 1, compatibility: none
+          breaking: id: type string is no longer accepted (now integer) (breaks backward)
+          breaking: id: type integer is no longer accepted (now string) (breaks forward)
+          error[breaking-change-without-version-bump]: t.created 1 changed incompatibly without a new version: id: type string is no longer accepted (now integer) (breaks backward)
+        1 type(s) changed, with errors
+    "#]].assert_eq(&out);
+}
+
+#[test]
+fn show_prints_a_type_with_its_schema() {
+    let (code, out, _) = canon(
+        &[
+            "catalog",
+            "show",
+            "examples/catalogs/coach.yaml",
+            "post.scheduled",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    expect![[r#"
+        post.scheduled — A post was scheduled for later publication.
+          topic:       post.scheduled
+          producers:   backend, workflow
+          consumers:   notification-service, analytics
+          aggregate:   userId
+          idempotency: contentRef+scheduledFor
+          personal:    userId (Reference)
+          must not emit: streak.incremented
+          version 1:
+            {
+              "additionalProperties": false,
+              "properties": {
+                "contentRef": {
+                  "type": "string"
+                },
+                "platform": {
+                  "type": "string"
+                },
+                "postId": {
+                  "type": "string"
+                },
+                "scheduledFor": {
+                  "format": "date-time",
+                  "type": "string"
+                },
+                "userId": {
+                  "type": "string"
+                }
+              },
+              "required": [
+                "contentRef",
+                "platform",
+                "scheduledFor",
+                "userId"
+              ],
+              "type": "object"
+            }
+    "#]]
+    .assert_eq(&out);
+    let (code, _, err) = canon(
+        &[
+            "catalog",
+            "show",
+            "examples/catalogs/coach.yaml",
+            "post.deleted",
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "canon: examples/catalogs/coach.yaml declares no type post.deleted\n"
+    );
+}
+
+#[test]
+fn convert_between_dialects() {
+    let bme = r#"{"eventId":"e1","type":"money.TransactionCreated","payload":{"id":"t"},"metadata":{"userId":"u1","timestamp":"2025-02-24T12:00:00.000Z","correlationId":"req-1"}}"#;
+    let (code, out, _) = canon(
+        &["event", "convert", "--from", "bme", "--to", "lifeos"],
+        bme,
+    );
+    assert_eq!(code, 0);
+    expect![[r#"
+        {"event_id":"e1","event_type":"money.TransactionCreated","timestamp":"2025-02-24T12:00:00.000Z","correlation_id":"req-1","id":"t","metadata":{"source":"urn:canon:bme","actor":"u1"}}
+    "#]].assert_eq(&out);
+    let (code, back, _) = canon(
+        &["event", "convert", "--from", "lifeos", "--to", "bme"],
+        &out,
+    );
+    assert_eq!(code, 0);
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(bme).unwrap(),
+        serde_json::from_str(&back).unwrap(),
+    );
+    assert_eq!(a, b);
+    let (code, _, err) = canon(
+        &["event", "convert", "--from", "cloudevents", "--to", "bme"],
+        r#"[{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"AA=="}]"#,
+    );
+    assert_eq!(code, 1);
+    expect![[r#"
+        <stdin>: event 0: unrepresentable at /data: bme carries JSON payloads only; this event's data is binary
+        <stdin>: event 0: unrepresentable at /metadata/timestamp: bme requires timestamp but the event has none
+    "#]].assert_eq(&err);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = canon(&["event", "convert", "--from", "xml", "--to", "bme"], "");
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "canon: unknown dialect \"xml\"; expected one of cloudevents, bme, go4u, lifeos\n"
+    );
+    let (code, _, err) = canon(&["catalog", "check", "no/such/file.yaml"], "");
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("canon: cannot read no/such/file.yaml: "),
+        "{err}"
+    );
+    let (code, _, _) = canon(&["catalog", "frobnicate"], "");
+    assert_eq!(code, 2);
+}

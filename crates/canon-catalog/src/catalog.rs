@@ -1,6 +1,8 @@
 //! The resolved catalog: what a catalog file means once loaded, with payload schemas expanded
 //! and compiled. Loading never stops at the first problem: it returns every diagnostic it can.
 
+use crate::code;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -291,17 +293,17 @@ impl Cx<'_> {
         let inner = e.inner().to_string();
         let (code, hint) = if inner.starts_with("unknown field") {
             (
-                "unknown-key",
+                code::UNKNOWN_KEY,
                 "remove the key or fix its spelling; docs/catalog-format.md lists every key",
             )
         } else if inner.starts_with("missing field") {
             (
-                "missing-key",
+                code::MISSING_KEY,
                 "add the key; docs/catalog-format.md says what it holds",
             )
         } else {
             (
-                "invalid-value",
+                code::INVALID_VALUE,
                 "docs/catalog-format.md says what this key holds",
             )
         };
@@ -318,7 +320,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
     if model.canon != 1 {
         cx.error(
             "/canon",
-            "unsupported-format-version",
+            code::UNSUPPORTED_FORMAT_VERSION,
             format!("catalog format version {} is not supported", model.canon),
             "use `canon: 1`",
         );
@@ -331,7 +333,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
             Err(e) => {
                 cx.error(
                     "/naming/pattern",
-                    "invalid-value",
+                    code::INVALID_VALUE,
                     format!("invalid regular expression: {e}"),
                     "write a valid Rust regex",
                 );
@@ -350,7 +352,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
                 None => {
                     cx.error(
                         "/naming",
-                        "missing-key",
+                        code::MISSING_KEY,
                         "reverse-dns-versioned needs `naming_prefix`".into(),
                         "add e.g. `naming_prefix: com.todo` at the top level",
                     );
@@ -363,7 +365,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
             other => {
                 cx.error(
                     "/naming",
-                    "invalid-value",
+                    code::INVALID_VALUE,
                     format!("unknown naming convention {other:?}"),
                     "use context.Verb, area.action.state, PascalCase, reverse-dns-versioned, or {pattern: \"^...$\"}",
                 );
@@ -379,7 +381,7 @@ fn resolve(cx: &mut Cx<'_>, model: FileModel) -> Option<Catalog> {
             Err(e) => {
                 cx.error(
                     "/dialect",
-                    "invalid-value",
+                    code::INVALID_VALUE,
                     e.to_string(),
                     "use cloudevents, bme, go4u or lifeos",
                 );
@@ -459,13 +461,13 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
     match &t.versions {
         Some(list) => {
             if t.version.is_some() || t.payload.is_some() || t.schema.is_some() {
-                cx.error(&base, "versions-and-schema", format!("type {name} has both `versions` and a top-level version/payload/schema"), "keep one: `versions:` for several versions, or `version` with `payload`/`schema`");
+                cx.error(&base, code::VERSIONS_AND_SCHEMA, format!("type {name} has both `versions` and a top-level version/payload/schema"), "keep one: `versions:` for several versions, or `version` with `payload`/`schema`");
                 ok = false;
             }
             if list.is_empty() {
                 cx.error(
                     &format!("{base}/versions"),
-                    "missing-schema",
+                    code::MISSING_SCHEMA,
                     format!("{name} lists no versions"),
                     "add at least one `- version: 1` with a `payload` or `schema`",
                 );
@@ -498,7 +500,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
                     None => {
                         cx.error(
                             &vp,
-                            "invalid-version",
+                            code::INVALID_VERSION,
                             format!("version {v} of {name} is not MAJOR[.MINOR[.PATCH]]"),
                             "write e.g. 1, 1.2 or \"1.0.0\"",
                         );
@@ -512,7 +514,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
                 Ok(s) => Some(s),
                 Err(errors) => {
                     for e in errors {
-                        cx.error(&format!("{at}/payload{}", e.pointer), "invalid-shorthand", e.message, "see the shorthand table in docs/catalog-format.md, or use `schema:` with JSON Schema");
+                        cx.error(&format!("{at}/payload{}", e.pointer), code::INVALID_SHORTHAND, e.message, "see the shorthand table in docs/catalog-format.md, or use `schema:` with JSON Schema");
                     }
                     None
                 }
@@ -521,7 +523,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             (Some(_), Some(_)) => {
                 cx.error(
                     &at,
-                    "schema-and-payload",
+                    code::SCHEMA_AND_PAYLOAD,
                     format!("{name} has both `payload` and `schema`"),
                     "keep one: `payload` (shorthand) or `schema` (JSON Schema)",
                 );
@@ -530,7 +532,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             (None, None) => {
                 cx.error(
                     &at,
-                    "missing-schema",
+                    code::MISSING_SCHEMA,
                     format!("{name} declares no payload"),
                     "add `payload:` in shorthand or `schema:` with JSON Schema",
                 );
@@ -549,7 +551,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
         let validator = match compile(&schema) {
             Ok(v) => Some(Arc::new(v)),
             Err(msg) => {
-                cx.error(&schema_pointer, "invalid-schema", format!("the payload schema of {name} {version} is not valid JSON Schema 2020-12: {msg}"), "fix the schema; `canon catalog show FILE TYPE` prints the expanded form");
+                cx.error(&schema_pointer, code::INVALID_SCHEMA, format!("the payload schema of {name} {version} is not valid JSON Schema 2020-12: {msg}"), "fix the schema; `canon catalog show FILE TYPE` prints the expanded form");
                 None
             }
         };

@@ -2,6 +2,8 @@
 //! and the new payload, every breaking change, and the errors that must stop a release (a
 //! breaking change without a version bump, a type removed without deprecation).
 
+use crate::code;
+
 use serde::Serialize;
 
 use crate::catalog::{Catalog, EventType};
@@ -84,7 +86,7 @@ pub fn diff(old: &Catalog, new: &Catalog) -> CatalogDiff {
                     Vec::new()
                 } else {
                     vec![DiffError {
-                        code: "type-removed",
+                        code: code::TYPE_REMOVED,
                         message: format!(
                             "{name} was removed without being deprecated first; its consumers break"
                         ),
@@ -117,7 +119,7 @@ fn compare(new_catalog: &Catalog, o: &EventType, n: &EventType) -> TypeDiff {
                 if !breaking.is_empty() {
                     let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
                     errors.push(DiffError {
-                        code: "breaking-change-without-version-bump",
+                        code: code::BREAKING_CHANGE_WITHOUT_VERSION_BUMP,
                         message: format!(
                             "{} {} changed incompatibly without a new version: {}",
                             n.name,
@@ -129,7 +131,7 @@ fn compare(new_catalog: &Catalog, o: &EventType, n: &EventType) -> TypeDiff {
             }
             Some(_) => {}
             None => errors.push(DiffError {
-                code: "version-removed",
+                code: code::VERSION_REMOVED,
                 message: format!(
                     "{} {} was removed; producers still on it would be refused",
                     n.name, ov.version
@@ -162,7 +164,7 @@ fn compare(new_catalog: &Catalog, o: &EventType, n: &EventType) -> TypeDiff {
         if !breaking.is_empty() {
             let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
             errors.push(DiffError {
-                code: "breaking-change-without-version-bump",
+                code: code::BREAKING_CHANGE_WITHOUT_VERSION_BUMP,
                 message: format!(
                     "{} {} breaks compatibility with {} but keeps major {}: {}",
                     n.name,

@@ -6,6 +6,7 @@
 //! The file format is documented in docs/catalog-format.md; lint codes in docs/lints.md.
 
 mod catalog;
+pub mod code;
 pub mod compat;
 mod diagnostic;
 mod diff;

@@ -1,6 +1,8 @@
 //! The lint rules of `canon catalog check`. Each rule has a stable code (docs/lints.md) and a
 //! broken catalog in the tests that triggers it.
 
+use crate::code;
+
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -39,7 +41,7 @@ fn services(cx: &mut Cx<'_>, catalog: &Catalog) {
             cx.report(
                 &format!("/services/{}", pointer_token(name)),
                 Severity::Warning,
-                "unused-service",
+                code::UNUSED_SERVICE,
                 format!("service {name} neither produces nor consumes any type"),
                 "remove it, or name it as a producer or consumer",
             );
@@ -55,7 +57,7 @@ fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
             if !catalog.types.contains_key(ty) {
                 cx.error(
                     &at,
-                    "unknown-event-type",
+                    code::UNKNOWN_EVENT_TYPE,
                     format!("topic {topic} lists {ty}, which this catalog does not declare"),
                     "declare the type under `types:` or fix the name",
                 );
@@ -63,7 +65,7 @@ fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
             if let Some((_, other)) = placed.iter().find(|(t2, _)| t2 == ty) {
                 cx.error(
                     &at,
-                    "topic-conflict",
+                    code::TOPIC_CONFLICT,
                     format!("{ty} is placed on both {other} and {topic}"),
                     "a type travels on one topic; remove it from one list",
                 );
@@ -82,7 +84,7 @@ fn topics(cx: &mut Cx<'_>, catalog: &Catalog) {
             let at = format!("/types/{}/topic", pointer_token(&ty.name));
             cx.error(
                 &at,
-                "topic-conflict",
+                code::TOPIC_CONFLICT,
                 format!(
                     "{} says topic {} but topics.{listed} lists it",
                     ty.name, ty.topic
@@ -97,7 +99,7 @@ fn naming(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
     if !catalog.naming.accepts(&ty.name) {
         cx.error(
             base,
-            "naming-convention",
+            code::NAMING_CONVENTION,
             format!(
                 "type name {} does not follow the catalog's convention, {}",
                 ty.name,
@@ -113,7 +115,7 @@ fn naming(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
         for v in ty.versions.iter().filter(|v| v.version.major() != major) {
             cx.error(
                 &v.base,
-                "version-suffix-mismatch",
+                code::VERSION_SUFFIX_MISMATCH,
                 format!(
                     "{} ends in v{major} but declares version {}",
                     ty.name, v.version
@@ -128,7 +130,7 @@ fn producers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
     if ty.producers.is_empty() {
         cx.error(
             &format!("{base}/producers"),
-            "missing-producer",
+            code::MISSING_PRODUCER,
             format!("{} names no producer", ty.name),
             "name the service that publishes it; only declared producers may publish",
         );
@@ -138,7 +140,7 @@ fn producers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
             if !catalog.services.contains_key(s) {
                 cx.error(
                     &format!("{base}/{field}/{i}"),
-                    "unknown-service",
+                    code::UNKNOWN_SERVICE,
                     format!(
                         "{} names {field:?} service {s}, which is not declared",
                         ty.name
@@ -156,7 +158,7 @@ fn keys(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
             match schema_walk::find(&v.schema, path) {
                 Found::Missing => cx.error(
                     &at,
-                    "key-path-missing",
+                    code::KEY_PATH_MISSING,
                     format!(
                         "{what} {path} of {} is not a field of the payload (version {})",
                         ty.name, v.version
@@ -167,7 +169,7 @@ fn keys(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
                     required: false, ..
                 } => cx.error(
                     &at,
-                    "key-path-optional",
+                    code::KEY_PATH_OPTIONAL,
                     format!(
                         "{what} {path} of {} is optional in version {}; every event needs it",
                         ty.name, v.version
@@ -182,7 +184,7 @@ fn keys(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
                 {
                     cx.error(
                         &at,
-                        "key-path-not-scalar",
+                        code::KEY_PATH_NOT_SCALAR,
                         format!(
                             "{what} {path} of {} is an {}; keys are built from scalar fields",
                             ty.name,
@@ -246,7 +248,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
                 let at = field_pointer(cx, v, &path);
                 cx.error(
                     &at,
-                    "undeclared-personal-data",
+                    code::UNDECLARED_PERSONAL_DATA,
                     format!("{} field {path} looks like personal data but is not declared under personal_data", ty.name),
                     &format!("declare it, e.g. `personal_data: {{ {path}: hashed }}` (forbidden, hashed, reference or allowed)"),
                 );
@@ -269,7 +271,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
             );
             cx.error(
                 &at,
-                "personal-data-path-missing",
+                code::PERSONAL_DATA_PATH_MISSING,
                 message,
                 "fix the path, or remove the entry",
             );
@@ -287,7 +289,7 @@ fn personal_data(cx: &mut Cx<'_>, ty: &EventType, base: &str) {
             );
             cx.error(
                 &at,
-                "hashed-field-not-string",
+                code::HASHED_FIELD_NOT_STRING,
                 message,
                 "a hashed field holds `sha256:<hex>`; declare it as `hash`",
             );
@@ -306,7 +308,7 @@ fn handlers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
             if !catalog.types.contains_key(other) {
                 cx.error(
                     &format!("{base}/handlers/{field}/{i}"),
-                    "unknown-event-type",
+                    code::UNKNOWN_EVENT_TYPE,
                     format!(
                         "handlers of {} name {other}, which this catalog does not declare",
                         ty.name
@@ -321,7 +323,7 @@ fn handlers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
             if may.contains(other) {
                 cx.error(
                     &format!("{base}/handlers/must_not_emit/{i}"),
-                    "handler-rule-conflict",
+                    code::HANDLER_RULE_CONFLICT,
                     format!("handlers of {} both may and must not emit {other}", ty.name),
                     "remove it from one of the two lists",
                 );
@@ -334,7 +336,7 @@ fn handlers(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType, base: &str) {
     {
         cx.error(
             &format!("{base}/deprecated/replaced_by"),
-            "unknown-event-type",
+            code::UNKNOWN_EVENT_TYPE,
             format!(
                 "{} is replaced by {r}, which this catalog does not declare",
                 ty.name
@@ -351,7 +353,7 @@ fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType) {
         if new.version == old.version {
             cx.error(
                 at,
-                "duplicate-version",
+                code::DUPLICATE_VERSION,
                 format!("{} declares version {} twice", ty.name, new.version),
                 "give each version its own number",
             );
@@ -362,7 +364,7 @@ fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType) {
             );
             cx.error(
                 at,
-                "version-order",
+                code::VERSION_ORDER,
                 message,
                 "list versions in increasing order",
             );
@@ -381,7 +383,7 @@ fn versions(cx: &mut Cx<'_>, catalog: &Catalog, ty: &EventType) {
                 );
                 cx.error(
                     at,
-                    "version-bump-missing",
+                    code::VERSION_BUMP_MISSING,
                     message,
                     "a breaking change needs a new major version (or a new type name)",
                 );

@@ -1,6 +1,8 @@
 //! Validating an event against its catalog: the envelope, the type and version, the payload
 //! schema, and the personal-data rules. Every problem is reported, not only the first.
 
+use crate::code;
+
 use std::fmt;
 
 use canon_envelope::{CloudEvent, Data, Dialect, EnvelopeErrors, pointer_token};
@@ -128,7 +130,7 @@ impl Catalog {
                 message.push_str(&format!("; did you mean {near}?"));
             }
             out.push(Violation {
-                code: "unknown-type",
+                code: code::UNKNOWN_TYPE,
                 type_name: Some(event.ty.clone()),
                 version: None,
                 location: "/type".into(),
@@ -143,7 +145,7 @@ impl Catalog {
         let Some(pv) = ty.version(stated.as_deref()) else {
             let known: Vec<&str> = ty.versions.iter().map(|v| v.version.as_str()).collect();
             out.push(Violation {
-                code: "unknown-version",
+                code: code::UNKNOWN_VERSION,
                 type_name: Some(ty.name.clone()),
                 version: stated.as_deref().map(str::to_owned),
                 location: "/dataversion".into(),
@@ -166,7 +168,7 @@ impl Catalog {
         let payload: Value = match &event.data {
             None => {
                 out.push(violation(
-                    "payload-missing",
+                    code::PAYLOAD_MISSING,
                     "/data".into(),
                     format!("{} requires a payload", ty.name),
                 ));
@@ -175,13 +177,17 @@ impl Catalog {
             Some(Data::Json(raw)) => match serde_json::from_str(raw.get()) {
                 Ok(v) => v,
                 Err(e) => {
-                    out.push(violation("payload-not-json", "/data".into(), e.to_string()));
+                    out.push(violation(
+                        code::PAYLOAD_NOT_JSON,
+                        "/data".into(),
+                        e.to_string(),
+                    ));
                     return out;
                 }
             },
             Some(_) => {
                 out.push(violation(
-                    "payload-not-json",
+                    code::PAYLOAD_NOT_JSON,
                     "/data".into(),
                     format!("{} payloads are JSON; this event's data is not", ty.name),
                 ));
@@ -197,7 +203,7 @@ impl Catalog {
                         let name = property.as_str().unwrap_or_default();
                         let location = format!("{base}/{}", pointer_token(name));
                         out.push(violation(
-                            "payload-required",
+                            code::PAYLOAD_REQUIRED,
                             location,
                             format!("required field {name} is missing"),
                         ));
@@ -209,7 +215,7 @@ impl Catalog {
                                 "field {name} is not declared for {} {}",
                                 ty.name, pv.version
                             );
-                            out.push(violation("payload-unknown-field", location, message));
+                            out.push(violation(code::PAYLOAD_UNKNOWN_FIELD, location, message));
                         }
                     }
                     kind => out.push(violation(keyword_code(kind.keyword()), base, e.to_string())),
@@ -228,7 +234,7 @@ impl Catalog {
             match rule {
                 PiiRule::Forbidden if !value.is_null() => {
                     out.push(violation(
-                        "pii-forbidden",
+                        code::PII_FORBIDDEN,
                         location(),
                         format!("{path} is personal data the catalog forbids in this event"),
                     ));
@@ -238,7 +244,7 @@ impl Catalog {
                         && !hash_regex().is_match(s)
                     {
                         out.push(violation(
-                            "pii-not-hashed",
+                            code::PII_NOT_HASHED,
                             location(),
                             format!(
                                 "{path} must hold a hash such as sha256:<hex>, not a raw value"
@@ -250,7 +256,7 @@ impl Catalog {
                     if let Some(s) = value.as_str()
                         && looks_like_raw_pii(s)
                     {
-                        out.push(violation("pii-raw-value", location(), format!("{path} must hold a reference id, but holds what looks like a raw email or phone number")));
+                        out.push(violation(code::PII_RAW_VALUE, location(), format!("{path} must hold a reference id, but holds what looks like a raw email or phone number")));
                     }
                 }
                 _ => {}
@@ -262,16 +268,16 @@ impl Catalog {
 
 fn keyword_code(keyword: &str) -> ViolationCode {
     match keyword {
-        "type" => "payload-type",
-        "enum" | "const" => "payload-enum",
-        "format" => "payload-format",
-        "pattern" => "payload-pattern",
+        "type" => code::PAYLOAD_TYPE,
+        "enum" | "const" => code::PAYLOAD_ENUM,
+        "format" => code::PAYLOAD_FORMAT,
+        "pattern" => code::PAYLOAD_PATTERN,
         "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
-            "payload-range"
+            code::PAYLOAD_RANGE
         }
         "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties" | "maxProperties" => {
-            "payload-size"
+            code::PAYLOAD_SIZE
         }
-        _ => "payload-constraint",
+        _ => code::PAYLOAD_CONSTRAINT,
     }
 }

@@ -6,6 +6,8 @@
 //! and duplicate keys are errors. Catalogs are contracts; none of those features make one
 //! clearer, and each hides mistakes.
 
+use crate::code;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -85,7 +87,7 @@ pub fn load(source: &str) -> Result<Document, YamlError> {
                 line: m.line(),
                 column: m.col() + 1,
             },
-            code: "yaml-syntax",
+            code: code::YAML_SYNTAX,
             message: e.info().to_owned(),
         });
     }
@@ -95,7 +97,7 @@ pub fn load(source: &str) -> Result<Document, YamlError> {
     if let Some(position) = builder.second_document {
         return Err(YamlError {
             position,
-            code: "unsupported-yaml",
+            code: code::UNSUPPORTED_YAML,
             message: "a catalog is one YAML document; found several".into(),
         });
     }
@@ -201,14 +203,14 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             Event::Alias(_) => self.fail(
                 at,
-                "unsupported-yaml",
+                code::UNSUPPORTED_YAML,
                 "aliases are not supported in catalogs; write the value out".into(),
             ),
             Event::Scalar(text, style, anchor, tag) => {
                 if anchor != 0 {
                     self.fail(
                         at,
-                        "unsupported-yaml",
+                        code::UNSUPPORTED_YAML,
                         "anchors are not supported in catalogs".into(),
                     );
                     return;
@@ -222,7 +224,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                         let k = text.into_owned();
                         if map.contains_key(&k) {
                             let message = format!("key {k:?} appears twice in this mapping");
-                            self.fail(at, "duplicate-key", message);
+                            self.fail(at, code::DUPLICATE_KEY, message);
                             return;
                         }
                         let child = format!("{pointer}/{}", escape(&k));
@@ -244,7 +246,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) if anchor != 0 => {
                 self.fail(
                     at,
-                    "unsupported-yaml",
+                    code::UNSUPPORTED_YAML,
                     "anchors are not supported in catalogs".into(),
                 );
             }
@@ -258,7 +260,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 }
                 None => self.fail(
                     at,
-                    "unsupported-yaml",
+                    code::UNSUPPORTED_YAML,
                     "mapping keys must be plain strings".into(),
                 ),
             },
@@ -273,7 +275,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 }
                 None => self.fail(
                     at,
-                    "unsupported-yaml",
+                    code::UNSUPPORTED_YAML,
                     "mapping keys must be plain strings".into(),
                 ),
             },

@@ -146,21 +146,24 @@ fn unique_members<'a>(
     p: &mut Problems,
     slot: Slot,
     members: &'a Members<'a>,
-) -> Vec<(&'a str, &'a RawValue)> {
-    let mut out: Vec<(&str, &RawValue)> = Vec::with_capacity(members.0.len());
-    for (name, value) in &members.0 {
-        let name: &str = name;
-        if out.iter().any(|(seen, _)| *seen == name) {
+) -> impl Iterator<Item = (&'a str, &'a RawValue)> + use<'a> {
+    let mut duplicates = Vec::new();
+    for (i, (name, _)) in members.0.iter().enumerate() {
+        if members.0[..i].iter().any(|(seen, _)| seen == name) {
             p.push(
                 ErrorCode::DuplicateMember,
                 pointer(slot, name),
                 format!("member {name:?} appears more than once"),
             );
-        } else {
-            out.push((name, value));
+            duplicates.push(i);
         }
     }
-    out
+    members
+        .0
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| !duplicates.contains(i))
+        .map(|(_, (name, value))| (&**name, *value))
 }
 
 /// The state of one dialect document being read into a canonical event.

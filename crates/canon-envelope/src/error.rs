@@ -59,6 +59,32 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::NotAnObject,
+        ErrorCode::NotAnArray,
+        ErrorCode::MissingAttribute,
+        ErrorCode::UnsupportedSpecVersion,
+        ErrorCode::InvalidAttributeType,
+        ErrorCode::EmptyAttribute,
+        ErrorCode::InvalidAttributeName,
+        ErrorCode::InvalidString,
+        ErrorCode::IntegerOutOfRange,
+        ErrorCode::InvalidTimestamp,
+        ErrorCode::InvalidUri,
+        ErrorCode::DataConflict,
+        ErrorCode::InvalidBase64,
+        ErrorCode::InvalidData,
+        ErrorCode::DuplicateMember,
+        ErrorCode::UnsupportedFormat,
+        ErrorCode::InvalidHeaderValue,
+        ErrorCode::InvalidTraceParent,
+        ErrorCode::InvalidTraceState,
+        ErrorCode::InvalidDialectMember,
+        ErrorCode::Unrepresentable,
+    ];
+
     /// The stable string form, e.g. `missing-attribute`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -82,6 +82,11 @@ impl<'a> Scalar<'a> {
             Some(b'f') => Scalar::Bool(false),
             Some(b'{') => Scalar::Object,
             Some(b'[') => Scalar::Array,
+            // The parser already checked the string: without a backslash, its text between the
+            // quotes is its value.
+            Some(b'"') if !text.contains('\\') => {
+                Scalar::Str(Cow::Borrowed(&text[1..text.len() - 1]))
+            }
             Some(b'"') => match serde_json::from_str::<Str<'a>>(text) {
                 Ok(Str(s)) => Scalar::Str(s),
                 // RawValue already checked the syntax; a failure here is impossible, but an

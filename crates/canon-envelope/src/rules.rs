@@ -19,6 +19,10 @@ pub fn is_valid_attribute_name(name: &str) -> bool {
 /// The CloudEvents String type: no C0/C1 control characters and no Unicode noncharacters.
 /// (Lone surrogates cannot occur in a Rust string; the JSON parser refuses them.)
 pub fn is_valid_string(s: &str) -> bool {
+    // Printable ASCII, the common case, needs no decoding.
+    if s.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+        return true;
+    }
     s.chars().all(|c| {
         let u = c as u32;
         !(u <= 0x1F
@@ -30,16 +34,13 @@ pub fn is_valid_string(s: &str) -> bool {
 
 /// Media types `*/json` and `*/*+json`, parameters ignored, case-insensitive.
 pub fn is_json_media_type(media: &str) -> bool {
-    let essence = media
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match essence.split_once('/') {
-        Some((_, sub)) => sub == "json" || sub.ends_with("+json"),
-        None => false,
-    }
+    let essence = media.split(';').next().unwrap_or("").trim();
+    let ends_with = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence.as_bytes()[essence.len() - suffix.len()..]
+                .eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    essence.contains('/') && (ends_with("/json") || ends_with("+json"))
 }
 
 /// Parses an RFC 3339 timestamp.

@@ -6,6 +6,7 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
+mod codes;
 mod diff;
 mod examples;
 mod invalid;

@@ -600,16 +600,18 @@ fn upsert(members: &mut Vec<(String, Box<RawValue>)>, name: String, value: Box<R
 
 /// Writes a JSON object from member names and raw values, without re-serialising the values.
 fn write_object<'a>(members: impl IntoIterator<Item = (&'a str, &'a RawValue)>) -> Box<RawValue> {
-    let mut out = String::from("{");
-    for (i, (k, v)) in members.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    /// The members, serialised as one JSON object.
+    struct Object<'a>(Vec<(&'a str, &'a RawValue)>);
+    impl serde::Serialize for Object<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(self.0.len()))?;
+            for (k, v) in &self.0 {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
         }
-        out.push_str(raw(k).get());
-        out.push(':');
-        out.push_str(v.get());
     }
-    out.push('}');
-    // Built from a quoted key and valid JSON values: always a valid object.
-    RawValue::from_string(out).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    // `to_raw_value` writes the JSON once and does not parse it again.
+    raw(&Object(members.into_iter().collect()))
 }

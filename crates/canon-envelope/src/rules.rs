@@ -54,6 +54,24 @@ fn is_scheme(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
 }
 
+/// The unreserved and reserved characters of RFC 3986, as a lookup table.
+const URI_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric();
+        c += 1;
+    }
+    let others = b"-._~:/?#[]@!$&'()*+,;=";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Characters RFC 3986 allows in a URI (reserved, unreserved, and `%` escapes).
 fn has_uri_chars(s: &str) -> bool {
     let b = s.as_bytes();
@@ -69,8 +87,7 @@ fn has_uri_chars(s: &str) -> bool {
             i += 3;
             continue;
         }
-        let ok = c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&c);
-        if !ok {
+        if !URI_CHAR[usize::from(c)] {
             return false;
         }
         i += 1;

@@ -1,0 +1,219 @@
+//! The values that cross the port.
+
+use std::time::{Duration, SystemTime};
+
+use canon_envelope::CloudEvent;
+
+use crate::error::BackendError;
+use crate::policy::RetryPolicy;
+
+/// A topic's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// The topic's name.
+    pub name: String,
+    /// How long event ids and idempotency keys are remembered for dedup (P4, P5).
+    pub dedup_window: Duration,
+}
+
+impl TopicConfig {
+    /// A topic with the default 24 h dedup window.
+    pub fn new(name: impl Into<String>) -> Self {
+        TopicConfig {
+            name: name.into(),
+            dedup_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One event to publish, with what Canon computed from the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRequest {
+    /// The event.
+    pub event: CloudEvent,
+    /// The ordering key (the catalog's aggregate key, else `partitionkey`).
+    pub ordering_key: Option<String>,
+    /// The catalog's idempotency key, for types that declare one.
+    pub idempotency_key: Option<String>,
+    /// Refuse the batch unless the ordering key's last stored sequence is this (0: none yet).
+    pub expected_sequence: Option<u64>,
+}
+
+impl PublishRequest {
+    /// A request with no keys.
+    pub fn new(event: CloudEvent) -> Self {
+        PublishRequest {
+            event,
+            ordering_key: None,
+            idempotency_key: None,
+            expected_sequence: None,
+        }
+    }
+}
+
+/// What happened to one published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Stored at this sequence.
+    Stored {
+        /// The event's sequence in its topic.
+        seq: u64,
+    },
+    /// Already stored (same source and id, or same idempotency key): not stored again.
+    Duplicate {
+        /// The sequence of the stored original.
+        seq: u64,
+    },
+}
+
+impl PublishOutcome {
+    /// The sequence of the stored event (new or original).
+    pub fn seq(self) -> u64 {
+        match self {
+            PublishOutcome::Stored { seq } | PublishOutcome::Duplicate { seq } => seq,
+        }
+    }
+}
+
+/// A stored event as a consumer receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The sequence in its topic.
+    pub seq: u64,
+    /// When it was stored.
+    pub published_at: SystemTime,
+    /// Its ordering key.
+    pub ordering_key: Option<String>,
+    /// The event, unchanged.
+    pub event: CloudEvent,
+}
+
+/// A consumer group's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    /// At most one event per ordering key in flight, in sequence order (O1).
+    pub ordered: bool,
+    /// How long a delivery is leased before it is redelivered (C3).
+    pub lease: Duration,
+    /// How failed deliveries are retried (R1, R2).
+    pub retry: RetryPolicy,
+    /// At most this many events leased at once across the group's consumers.
+    pub max_in_flight: usize,
+}
+
+impl Default for GroupConfig {
+    /// Unordered, 30 s leases, the default retry policy, 1,000 in flight.
+    fn default() -> Self {
+        GroupConfig {
+            ordered: false,
+            lease: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            max_in_flight: 1000,
+        }
+    }
+}
+
+/// Names one lease: what a consumer acks, nacks or extends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    /// The topic.
+    pub topic: String,
+    /// The group.
+    pub group: String,
+    /// The event's sequence.
+    pub seq: u64,
+    /// Which lease of that event (backend-specific; a later lease of the same event has
+    /// another handle).
+    pub handle: u64,
+}
+
+/// One hand-over of an event to a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The event.
+    pub event: StoredEvent,
+    /// 1 for the first delivery (C7).
+    pub attempt: u32,
+    /// The lease.
+    pub token: LeaseToken,
+    /// When the lease expires unless extended.
+    pub leased_until: SystemTime,
+}
+
+/// Why an event is in a DLQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Its last attempt failed or its last lease expired (R2).
+    MaxAttempts,
+    /// A consumer answered dead-letter (R4).
+    Rejected,
+    /// It expired before delivery (T2).
+    Expired,
+}
+
+impl DeadLetterReason {
+    /// The stable name: `max-attempts`, `rejected`, `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::MaxAttempts => "max-attempts",
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::Expired => "expired",
+        }
+    }
+}
+
+/// An entry of a group's DLQ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The event, unchanged.
+    pub event: StoredEvent,
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// The last error a consumer gave.
+    pub last_error: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub at: SystemTime,
+}
+
+/// A capability a configuration may need (K1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Per-key ordered delivery (O1, O2).
+    OrderedDelivery,
+    /// Atomic batches (P2).
+    AtomicBatch,
+    /// Expected-sequence checks per aggregate (P6).
+    OptimisticConcurrency,
+    /// Dedup by idempotency key (P5).
+    IdempotencyKeys,
+}
+
+impl Capability {
+    /// The stable name used in `unsupported-capability` errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::OrderedDelivery => "ordered-delivery",
+            Capability::AtomicBatch => "atomic-batch",
+            Capability::OptimisticConcurrency => "optimistic-concurrency",
+            Capability::IdempotencyKeys => "idempotency-keys",
+        }
+    }
+}
+
+/// What a backend supports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities(pub Vec<Capability>);
+
+impl Capabilities {
+    /// Fails with `unsupported-capability` unless `capability` is supported.
+    pub fn require(&self, capability: Capability) -> Result<(), BackendError> {
+        if self.0.contains(&capability) {
+            Ok(())
+        } else {
+            Err(BackendError::UnsupportedCapability(capability.as_str()))
+        }
+    }
+}

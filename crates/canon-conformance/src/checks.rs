@@ -1,0 +1,597 @@
+//! The checks, one per rule of docs/specs/delivery.md. Each takes a harness, opens the backend
+//! on fresh storage, and panics with the rule's id when the backend breaks it.
+
+use std::time::{Duration, Instant};
+
+use canon_backend::{
+    Backend, BackendError, DeadLetterReason, Delivery, GroupConfig, PublishOutcome, PublishRequest,
+    RetryPolicy, TopicConfig,
+};
+use canon_envelope::{CloudEvent, Data};
+
+use crate::Harness;
+
+const TOPIC: &str = "orders";
+const NO_WAIT: Duration = Duration::ZERO;
+
+fn event(id: &str) -> CloudEvent {
+    let mut ev = CloudEvent::new(id, "/conformance", "order.placed");
+    ev.data = Data::json(format!(r#"{{"id":"{id}"}}"#)).ok();
+    ev
+}
+
+fn request(id: &str) -> PublishRequest {
+    PublishRequest::new(event(id))
+}
+
+fn keyed(id: &str, key: &str) -> PublishRequest {
+    PublishRequest {
+        ordering_key: Some(key.to_owned()),
+        ..request(id)
+    }
+}
+
+/// A group with short leases and quick retries, so that checks run in milliseconds.
+fn quick(ordered: bool) -> GroupConfig {
+    GroupConfig {
+        ordered,
+        lease: Duration::from_millis(300),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(50),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(1),
+            jitter: 0.0,
+        },
+        max_in_flight: 100,
+    }
+}
+
+async fn setup<H: Harness>(h: &H, groups: &[(&str, GroupConfig)]) -> H::Backend {
+    let b = h.open().await;
+    b.create_topic(TopicConfig::new(TOPIC))
+        .await
+        .expect("create topic");
+    for (name, config) in groups {
+        b.create_group(TOPIC, name, config.clone())
+            .await
+            .expect("create group");
+    }
+    b
+}
+
+async fn publish<B: Backend>(b: &B, ids: &[&str]) -> Vec<PublishOutcome> {
+    b.publish(TOPIC, ids.iter().map(|id| request(id)).collect())
+        .await
+        .expect("publish")
+}
+
+async fn pull<B: Backend>(b: &B, group: &str, max: usize) -> Vec<Delivery> {
+    b.pull(TOPIC, group, "c1", max, NO_WAIT)
+        .await
+        .expect("pull")
+}
+
+/// Pulls until `n` deliveries arrived or `within` passed.
+async fn pull_n<B: Backend>(b: &B, group: &str, n: usize, within: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        out.extend(
+            b.pull(TOPIC, group, "c1", n - out.len(), Duration::from_millis(50))
+                .await
+                .expect("pull"),
+        );
+    }
+    out
+}
+
+fn ids(ds: &[Delivery]) -> Vec<&str> {
+    ds.iter().map(|d| d.event.event.id.as_str()).collect()
+}
+
+/// P1: an acknowledged publish survives a restart.
+pub async fn p1_acknowledged_publish_survives_restart<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    drop(b);
+    let b = h.open().await;
+    let got = pull(&b, "g", 10).await;
+    assert_eq!(
+        ids(&got),
+        ["a", "b"],
+        "P1: acknowledged events must survive a restart"
+    );
+    assert_eq!(
+        got[0].event.event,
+        event("a"),
+        "P1: the event comes back unchanged"
+    );
+}
+
+/// P3: sequences increase in publish order; a batch's events are consecutive.
+pub async fn p3_sequences_increase_in_publish_order<H: Harness>(h: &H) {
+    let b = setup(h, &[]).await;
+    let first = publish(&b, &["a", "b", "c"]).await;
+    let second = publish(&b, &["d"]).await;
+    let seqs: Vec<u64> = first.iter().chain(&second).map(|o| o.seq()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "P3: {seqs:?}");
+}
+
+/// P4: the same (source, id) is stored once and answered as a duplicate of the original.
+pub async fn p4_duplicate_source_and_id_is_not_stored_twice<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let first = publish(&b, &["a"]).await;
+    let again = publish(&b, &["a", "b", "b"]).await;
+    assert_eq!(
+        again[0],
+        PublishOutcome::Duplicate {
+            seq: first[0].seq()
+        },
+        "P4: a resent event is a duplicate"
+    );
+    assert!(matches!(again[1], PublishOutcome::Stored { .. }));
+    assert_eq!(
+        again[2],
+        PublishOutcome::Duplicate {
+            seq: again[1].seq()
+        },
+        "P4: a duplicate within one batch"
+    );
+    let mut other_source = request("a");
+    other_source.event.source = "/elsewhere".into();
+    let out = b.publish(TOPIC, vec![other_source]).await.expect("publish");
+    assert!(
+        matches!(out[0], PublishOutcome::Stored { .. }),
+        "P4: the same id from another source is another event"
+    );
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["a", "b", "a"],
+        "P4: duplicates are not delivered"
+    );
+}
+
+/// P5: the same idempotency key is stored once, even with another id.
+pub async fn p5_duplicate_idempotency_key_is_not_stored_twice<H: Harness>(h: &H) {
+    let b = setup(h, &[]).await;
+    let with_key = |id: &str| PublishRequest {
+        idempotency_key: Some(r#"["streak.incremented","u1","2025-01-01"]"#.into()),
+        ..request(id)
+    };
+    let first = b
+        .publish(TOPIC, vec![with_key("a")])
+        .await
+        .expect("publish");
+    let retry = b
+        .publish(TOPIC, vec![with_key("b")])
+        .await
+        .expect("publish");
+    assert_eq!(
+        retry[0],
+        PublishOutcome::Duplicate {
+            seq: first[0].seq()
+        },
+        "P5: a retried award with a new id must not be stored twice"
+    );
+}
+
+/// P6: a stated expected sequence that differs from the aggregate's last is a conflict.
+pub async fn p6_expected_sequence_mismatch_is_a_conflict<H: Harness>(h: &H) {
+    let b = setup(h, &[]).await;
+    let expect = |id: &str, seq: u64| PublishRequest {
+        expected_sequence: Some(seq),
+        ..keyed(id, "task-1")
+    };
+    let first = b
+        .publish(TOPIC, vec![expect("a", 0)])
+        .await
+        .expect("P6: 0 expects a new aggregate");
+    let seq = first[0].seq();
+    b.publish(TOPIC, vec![expect("b", seq)])
+        .await
+        .expect("P6: the right expectation passes");
+    let err = b
+        .publish(TOPIC, vec![expect("c", seq)])
+        .await
+        .expect_err("P6: a stale expectation must be refused");
+    assert_eq!(
+        err,
+        BackendError::Conflict {
+            key: "task-1".into(),
+            expected: seq,
+            current: seq + 1
+        },
+        "P6: the conflict gives the current sequence"
+    );
+}
+
+/// P7: a conflict refuses the whole batch.
+pub async fn p7_a_conflict_refuses_the_whole_batch<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let bad = PublishRequest {
+        expected_sequence: Some(42),
+        ..keyed("b", "task-1")
+    };
+    let err = b.publish(TOPIC, vec![request("a"), bad]).await;
+    assert!(
+        matches!(err, Err(BackendError::Conflict { .. })),
+        "P7: {err:?}"
+    );
+    assert!(
+        pull(&b, "g", 10).await.is_empty(),
+        "P7: no event of a refused batch is stored"
+    );
+    // Nor was its id remembered.
+    assert!(
+        matches!(publish(&b, &["a"]).await[0], PublishOutcome::Stored { .. }),
+        "P7: a refused event is not a duplicate later"
+    );
+}
+
+/// C1: every group gets every event.
+pub async fn c1_groups_are_independent<H: Harness>(h: &H) {
+    let b = setup(h, &[("g1", quick(false)), ("g2", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    for d in pull(&b, "g1", 10).await {
+        b.ack(&d.token).await.expect("ack");
+    }
+    assert_eq!(
+        ids(&pull(&b, "g2", 10).await),
+        ["a", "b"],
+        "C1: acks of one group do not affect another"
+    );
+}
+
+/// C2: one event, one consumer at a time.
+pub async fn c2_an_event_is_leased_to_one_consumer_at_a_time<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b", "c"]).await;
+    let one = b.pull(TOPIC, "g", "c1", 2, NO_WAIT).await.expect("pull");
+    let two = b.pull(TOPIC, "g", "c2", 10, NO_WAIT).await.expect("pull");
+    assert_eq!(ids(&one), ["a", "b"]);
+    assert_eq!(
+        ids(&two),
+        ["c"],
+        "C2: leased events are not handed to another consumer"
+    );
+}
+
+/// C3: an expired lease redelivers, with the attempt number increased.
+pub async fn c3_an_expired_lease_redelivers_with_the_next_attempt<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a"]).await;
+    let first = pull(&b, "g", 1).await;
+    assert_eq!(first[0].attempt, 1, "C7: the first delivery is attempt 1");
+    let again = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    assert_eq!(ids(&again), ["a"], "C3: an expired lease must redeliver");
+    assert_eq!(again[0].attempt, 2, "C3: with the next attempt number");
+    assert_eq!(
+        b.ack(&first[0].token).await,
+        Err(BackendError::LeaseLost),
+        "C3: the old lease is gone"
+    );
+}
+
+/// C4: extend keeps the lease; once lost, extend fails.
+pub async fn c4_extend_keeps_a_lease_and_fails_once_lost<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a"]).await;
+    let d = pull(&b, "g", 1).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        b.extend(&d[0].token, Duration::from_millis(300))
+            .await
+            .expect("C4: extend within the lease");
+    }
+    assert!(
+        pull(&b, "g", 1).await.is_empty(),
+        "C4: an extended lease is not redelivered"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        b.extend(&d[0].token, Duration::from_secs(1)).await,
+        Err(BackendError::LeaseLost),
+        "C4: an expired lease cannot be extended"
+    );
+}
+
+/// C5: an acked event is not delivered again, even after a restart.
+pub async fn c5_an_ack_holds_across_restart<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b", "c"]).await;
+    let got = pull(&b, "g", 3).await;
+    b.ack(&got[0].token).await.expect("ack");
+    b.ack(&got[2].token).await.expect("ack");
+    drop(got);
+    drop(b);
+    let b = h.open().await;
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["b"],
+        "C5: acked events stay acked across a restart"
+    );
+}
+
+/// C6: nack with a delay redelivers no earlier than the delay.
+pub async fn c6_nack_with_delay_redelivers_no_earlier<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a"]).await;
+    let d = pull(&b, "g", 1).await;
+    let nacked = Instant::now();
+    b.nack(&d[0].token, Some(Duration::from_millis(400)), None)
+        .await
+        .expect("nack");
+    assert!(
+        pull(&b, "g", 1).await.is_empty(),
+        "C6: not before the delay"
+    );
+    let again = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(400),
+        "C6: redelivered after {:?}",
+        nacked.elapsed()
+    );
+    assert_eq!((ids(&again), again[0].attempt), (vec!["a"], 2));
+}
+
+/// C8: events in flight when the process stops are delivered again after it restarts.
+pub async fn c8_in_flight_events_survive_a_restart<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    assert_eq!(pull(&b, "g", 2).await.len(), 2);
+    drop(b);
+    let b = h.open().await;
+    assert_eq!(
+        ids(&pull_n(&b, "g", 2, Duration::from_secs(3)).await),
+        ["a", "b"],
+        "C8: in-flight events are not lost"
+    );
+}
+
+/// C9: at most `max` per pull, and a long poll returns when an event arrives.
+pub async fn c9_pull_returns_at_most_max_and_waits_for_a_publish<H: Harness>(h: &H) {
+    let b = std::sync::Arc::new(setup(h, &[("g", quick(false))]).await);
+    publish(&*b, &["a", "b", "c"]).await;
+    assert_eq!(pull(&*b, "g", 2).await.len(), 2, "C9: at most max");
+    assert_eq!(pull(&*b, "g", 2).await.len(), 1);
+    let started = Instant::now();
+    let waiter = {
+        let b = std::sync::Arc::clone(&b);
+        async move {
+            b.pull(TOPIC, "g", "c1", 1, Duration::from_secs(5))
+                .await
+                .expect("pull")
+        }
+    };
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        publish(&*b, &["d"]).await;
+    };
+    let (got, ()) = tokio::join!(waiter, publisher);
+    assert_eq!(
+        ids(&got),
+        ["d"],
+        "C9: a long poll returns the published event"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "C9: without waiting out its timeout"
+    );
+}
+
+/// O1: ordered groups lease at most one event per key, in sequence order.
+pub async fn o1_ordered_groups_lease_one_event_per_key_in_order<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(true))]).await;
+    b.publish(
+        TOPIC,
+        vec![
+            keyed("a1", "a"),
+            keyed("a2", "a"),
+            keyed("b1", "b"),
+            keyed("a3", "a"),
+        ],
+    )
+    .await
+    .expect("publish");
+    let first = pull(&b, "g", 10).await;
+    assert_eq!(ids(&first), ["a1", "b1"], "O1: one event per key in flight");
+    b.ack(&first[0].token).await.expect("ack");
+    let next = pull(&b, "g", 10).await;
+    assert_eq!(ids(&next), ["a2"], "O1: the key's next event, in order");
+    b.ack(&next[0].token).await.expect("ack");
+    assert_eq!(ids(&pull(&b, "g", 10).await), ["a3"]);
+}
+
+/// O2: a key whose event is retrying holds back only its own later events.
+pub async fn o2_a_retrying_key_holds_back_only_itself<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(true))]).await;
+    b.publish(
+        TOPIC,
+        vec![
+            keyed("a1", "a"),
+            keyed("a2", "a"),
+            keyed("b1", "b"),
+            keyed("b2", "b"),
+        ],
+    )
+    .await
+    .expect("publish");
+    let first = pull(&b, "g", 10).await;
+    assert_eq!(ids(&first), ["a1", "b1"]);
+    b.nack(
+        &first[0].token,
+        Some(Duration::from_secs(60)),
+        Some("down".into()),
+    )
+    .await
+    .expect("nack");
+    b.ack(&first[1].token).await.expect("ack");
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["b2"],
+        "O2: key b flows while a1 waits; a2 stays behind a1"
+    );
+}
+
+/// O3: unordered groups lease events of one key in parallel.
+pub async fn o3_unordered_groups_lease_in_parallel<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    b.publish(
+        TOPIC,
+        vec![keyed("a1", "a"), keyed("a2", "a"), keyed("a3", "a")],
+    )
+    .await
+    .expect("publish");
+    assert_eq!(
+        pull(&b, "g", 10).await.len(),
+        3,
+        "O3: no per-key limit without ordering"
+    );
+}
+
+/// R1: a retry without a delay waits the policy's backoff.
+pub async fn r1_nack_without_delay_follows_the_retry_policy<H: Harness>(h: &H) {
+    let mut config = quick(false);
+    config.retry.initial_backoff = Duration::from_millis(300);
+    let b = setup(h, &[("g", config)]).await;
+    publish(&b, &["a"]).await;
+    let d = pull(&b, "g", 1).await;
+    let nacked = Instant::now();
+    b.nack(&d[0].token, None, None).await.expect("nack");
+    assert!(
+        pull(&b, "g", 1).await.is_empty(),
+        "R1: not before the backoff"
+    );
+    assert_eq!(pull_n(&b, "g", 1, Duration::from_secs(3)).await.len(), 1);
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(300),
+        "R1: redelivered after {:?}",
+        nacked.elapsed()
+    );
+}
+
+async fn fail_every_attempt<B: Backend>(b: &B, attempts: u32) {
+    for attempt in 1..=attempts {
+        let d = pull_n(b, "g", 1, Duration::from_secs(3)).await;
+        assert_eq!(d.len(), 1, "attempt {attempt} must be delivered");
+        assert_eq!(d[0].attempt, attempt, "C7: attempts are numbered");
+        b.nack(
+            &d[0].token,
+            Some(Duration::ZERO),
+            Some(format!("failure {attempt}")),
+        )
+        .await
+        .expect("nack");
+    }
+}
+
+/// R2: after the last failed attempt the event goes to the DLQ and is not delivered again.
+pub async fn r2_the_last_failed_attempt_dead_letters<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a"]).await;
+    fail_every_attempt(&b, 3).await;
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "R2: no fourth attempt"
+    );
+    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    assert_eq!(dlq.len(), 1, "R2: the event is in the DLQ");
+    assert_eq!(
+        (dlq[0].reason, dlq[0].attempts, dlq[0].last_error.as_deref()),
+        (DeadLetterReason::MaxAttempts, 3, Some("failure 3")),
+        "R5"
+    );
+}
+
+/// R2: an expired last lease dead-letters too.
+pub async fn r2_the_last_expired_lease_dead_letters<H: Harness>(h: &H) {
+    let mut config = quick(false);
+    config.retry.max_attempts = 2;
+    let b = setup(h, &[("g", config)]).await;
+    publish(&b, &["a"]).await;
+    assert_eq!(pull(&b, "g", 1).await.len(), 1);
+    assert_eq!(
+        pull_n(&b, "g", 1, Duration::from_secs(3)).await[0].attempt,
+        2
+    );
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(800))
+            .await
+            .is_empty(),
+        "R2: no third attempt"
+    );
+    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    assert_eq!(
+        (dlq.len(), dlq[0].reason),
+        (1, DeadLetterReason::MaxAttempts),
+        "R2: an expired last lease dead-letters"
+    );
+}
+
+/// R4: dead-letter now moves the event at once with the consumer's error.
+pub async fn r4_dead_letter_now_keeps_the_error<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    let d = pull(&b, "g", 2).await;
+    b.dead_letter(&d[0].token, Some("malformed order".into()))
+        .await
+        .expect("dead-letter");
+    b.ack(&d[1].token).await.expect("ack");
+    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        (dlq[0].reason, dlq[0].last_error.as_deref(), dlq[0].attempts),
+        (DeadLetterReason::Rejected, Some("malformed order"), 1),
+        "R4"
+    );
+    assert_eq!(
+        dlq[0].event.event,
+        event("a"),
+        "R5: the event is kept unchanged"
+    );
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "R4: not delivered again"
+    );
+}
+
+/// R5: the DLQ survives a restart.
+pub async fn r5_dead_letters_survive_restart<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a"]).await;
+    let d = pull(&b, "g", 1).await;
+    b.dead_letter(&d[0].token, Some("bad".into()))
+        .await
+        .expect("dead-letter");
+    drop(d);
+    drop(b);
+    let b = h.open().await;
+    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    assert_eq!(dlq.len(), 1, "R5: DLQ entries are durable");
+    assert!(
+        pull(&b, "g", 1).await.is_empty(),
+        "R5: and stay out of the group's work"
+    );
+}
+
+/// K1 (in part): unknown topics and groups are refused by name.
+pub async fn k1_unknown_topics_and_groups_are_refused<H: Harness>(h: &H) {
+    let b = setup(h, &[]).await;
+    assert_eq!(
+        b.publish("nope", vec![request("a")]).await,
+        Err(BackendError::UnknownTopic("nope".into()))
+    );
+    let err = b.pull(TOPIC, "nope", "c1", 1, NO_WAIT).await;
+    assert_eq!(
+        err,
+        Err(BackendError::UnknownGroup {
+            topic: TOPIC.into(),
+            group: "nope".into()
+        })
+    );
+}

@@ -1,0 +1,391 @@
+//! One consumer group's delivery state, in memory: leases, retries waiting for their time,
+//! per-key ordering, and the acks above the durable floor. Every change that must survive a
+//! restart comes back as writer operations; the caller persists them before answering.
+//!
+//! Recovery: the floor (every sequence at or below it is done), the `done` set above it and the
+//! failed-attempt counts are durable. On open, every other sequence above the floor is pending
+//! again, so a crash redelivers what was in flight (at-least-once), never loses it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use canon_backend::{DeadLetterReason, Delivery, GroupConfig, LeaseToken, StoredEvent};
+
+use crate::store;
+use crate::writer::{Op, Space};
+
+#[derive(Debug)]
+struct Lease {
+    handle: u64,
+    attempt: u32,
+    until: Instant,
+    key: Option<String>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    due: Instant,
+    /// Attempts made so far.
+    attempts: u32,
+    key: Option<String>,
+}
+
+/// The state of one group.
+#[derive(Debug)]
+pub(crate) struct GroupState {
+    pub(crate) topic: String,
+    pub(crate) name: String,
+    pub(crate) config: GroupConfig,
+    floor: u64,
+    done: BTreeSet<u64>,
+    /// The next sequence to read from the log.
+    cursor: u64,
+    inflight: BTreeMap<u64, Lease>,
+    waiting: BTreeMap<u64, Waiting>,
+    /// Ordered groups: events whose key is busy, by key, in sequence order.
+    held: HashMap<String, VecDeque<u64>>,
+    /// Ordered groups: the one sequence per key that is leased or waiting.
+    busy: HashMap<String, u64>,
+    /// Failed attempts of sequences not currently leased or waiting (from before a restart).
+    attempts: HashMap<u64, u32>,
+    next_handle: u64,
+}
+
+/// A lease operation's outcome that is not plain success.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LeaseError {
+    Lost,
+}
+
+/// What `pull` needs from the log.
+pub(crate) trait Log {
+    /// Events with sequences in `from..=to`, at most `limit`, in order.
+    fn range(&self, from: u64, to: u64, limit: usize) -> Vec<StoredEvent>;
+    /// One event.
+    fn get(&self, seq: u64) -> Option<StoredEvent>;
+}
+
+impl GroupState {
+    pub(crate) fn new(
+        topic: String,
+        name: String,
+        config: GroupConfig,
+        floor: u64,
+        done: BTreeSet<u64>,
+        attempts: HashMap<u64, u32>,
+    ) -> Self {
+        GroupState {
+            topic,
+            name,
+            config,
+            floor,
+            done,
+            cursor: floor + 1,
+            inflight: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            held: HashMap::new(),
+            busy: HashMap::new(),
+            attempts,
+            next_handle: 1,
+        }
+    }
+
+    fn key_of(&self, seq: u64) -> Vec<u8> {
+        store::group_seq_key(&self.topic, &self.name, seq)
+    }
+
+    /// The earliest moment something becomes deliverable without a new publish.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let lease = self.inflight.values().map(|l| l.until).min();
+        let retry = self.waiting.values().map(|w| w.due).min();
+        lease.into_iter().chain(retry).min()
+    }
+
+    /// Leases up to `max` events. Returns the deliveries and what must be persisted first.
+    pub(crate) fn pull(
+        &mut self,
+        now: Instant,
+        committed: u64,
+        max: usize,
+        log: &dyn Log,
+    ) -> (Vec<Delivery>, Vec<Op>) {
+        let mut ops = Vec::new();
+        self.expire(now, &mut ops);
+        let room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.inflight.len());
+        let limit = max.min(room);
+        let mut out = Vec::new();
+        // Retries whose time has come, oldest sequence first.
+        let ready: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.due <= now)
+            .map(|(s, _)| *s)
+            .take(limit)
+            .collect();
+        for seq in ready {
+            let Some(w) = self.waiting.remove(&seq) else {
+                continue;
+            };
+            match log.get(seq) {
+                Some(event) => out.push(self.lease(now, event, w.attempts + 1)),
+                // Gone from the log (retention): nothing to deliver.
+                None => self.finish(seq, w.key.as_deref(), &mut ops),
+            }
+        }
+        // New events from the log.
+        while out.len() < limit && self.cursor <= committed {
+            let events = log.range(self.cursor, committed, (limit - out.len()).max(16));
+            let Some(last) = events.last().map(|e| e.seq) else {
+                self.cursor = committed + 1;
+                break;
+            };
+            for event in events {
+                let seq = event.seq;
+                if out.len() == limit {
+                    break;
+                }
+                self.cursor = seq + 1;
+                if self.done.contains(&seq)
+                    || self.inflight.contains_key(&seq)
+                    || self.waiting.contains_key(&seq)
+                {
+                    continue;
+                }
+                if self.config.ordered
+                    && let Some(k) = &event.ordering_key
+                    && self.busy.get(k).is_some_and(|s| *s != seq)
+                {
+                    self.held.entry(k.clone()).or_default().push_back(seq);
+                    continue;
+                }
+                let attempts = self.attempts.remove(&seq).unwrap_or(0);
+                out.push(self.lease(now, event, attempts + 1));
+            }
+            if self.cursor <= last {
+                break;
+            }
+        }
+        (out, ops)
+    }
+
+    fn lease(&mut self, now: Instant, event: StoredEvent, attempt: u32) -> Delivery {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let until = now + self.config.lease;
+        if self.config.ordered
+            && let Some(k) = &event.ordering_key
+        {
+            self.busy.insert(k.clone(), event.seq);
+        }
+        self.inflight.insert(
+            event.seq,
+            Lease {
+                handle,
+                attempt,
+                until,
+                key: event.ordering_key.clone(),
+            },
+        );
+        let token = LeaseToken {
+            topic: self.topic.clone(),
+            group: self.name.clone(),
+            seq: event.seq,
+            handle,
+        };
+        Delivery {
+            event,
+            attempt,
+            token,
+            leased_until: SystemTime::now() + self.config.lease,
+        }
+    }
+
+    /// Expired leases: redeliverable at once, or dead-lettered after the last attempt (R2).
+    fn expire(&mut self, now: Instant, ops: &mut Vec<Op>) {
+        let expired: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, l)| l.until <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            if let Some(lease) = self.inflight.remove(&seq) {
+                self.failed(
+                    now,
+                    seq,
+                    lease,
+                    Duration::ZERO,
+                    Some("lease expired".into()),
+                    ops,
+                );
+            }
+        }
+    }
+
+    fn take(&mut self, token: &LeaseToken) -> Result<Lease, LeaseError> {
+        match self.inflight.get(&token.seq) {
+            Some(l) if l.handle == token.handle => {
+                self.inflight.remove(&token.seq).ok_or(LeaseError::Lost)
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
+
+    pub(crate) fn ack(&mut self, token: &LeaseToken) -> Result<Vec<Op>, LeaseError> {
+        let lease = self.take(token)?;
+        let mut ops = Vec::new();
+        self.finish(token.seq, lease.key.as_deref(), &mut ops);
+        Ok(ops)
+    }
+
+    pub(crate) fn extend(
+        &mut self,
+        now: Instant,
+        token: &LeaseToken,
+        by: Duration,
+    ) -> Result<(), LeaseError> {
+        match self.inflight.get_mut(&token.seq) {
+            Some(l) if l.handle == token.handle && l.until > now => {
+                l.until = now + by;
+                Ok(())
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
+
+    pub(crate) fn nack(
+        &mut self,
+        now: Instant,
+        token: &LeaseToken,
+        delay: Option<Duration>,
+        error: Option<String>,
+    ) -> Result<Vec<Op>, LeaseError> {
+        let lease = self.take(token)?;
+        let delay = delay.unwrap_or_else(|| self.config.retry.delay(lease.attempt));
+        let mut ops = Vec::new();
+        self.failed(now, token.seq, lease, delay, error, &mut ops);
+        Ok(ops)
+    }
+
+    pub(crate) fn reject(
+        &mut self,
+        token: &LeaseToken,
+        error: Option<String>,
+    ) -> Result<Vec<Op>, LeaseError> {
+        let lease = self.take(token)?;
+        let mut ops = Vec::new();
+        self.dead_letter(
+            token.seq,
+            lease.key.as_deref(),
+            DeadLetterReason::Rejected,
+            lease.attempt,
+            error.as_deref(),
+            &mut ops,
+        );
+        Ok(ops)
+    }
+
+    /// A failed attempt: retry after `delay`, or dead-letter if it was the last.
+    fn failed(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        lease: Lease,
+        delay: Duration,
+        error: Option<String>,
+        ops: &mut Vec<Op>,
+    ) {
+        if self.config.retry.is_last(lease.attempt) {
+            self.dead_letter(
+                seq,
+                lease.key.as_deref(),
+                DeadLetterReason::MaxAttempts,
+                lease.attempt,
+                error.as_deref(),
+                ops,
+            );
+            return;
+        }
+        ops.push(Op::Put(
+            Space::Attempt,
+            self.key_of(seq),
+            lease.attempt.to_be_bytes().to_vec(),
+        ));
+        self.waiting.insert(
+            seq,
+            Waiting {
+                due: now + delay,
+                attempts: lease.attempt,
+                key: lease.key,
+            },
+        );
+    }
+
+    fn dead_letter(
+        &mut self,
+        seq: u64,
+        key: Option<&str>,
+        reason: DeadLetterReason,
+        attempts: u32,
+        error: Option<&str>,
+        ops: &mut Vec<Op>,
+    ) {
+        ops.push(Op::Put(
+            Space::Dlq,
+            self.key_of(seq),
+            store::encode_dlq(reason, attempts, store::now_ms(), error),
+        ));
+        self.finish(seq, key, ops);
+    }
+
+    /// The event is done for this group (acked, dropped or dead-lettered).
+    fn finish(&mut self, seq: u64, key: Option<&str>, ops: &mut Vec<Op>) {
+        ops.push(Op::Delete(Space::Attempt, self.key_of(seq)));
+        self.done.insert(seq);
+        ops.push(Op::Put(Space::Done, self.key_of(seq), Vec::new()));
+        let old_floor = self.floor;
+        while self.done.remove(&(self.floor + 1)) {
+            self.floor += 1;
+        }
+        if self.floor != old_floor {
+            for s in old_floor + 1..=self.floor {
+                ops.push(Op::Delete(Space::Done, self.key_of(s)));
+            }
+            ops.push(Op::Put(
+                Space::Group,
+                store::group_prefix(&self.topic, &self.name),
+                store::encode_group(&self.config, self.floor),
+            ));
+        }
+        // Ordered: the next held event of this key may go.
+        if self.config.ordered
+            && let Some(k) = key
+            && self.busy.get(k) == Some(&seq)
+        {
+            self.busy.remove(k);
+            let next = self.held.get_mut(k).and_then(VecDeque::pop_front);
+            if self.held.get(k).is_some_and(VecDeque::is_empty) {
+                self.held.remove(k);
+            }
+            if let Some(next) = next {
+                let attempts = self.attempts.remove(&next).unwrap_or(0);
+                self.busy.insert(k.to_owned(), next);
+                self.waiting.insert(
+                    next,
+                    Waiting {
+                        due: Instant::now(),
+                        attempts,
+                        key: Some(k.to_owned()),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+}

@@ -1,0 +1,421 @@
+//! The embedded backend: Canon's default. One directory on local disk holds every topic, group
+//! and dead-letter queue; nothing to install or run. Built on fjall (an LSM-tree storage
+//! engine); docs/specs/delivery.md is the contract and `canon-conformance` checks it.
+//!
+//! Durability: with [`Durability::Sync`] (the default) a publish, ack or nack is answered only
+//! once the write holding it is on disk (`fdatasync`), shared by everything queued meanwhile
+//! (group commit, see `writer`). [`Durability::LoseRecentOnOsCrash`] answers once the write is
+//! in the operating system's buffers: it survives a crash of the process, not of the machine.
+
+mod group;
+mod store;
+mod writer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use canon_backend::{
+    Backend, BackendError, Capabilities, Capability, DeadLetter, Delivery, GroupConfig, LeaseToken,
+    PublishOutcome, PublishRequest, StoredEvent, TopicConfig,
+};
+
+use group::{GroupState, LeaseError, Log};
+use store::Store;
+use writer::{Op, Space, TopicShared, Writer};
+
+/// When an acknowledged write is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On disk (`fdatasync`) before it is acknowledged. The default.
+    #[default]
+    Sync,
+    /// In the operating system's buffers before it is acknowledged: survives a crash of this
+    /// process, but an operating-system crash or power loss can lose the last writes.
+    LoseRecentOnOsCrash,
+}
+
+type GroupHandle = Arc<Mutex<GroupState>>;
+
+/// The embedded backend over one data directory.
+#[derive(Debug)]
+pub struct EmbeddedBackend {
+    store: Store,
+    writer: Writer,
+    topics: RwLock<HashMap<String, Arc<TopicShared>>>,
+    groups: RwLock<HashMap<(String, String), GroupHandle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves state that is still consistent per operation.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lost(_: LeaseError) -> BackendError {
+    BackendError::LeaseLost
+}
+
+impl EmbeddedBackend {
+    /// Opens (or creates) the data directory, recovering every topic and group in it.
+    pub fn open(dir: impl AsRef<Path>, durability: Durability) -> Result<Self, BackendError> {
+        let store = Store::open(dir.as_ref())?;
+        let mut topics = HashMap::new();
+        for item in store.topic.iter() {
+            let (k, v) = item.into_inner().map_err(BackendError::storage)?;
+            let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(1)]).into_owned();
+            let window = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| BackendError::storage("topic record is corrupt"))?;
+            let last = last_seq(&store, &name)?;
+            topics.insert(
+                name.clone(),
+                Arc::new(TopicShared::new(name, Duration::from_millis(window), last)),
+            );
+        }
+        let mut groups = HashMap::new();
+        for item in store.group.iter() {
+            let (k, v) = item.into_inner().map_err(BackendError::storage)?;
+            let mut parts = k.split(|b| *b == 0);
+            let (Some(topic), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (topic, name) = (
+                String::from_utf8_lossy(topic).into_owned(),
+                String::from_utf8_lossy(name).into_owned(),
+            );
+            let (config, floor) = store::decode_group(&v).ok_or_else(|| {
+                BackendError::storage(format!("group record {topic}/{name} is corrupt"))
+            })?;
+            let prefix = store::group_prefix(&topic, &name);
+            let done: BTreeSet<u64> = store
+                .done
+                .prefix(&prefix)
+                .filter_map(|g| g.key().ok())
+                .filter_map(|k| store::seq_suffix(&k))
+                .collect();
+            let mut attempts = HashMap::new();
+            for g in store.attempt.prefix(&prefix) {
+                let (k, v) = g.into_inner().map_err(BackendError::storage)?;
+                if let (Some(seq), Ok(n)) = (store::seq_suffix(&k), <[u8; 4]>::try_from(v.as_ref()))
+                {
+                    attempts.insert(seq, u32::from_be_bytes(n));
+                }
+            }
+            let state = GroupState::new(topic.clone(), name.clone(), config, floor, done, attempts);
+            groups.insert((topic, name), Arc::new(Mutex::new(state)));
+        }
+        let writer = Writer::start(store.clone(), durability);
+        Ok(EmbeddedBackend {
+            store,
+            writer,
+            topics: RwLock::new(topics),
+            groups: RwLock::new(groups),
+        })
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<TopicShared>, BackendError> {
+        self.topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BackendError::UnknownTopic(name.to_owned()))
+    }
+
+    fn group(&self, topic: &str, group: &str) -> Result<GroupHandle, BackendError> {
+        let groups = self
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        groups
+            .get(&(topic.to_owned(), group.to_owned()))
+            .cloned()
+            .ok_or_else(|| BackendError::UnknownGroup {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+            })
+    }
+
+    fn log_reader(&self, topic: &str) -> LogReader<'_> {
+        LogReader {
+            store: &self.store,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Runs a lease operation on its group and persists what it changed.
+    async fn on_lease<T>(
+        &self,
+        token: &LeaseToken,
+        f: impl FnOnce(&mut GroupState) -> Result<(T, Vec<Op>), LeaseError>,
+    ) -> Result<T, BackendError> {
+        let group = self.group(&token.topic, &token.group)?;
+        let (value, ops) = f(&mut lock(&group)).map_err(lost)?;
+        if !ops.is_empty() {
+            self.writer.write(ops).await?;
+        }
+        Ok(value)
+    }
+}
+
+fn last_seq(store: &Store, topic: &str) -> Result<u64, BackendError> {
+    match store.log.prefix(store::topic_prefix(topic)).next_back() {
+        Some(g) => g
+            .key()
+            .map_err(BackendError::storage)
+            .map(|k| store::seq_suffix(&k).unwrap_or(0)),
+        None => Ok(0),
+    }
+}
+
+struct LogReader<'a> {
+    store: &'a Store,
+    topic: String,
+}
+
+impl Log for LogReader<'_> {
+    fn range(&self, from: u64, to: u64, limit: usize) -> Vec<StoredEvent> {
+        let (start, end) = (
+            store::log_key(&self.topic, from),
+            store::log_key(&self.topic, to),
+        );
+        self.store
+            .log
+            .range(start..=end)
+            .take(limit)
+            .filter_map(|g| g.into_inner().ok())
+            .filter_map(|(k, v)| store::decode_record(store::seq_suffix(&k)?, &v).ok())
+            .collect()
+    }
+
+    fn get(&self, seq: u64) -> Option<StoredEvent> {
+        let v = self
+            .store
+            .log
+            .get(store::log_key(&self.topic, seq))
+            .ok()??;
+        store::decode_record(seq, &v).ok()
+    }
+}
+
+fn valid_name(kind: &str, name: &str) -> Result<(), BackendError> {
+    if name.is_empty() || name.len() > 255 || name.contains('\0') {
+        return Err(BackendError::InvalidConfig(format!(
+            "{kind} names are 1 to 255 bytes without NUL, got {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for EmbeddedBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities(vec![
+            Capability::OrderedDelivery,
+            Capability::AtomicBatch,
+            Capability::OptimisticConcurrency,
+            Capability::IdempotencyKeys,
+        ])
+    }
+
+    async fn create_topic(&self, config: TopicConfig) -> Result<(), BackendError> {
+        valid_name("topic", &config.name)?;
+        let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let key = store::topic_prefix(&config.name);
+        self.writer
+            .write(vec![Op::Put(
+                Space::Topic,
+                key,
+                window.to_be_bytes().to_vec(),
+            )])
+            .await?;
+        let last = last_seq(&self.store, &config.name)?;
+        let mut topics = self
+            .topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An existing topic keeps its state; a new window applies from its next open.
+        topics
+            .entry(config.name.clone())
+            .or_insert_with(|| Arc::new(TopicShared::new(config.name, config.dedup_window, last)));
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        batch: Vec<PublishRequest>,
+    ) -> Result<Vec<PublishOutcome>, BackendError> {
+        let topic = self.topic(topic)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer.publish(topic, batch).await
+    }
+
+    async fn create_group(
+        &self,
+        topic: &str,
+        group: &str,
+        config: GroupConfig,
+    ) -> Result<(), BackendError> {
+        self.topic(topic)?;
+        valid_name("group", group)?;
+        if config.max_in_flight == 0 || config.retry.max_attempts == 0 || config.lease.is_zero() {
+            return Err(BackendError::InvalidConfig(
+                "max_in_flight, max_attempts and lease must be positive".into(),
+            ));
+        }
+        let existing = self
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(topic.to_owned(), group.to_owned()))
+            .cloned();
+        let floor = match &existing {
+            Some(g) => {
+                let mut g = lock(g);
+                g.config = config.clone();
+                g.floor()
+            }
+            None => 0,
+        };
+        self.writer
+            .write(vec![Op::Put(
+                Space::Group,
+                store::group_prefix(topic, group),
+                store::encode_group(&config, floor),
+            )])
+            .await?;
+        if existing.is_none() {
+            let state = GroupState::new(
+                topic.to_owned(),
+                group.to_owned(),
+                config,
+                0,
+                BTreeSet::new(),
+                HashMap::new(),
+            );
+            let mut groups = self
+                .groups
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            groups
+                .entry((topic.to_owned(), group.to_owned()))
+                .or_insert_with(|| Arc::new(Mutex::new(state)));
+        }
+        Ok(())
+    }
+
+    async fn pull(
+        &self,
+        topic: &str,
+        group: &str,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BackendError> {
+        let shared = self.topic(topic)?;
+        let handle = self.group(topic, group)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before looking, so a publish in between is not missed.
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (deliveries, ops, next_due) = {
+                let mut g = lock(&handle);
+                let (d, ops) = g.pull(
+                    now,
+                    shared.committed.load(Ordering::SeqCst),
+                    max,
+                    &self.log_reader(topic),
+                );
+                (d, ops, g.next_due())
+            };
+            if !ops.is_empty() {
+                self.writer.write(ops).await?;
+            }
+            if !deliveries.is_empty() || max == 0 || now >= deadline {
+                return Ok(deliveries);
+            }
+            let until = next_due
+                .map_or(deadline, |d| d.min(deadline))
+                .max(now + Duration::from_millis(1));
+            let _ = tokio::time::timeout_at(until.into(), notified).await;
+        }
+    }
+
+    async fn ack(&self, token: &LeaseToken) -> Result<(), BackendError> {
+        self.on_lease(token, |g| g.ack(token).map(|ops| ((), ops)))
+            .await
+    }
+
+    async fn nack(
+        &self,
+        token: &LeaseToken,
+        delay: Option<Duration>,
+        error: Option<String>,
+    ) -> Result<(), BackendError> {
+        self.on_lease(token, |g| {
+            g.nack(Instant::now(), token, delay, error)
+                .map(|ops| ((), ops))
+        })
+        .await
+    }
+
+    async fn extend(&self, token: &LeaseToken, by: Duration) -> Result<(), BackendError> {
+        self.on_lease(token, |g| {
+            g.extend(Instant::now(), token, by)
+                .map(|()| ((), Vec::new()))
+        })
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        token: &LeaseToken,
+        error: Option<String>,
+    ) -> Result<(), BackendError> {
+        self.on_lease(token, |g| g.reject(token, error).map(|ops| ((), ops)))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BackendError> {
+        self.group(topic, group)?;
+        let log = self.log_reader(topic);
+        let mut out = Vec::new();
+        for g in self
+            .store
+            .dlq
+            .prefix(store::group_prefix(topic, group))
+            .take(limit)
+        {
+            let (k, v) = g.into_inner().map_err(BackendError::storage)?;
+            let seq =
+                store::seq_suffix(&k).ok_or_else(|| BackendError::storage("dlq key is corrupt"))?;
+            let (reason, attempts, at, last_error) = store::decode_dlq(&v)
+                .ok_or_else(|| BackendError::storage("dlq entry is corrupt"))?;
+            let event = log.get(seq).ok_or_else(|| {
+                BackendError::storage(format!("dead-lettered event {seq} is missing from the log"))
+            })?;
+            out.push(DeadLetter {
+                event,
+                reason,
+                last_error,
+                attempts,
+                at: store::time_of(at),
+            });
+        }
+        Ok(out)
+    }
+}

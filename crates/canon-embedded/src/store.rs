@@ -1,0 +1,254 @@
+//! The on-disk layout: fjall keyspaces, key encodings and record formats.
+//!
+//! Every key starts with the topic name and a NUL byte (topic names never contain NUL), so a
+//! topic's entries are one prefix. Sequence numbers are big-endian, so keys sort by sequence.
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `log` | topic, seq | stored-at ms, ordering key, event JSON |
+//! | `dedup` | topic, `i`, source, NUL, id / topic, `k`, idempotency key | seq, stored-at ms |
+//! | `agg` | topic, ordering key | last seq |
+//! | `topic` | topic | dedup window ms |
+//! | `group` | topic, group | config, then the ack floor |
+//! | `done` | topic, group, NUL, seq | empty (acked or dead-lettered above the floor) |
+//! | `attempt` | topic, group, NUL, seq | attempts that failed |
+//! | `dlq` | topic, group, NUL, seq | reason, attempts, at ms, last error |
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canon_backend::{BackendError, DeadLetterReason, GroupConfig, RetryPolicy, StoredEvent};
+use canon_envelope::CloudEvent;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+/// The keyspaces of one data directory.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pub(crate) db: Database,
+    pub(crate) log: Keyspace,
+    pub(crate) dedup: Keyspace,
+    pub(crate) agg: Keyspace,
+    pub(crate) topic: Keyspace,
+    pub(crate) group: Keyspace,
+    pub(crate) done: Keyspace,
+    pub(crate) attempt: Keyspace,
+    pub(crate) dlq: Keyspace,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    pub(crate) fn open(dir: &std::path::Path) -> Result<Store, BackendError> {
+        std::fs::create_dir_all(dir).map_err(BackendError::storage)?;
+        let db = Database::builder(dir)
+            .open()
+            .map_err(BackendError::storage)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(BackendError::storage)
+        };
+        Ok(Store {
+            log: ks("log")?,
+            dedup: ks("dedup")?,
+            agg: ks("agg")?,
+            topic: ks("topic")?,
+            group: ks("group")?,
+            done: ks("done")?,
+            attempt: ks("attempt")?,
+            dlq: ks("dlq")?,
+            db,
+        })
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// `topic NUL` — the prefix of every key of a topic.
+pub(crate) fn topic_prefix(topic: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 9);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn log_key(topic: &str, seq: u64) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn id_key(topic: &str, source: &str, id: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.push(b'i');
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn idem_key(topic: &str, key: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.push(b'k');
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn agg_key(topic: &str, key: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// `topic NUL group NUL` — the prefix of a group's entries.
+pub(crate) fn group_prefix(topic: &str, group: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn group_seq_key(topic: &str, group: &str, seq: u64) -> Vec<u8> {
+    let mut k = group_prefix(topic, group);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The last 8 bytes of a key as a sequence number.
+pub(crate) fn seq_suffix(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// A `log` record: stored-at ms (8), ordering key length (2) and bytes, event JSON.
+pub(crate) fn encode_record(
+    stored_ms: u64,
+    ordering_key: Option<&str>,
+    event: &CloudEvent,
+) -> Vec<u8> {
+    let key = ordering_key.unwrap_or("").as_bytes();
+    let json = event.to_json();
+    let mut v = Vec::with_capacity(10 + key.len() + json.len());
+    v.extend_from_slice(&stored_ms.to_be_bytes());
+    // Ordering keys longer than 65,535 bytes are refused before they get here.
+    v.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_be_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(&json);
+    v
+}
+
+pub(crate) fn decode_record(seq: u64, v: &[u8]) -> Result<StoredEvent, BackendError> {
+    let corrupt = || BackendError::storage(format!("log record {seq} is corrupt"));
+    let stored_ms = u64_at(v, 0).ok_or_else(corrupt)?;
+    let key_len = usize::from(u16::from_be_bytes(
+        v.get(8..10)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?,
+    ));
+    let key = v.get(10..10 + key_len).ok_or_else(corrupt)?;
+    let json = v.get(10 + key_len..).ok_or_else(corrupt)?;
+    let event = CloudEvent::from_json(json)
+        .map_err(|e| BackendError::storage(format!("log record {seq} does not decode: {e}")))?;
+    let ordering_key = if key.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(key).into_owned())
+    };
+    Ok(StoredEvent {
+        seq,
+        published_at: time_of(stored_ms),
+        ordering_key,
+        event,
+    })
+}
+
+/// `seq, stored-at ms` — a dedup entry.
+pub(crate) fn encode_seq_time(seq: u64, ms: u64) -> Vec<u8> {
+    [seq.to_be_bytes(), ms.to_be_bytes()].concat()
+}
+
+pub(crate) fn decode_seq_time(v: &[u8]) -> Option<(u64, u64)> {
+    Some((u64_at(v, 0)?, u64_at(v, 8)?))
+}
+
+/// A group record: config and ack floor, as JSON (small and rarely written).
+pub(crate) fn encode_group(config: &GroupConfig, floor: u64) -> Vec<u8> {
+    let r = &config.retry;
+    serde_json::json!({
+        "ordered": config.ordered,
+        "lease_ms": config.lease.as_millis() as u64,
+        "max_in_flight": config.max_in_flight,
+        "max_attempts": r.max_attempts,
+        "initial_backoff_ms": r.initial_backoff.as_millis() as u64,
+        "multiplier": r.multiplier,
+        "max_backoff_ms": r.max_backoff.as_millis() as u64,
+        "jitter": r.jitter,
+        "floor": floor,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub(crate) fn decode_group(v: &[u8]) -> Option<(GroupConfig, u64)> {
+    let j: serde_json::Value = serde_json::from_slice(v).ok()?;
+    let ms = |k: &str| {
+        j.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .map(Duration::from_millis)
+    };
+    let config = GroupConfig {
+        ordered: j.get("ordered")?.as_bool()?,
+        lease: ms("lease_ms")?,
+        max_in_flight: usize::try_from(j.get("max_in_flight")?.as_u64()?).ok()?,
+        retry: RetryPolicy {
+            max_attempts: u32::try_from(j.get("max_attempts")?.as_u64()?).ok()?,
+            initial_backoff: ms("initial_backoff_ms")?,
+            multiplier: j.get("multiplier")?.as_f64()?,
+            max_backoff: ms("max_backoff_ms")?,
+            jitter: j.get("jitter")?.as_f64()?,
+        },
+    };
+    Some((config, j.get("floor")?.as_u64()?))
+}
+
+/// A DLQ entry's bookkeeping: reason, attempts, at ms, last error.
+pub(crate) fn encode_dlq(
+    reason: DeadLetterReason,
+    attempts: u32,
+    at_ms: u64,
+    error: Option<&str>,
+) -> Vec<u8> {
+    serde_json::json!({"reason": reason.as_str(), "attempts": attempts, "at": at_ms, "error": error}).to_string().into_bytes()
+}
+
+pub(crate) fn decode_dlq(v: &[u8]) -> Option<(DeadLetterReason, u32, u64, Option<String>)> {
+    let j: serde_json::Value = serde_json::from_slice(v).ok()?;
+    let reason = match j.get("reason")?.as_str()? {
+        "max-attempts" => DeadLetterReason::MaxAttempts,
+        "rejected" => DeadLetterReason::Rejected,
+        "expired" => DeadLetterReason::Expired,
+        _ => return None,
+    };
+    let attempts = u32::try_from(j.get("attempts")?.as_u64()?).ok()?;
+    Some((
+        reason,
+        attempts,
+        j.get("at")?.as_u64()?,
+        j.get("error").and_then(|e| e.as_str()).map(str::to_owned),
+    ))
+}

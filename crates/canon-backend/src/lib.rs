@@ -13,8 +13,9 @@ mod types;
 pub use error::BackendError;
 pub use policy::RetryPolicy;
 pub use types::{
-    Capabilities, Capability, DeadLetter, DeadLetterReason, Delivery, GroupConfig, LeaseToken,
-    PublishOutcome, PublishRequest, StoredEvent, TopicConfig,
+    Capabilities, Capability, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery,
+    GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions, RedriveReport,
+    StartPosition, StoredEvent, TopicConfig,
 };
 
 use std::future::Future;
@@ -87,11 +88,98 @@ pub trait Backend: Send + Sync + 'static {
         error: Option<String>,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Lists the group's DLQ without consuming it (R6), oldest first.
+    /// Lists the group's DLQ entries that match `filter`, without consuming them (R6), oldest
+    /// first.
     fn dead_letters(
         &self,
         topic: &str,
         group: &str,
-        limit: usize,
+        filter: &DeadLetterFilter,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, BackendError>> + Send;
+
+    /// Puts matching DLQ entries back into the group's work (R7), one at a time, each move atomic,
+    /// at most `options.per_second` a second. A dry run reports what would move.
+    fn redrive(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: &DeadLetterFilter,
+        options: RedriveOptions,
+    ) -> impl Future<Output = Result<RedriveReport, BackendError>> + Send;
+
+    /// Deletes matching DLQ entries (R8); returns how many.
+    fn purge(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: &DeadLetterFilter,
+    ) -> impl Future<Output = Result<usize, BackendError>> + Send;
+
+    /// Moves the group to a position (L1): events after it are delivered again, with their ids
+    /// and sequences. Leases held in the group are lost.
+    fn reset(
+        &self,
+        topic: &str,
+        group: &str,
+        position: StartPosition,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The retained events with this id (one per source that used it) (L3).
+    fn events_by_id(
+        &self,
+        topic: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, BackendError>> + Send;
+
+    /// The retained events whose `correlationid` is this, in sequence order (L4).
+    fn events_by_correlation(
+        &self,
+        topic: &str,
+        correlation_id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, BackendError>> + Send;
+
+    /// The retained events whose `causationid` is this event id: its direct effects (L4).
+    fn effects_of(
+        &self,
+        topic: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, BackendError>> + Send;
+}
+
+/// The causation chain of an event (L4): the events that caused it, nearest first, following
+/// `causationid`, and every event it caused, directly or not, in breadth-first order.
+pub async fn causation_chain<B: Backend>(
+    backend: &B,
+    topic: &str,
+    id: &str,
+) -> Result<(Vec<StoredEvent>, Vec<StoredEvent>), BackendError> {
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(id.to_owned());
+    let mut causes = Vec::new();
+    let mut current = backend.events_by_id(topic, id).await?.into_iter().next();
+    while let Some(cause) = current
+        .as_ref()
+        .and_then(|e| e.event.causation_id().map(str::to_owned))
+    {
+        if !seen.insert(cause.clone()) {
+            break;
+        }
+        current = backend
+            .events_by_id(topic, &cause)
+            .await?
+            .into_iter()
+            .next();
+        causes.extend(current.clone());
+    }
+    let mut effects = Vec::new();
+    let mut frontier = std::collections::VecDeque::from([id.to_owned()]);
+    while let Some(next) = frontier.pop_front() {
+        for e in backend.effects_of(topic, &next).await? {
+            if seen.insert(e.event.id.clone()) {
+                frontier.push_back(e.event.id.clone());
+                effects.push(e);
+            }
+        }
+    }
+    Ok((causes, effects))
 }

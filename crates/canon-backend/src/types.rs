@@ -217,3 +217,62 @@ impl Capabilities {
         }
     }
 }
+
+/// Which DLQ entries an operation applies to. Empty fields match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeadLetterFilter {
+    /// Only these event ids.
+    pub ids: Vec<String>,
+    /// Only these event types.
+    pub types: Vec<String>,
+    /// Only this reason.
+    pub reason: Option<DeadLetterReason>,
+    /// Only entries dead-lettered at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only entries dead-lettered before this time.
+    pub until: Option<SystemTime>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+impl DeadLetterFilter {
+    /// Whether an entry matches (the limit aside).
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&d.event.event.id))
+            && (self.types.is_empty() || self.types.contains(&d.event.event.ty))
+            && self.reason.is_none_or(|r| r == d.reason)
+            && self.since.is_none_or(|s| d.at >= s)
+            && self.until.is_none_or(|u| d.at < u)
+    }
+}
+
+/// How a redrive runs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RedriveOptions {
+    /// Report what would move; move nothing.
+    pub dry_run: bool,
+    /// At most this many events a second (0: no limit).
+    pub per_second: u32,
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedriveReport {
+    /// Ids of the entries that matched.
+    pub matched: Vec<String>,
+    /// How many were moved back (0 in a dry run).
+    pub redriven: usize,
+}
+
+/// Where a group (re)starts (L1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest retained event.
+    Earliest,
+    /// After the newest event: only events published from now on.
+    Latest,
+    /// The first event stored at or after this time.
+    Time(SystemTime),
+    /// This event (by id) and everything after it.
+    EventId(String),
+}

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use canon_backend::{
-    Backend, BackendError, DeadLetterReason, Delivery, GroupConfig, PublishOutcome, PublishRequest,
-    RetryPolicy, TopicConfig,
+    Backend, BackendError, DeadLetterFilter, DeadLetterReason, Delivery, GroupConfig,
+    PublishOutcome, PublishRequest, RedriveOptions, RetryPolicy, StartPosition, TopicConfig,
+    causation_chain,
 };
 use canon_envelope::{CloudEvent, Data};
 
@@ -497,7 +498,10 @@ pub async fn r2_the_last_failed_attempt_dead_letters<H: Harness>(h: &H) {
             .is_empty(),
         "R2: no fourth attempt"
     );
-    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
     assert_eq!(dlq.len(), 1, "R2: the event is in the DLQ");
     assert_eq!(
         (dlq[0].reason, dlq[0].attempts, dlq[0].last_error.as_deref()),
@@ -523,7 +527,10 @@ pub async fn r2_the_last_expired_lease_dead_letters<H: Harness>(h: &H) {
             .is_empty(),
         "R2: no third attempt"
     );
-    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
     assert_eq!(
         (dlq.len(), dlq[0].reason),
         (1, DeadLetterReason::MaxAttempts),
@@ -540,7 +547,10 @@ pub async fn r4_dead_letter_now_keeps_the_error<H: Harness>(h: &H) {
         .await
         .expect("dead-letter");
     b.ack(&d[1].token).await.expect("ack");
-    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
     assert_eq!(dlq.len(), 1);
     assert_eq!(
         (dlq[0].reason, dlq[0].last_error.as_deref(), dlq[0].attempts),
@@ -571,7 +581,10 @@ pub async fn r5_dead_letters_survive_restart<H: Harness>(h: &H) {
     drop(d);
     drop(b);
     let b = h.open().await;
-    let dlq = b.dead_letters(TOPIC, "g", 10).await.expect("dlq");
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
     assert_eq!(dlq.len(), 1, "R5: DLQ entries are durable");
     assert!(
         pull(&b, "g", 1).await.is_empty(),
@@ -593,5 +606,369 @@ pub async fn k1_unknown_topics_and_groups_are_refused<H: Harness>(h: &H) {
             topic: TOPIC.into(),
             group: "nope".into()
         })
+    );
+}
+
+fn with_ext(id: &str, name: &str, value: &str) -> PublishRequest {
+    let mut r = request(id);
+    r.event.set_extension(name, value);
+    r
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from(t)
+        .format(&Rfc3339)
+        .expect("a SystemTime formats as RFC 3339")
+}
+
+/// T1: an event with a not-before time is not delivered before it.
+pub async fn t1_a_scheduled_event_waits_for_its_time<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let at = std::time::SystemTime::now() + Duration::from_millis(600);
+    b.publish(
+        TOPIC,
+        vec![with_ext("later", "notbefore", &rfc3339(at)), request("now")],
+    )
+    .await
+    .expect("publish");
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["now"],
+        "T1: not before its time"
+    );
+    drop(b);
+    let b = h.open().await;
+    // "now" was in flight at the restart: it comes back first.
+    let first = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    assert_eq!(ids(&first), ["now"]);
+    b.ack(&first[0].token).await.expect("ack");
+    let got = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    let now = std::time::SystemTime::now();
+    assert!(
+        now >= at,
+        "T1: delivered {:?} early",
+        at.duration_since(now)
+    );
+    assert_eq!(
+        ids(&got),
+        ["later"],
+        "T1: delivered once due, across a restart"
+    );
+}
+
+/// T2: an expired event is dead-lettered with reason `expired`, never delivered.
+pub async fn t2_an_expired_event_is_dead_lettered<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    b.publish(
+        TOPIC,
+        vec![
+            with_ext("stale", "expiration", "2001-01-01T00:00:00Z"),
+            request("fresh"),
+        ],
+    )
+    .await
+    .expect("publish");
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["fresh"],
+        "T2: an expired event is not delivered"
+    );
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(
+        (dlq.len(), dlq[0].reason, dlq[0].event.event.id.as_str()),
+        (1, DeadLetterReason::Expired, "stale"),
+        "T2"
+    );
+}
+
+async fn reject_all<B: Backend>(b: &B, n: usize) {
+    for d in pull_n(b, "g", n, Duration::from_secs(3)).await {
+        b.dead_letter(&d.token, Some(format!("bad {}", d.event.event.id)))
+            .await
+            .expect("dead-letter");
+    }
+}
+
+/// R6: the DLQ can be filtered without consuming it.
+pub async fn r6_dead_letters_can_be_filtered<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let mut other = request("b");
+    other.event.ty = "order.cancelled".into();
+    b.publish(TOPIC, vec![request("a"), other, request("c")])
+        .await
+        .expect("publish");
+    reject_all(&b, 3).await;
+    let by_type = DeadLetterFilter {
+        types: vec!["order.cancelled".into()],
+        ..DeadLetterFilter::default()
+    };
+    let got = b.dead_letters(TOPIC, "g", &by_type).await.expect("dlq");
+    assert_eq!(
+        got.iter()
+            .map(|d| d.event.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"],
+        "R6: by type"
+    );
+    let limited = DeadLetterFilter {
+        limit: 2,
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(
+        b.dead_letters(TOPIC, "g", &limited)
+            .await
+            .expect("dlq")
+            .len(),
+        2,
+        "R6: limit"
+    );
+    assert_eq!(
+        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("dlq")
+            .len(),
+        3,
+        "R6: listing consumes nothing"
+    );
+}
+
+/// R7: redrive puts events back with their ids and fresh attempts; a dry run moves nothing.
+pub async fn r7_redrive_returns_events_with_fresh_attempts<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    reject_all(&b, 2).await;
+    let only_a = DeadLetterFilter {
+        ids: vec!["a".into()],
+        ..DeadLetterFilter::default()
+    };
+    let dry = b
+        .redrive(
+            TOPIC,
+            "g",
+            &only_a,
+            RedriveOptions {
+                dry_run: true,
+                per_second: 0,
+            },
+        )
+        .await
+        .expect("redrive");
+    assert_eq!(
+        (dry.matched.clone(), dry.redriven),
+        (vec!["a".to_owned()], 0),
+        "R7: a dry run moves nothing"
+    );
+    assert_eq!(
+        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("dlq")
+            .len(),
+        2
+    );
+    let done = b
+        .redrive(
+            TOPIC,
+            "g",
+            &only_a,
+            RedriveOptions {
+                dry_run: false,
+                per_second: 100,
+            },
+        )
+        .await
+        .expect("redrive");
+    assert_eq!(done.redriven, 1);
+    let again = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    assert_eq!(
+        (ids(&again), again[0].attempt),
+        (vec!["a"], 1),
+        "R7: same id, fresh attempts"
+    );
+    b.ack(&again[0].token).await.expect("ack");
+    let left = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(
+        left.iter()
+            .map(|d| d.event.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"],
+        "R7: moved out of the DLQ"
+    );
+    drop(again);
+    drop(b);
+    let b = h.open().await;
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "R7: a redriven, acked event stays done across a restart"
+    );
+}
+
+/// R7: a redrive that stops half way leaves every event in exactly one place, and running it
+/// again finishes the job.
+pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b", "c", "d"]).await;
+    reject_all(&b, 4).await;
+    // Redrive slowly and stop (drop) it part way, as a crash would.
+    let all = DeadLetterFilter::default();
+    let slow = b.redrive(
+        TOPIC,
+        "g",
+        &all,
+        RedriveOptions {
+            dry_run: false,
+            per_second: 5,
+        },
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(300), slow).await;
+    drop(b);
+    let b = h.open().await;
+    let in_dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq")
+        .len();
+    let back = pull_n(&b, "g", 4 - in_dlq, Duration::from_secs(3)).await;
+    assert_eq!(
+        in_dlq + back.len(),
+        4,
+        "R7: each event is in the DLQ or back, never both"
+    );
+    let report = b
+        .redrive(
+            TOPIC,
+            "g",
+            &DeadLetterFilter::default(),
+            RedriveOptions::default(),
+        )
+        .await
+        .expect("redrive");
+    assert_eq!(
+        report.redriven, in_dlq,
+        "R7: the second run moves only what is left"
+    );
+    let rest = pull_n(&b, "g", in_dlq, Duration::from_secs(3)).await;
+    let mut all: Vec<&str> = ids(&back).into_iter().chain(ids(&rest)).collect();
+    all.sort_unstable();
+    assert_eq!(all, ["a", "b", "c", "d"], "R7: every event exactly once");
+}
+
+/// R8: purge deletes matching entries.
+pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b"]).await;
+    reject_all(&b, 2).await;
+    let only_a = DeadLetterFilter {
+        ids: vec!["a".into()],
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(b.purge(TOPIC, "g", &only_a).await.expect("purge"), 1);
+    let left = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(
+        left.iter()
+            .map(|d| d.event.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"],
+        "R8"
+    );
+}
+
+/// L1: a group can be reset to the earliest, the latest, a time or an event id; replayed
+/// events keep their ids and sequences.
+pub async fn l1_reset_replays_from_a_position<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let first = publish(&b, &["a", "b"]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish(&b, &["c"]).await;
+    for d in pull(&b, "g", 10).await {
+        b.ack(&d.token).await.expect("ack");
+    }
+    b.reset(TOPIC, "g", StartPosition::Earliest)
+        .await
+        .expect("reset");
+    let replay = pull(&b, "g", 10).await;
+    assert_eq!(ids(&replay), ["a", "b", "c"], "L1: earliest");
+    assert_eq!(replay[0].event.seq, first[0].seq(), "L1: same sequence");
+    b.reset(TOPIC, "g", StartPosition::EventId("b".into()))
+        .await
+        .expect("reset");
+    assert_eq!(
+        ids(&pull(&b, "g", 10).await),
+        ["b", "c"],
+        "L1: from an event id; old leases are gone"
+    );
+    b.reset(TOPIC, "g", StartPosition::Time(middle))
+        .await
+        .expect("reset");
+    assert_eq!(ids(&pull(&b, "g", 10).await), ["c"], "L1: from a time");
+    b.reset(TOPIC, "g", StartPosition::Latest)
+        .await
+        .expect("reset");
+    publish(&b, &["d"]).await;
+    assert_eq!(ids(&pull(&b, "g", 10).await), ["d"], "L1: latest");
+}
+
+/// L3, L4: lookup by id, by correlation id, and the causation chain both ways.
+pub async fn l3_l4_events_are_found_by_id_correlation_and_causation<H: Harness>(h: &H) {
+    let b = setup(h, &[]).await;
+    let mut root = with_ext("root", "correlationid", "req-1");
+    root.event.set_extension("causationid", "outside");
+    let mut child = with_ext("child", "correlationid", "req-1");
+    child.event.set_extension("causationid", "root");
+    let mut grandchild = with_ext("grandchild", "correlationid", "req-1");
+    grandchild.event.set_extension("causationid", "child");
+    b.publish(TOPIC, vec![root, child, grandchild, request("unrelated")])
+        .await
+        .expect("publish");
+    let found = b.events_by_id(TOPIC, "child").await.expect("by id");
+    assert_eq!(found.len(), 1, "L3");
+    assert_eq!(found[0].event.causation_id(), Some("root"));
+    let corr = b
+        .events_by_correlation(TOPIC, "req-1")
+        .await
+        .expect("by correlation");
+    assert_eq!(
+        corr.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>(),
+        ["root", "child", "grandchild"],
+        "L4: correlation"
+    );
+    let (causes, effects) = causation_chain(&b, TOPIC, "child").await.expect("chain");
+    assert_eq!(
+        causes
+            .iter()
+            .map(|e| e.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["root"],
+        "L4: causes"
+    );
+    assert_eq!(
+        effects
+            .iter()
+            .map(|e| e.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["grandchild"],
+        "L4: effects"
+    );
+    let (_, all_effects) = causation_chain(&b, TOPIC, "root").await.expect("chain");
+    assert_eq!(
+        all_effects
+            .iter()
+            .map(|e| e.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["child", "grandchild"],
+        "L4: effects, transitively"
     );
 }

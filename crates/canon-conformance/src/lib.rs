@@ -51,6 +51,14 @@ macro_rules! suite {
             r4_dead_letter_now_keeps_the_error,
             r5_dead_letters_survive_restart,
             k1_unknown_topics_and_groups_are_refused,
+            t1_a_scheduled_event_waits_for_its_time,
+            t2_an_expired_event_is_dead_lettered,
+            r6_dead_letters_can_be_filtered,
+            r7_redrive_returns_events_with_fresh_attempts,
+            r7_an_interrupted_redrive_resumes_without_duplicates,
+            r8_purge_deletes_matching_entries,
+            l1_reset_replays_from_a_position,
+            l3_l4_events_are_found_by_id_correlation_and_causation,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

@@ -48,6 +48,8 @@ pub(crate) struct GroupState {
     busy: HashMap<String, u64>,
     /// Failed attempts of sequences not currently leased or waiting (from before a restart).
     attempts: HashMap<u64, u32>,
+    /// Redriven sequences at or below the floor: pending again (R7).
+    requeued: BTreeSet<u64>,
     next_handle: u64,
 }
 
@@ -73,7 +75,23 @@ impl GroupState {
         floor: u64,
         done: BTreeSet<u64>,
         attempts: HashMap<u64, u32>,
+        requeued: BTreeSet<u64>,
     ) -> Self {
+        let now = Instant::now();
+        // Redriven events are pending again (their keys are looked up when they are leased).
+        let waiting = requeued
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    Waiting {
+                        due: now,
+                        attempts: 0,
+                        key: None,
+                    },
+                )
+            })
+            .collect();
         GroupState {
             topic,
             name,
@@ -82,10 +100,11 @@ impl GroupState {
             done,
             cursor: floor + 1,
             inflight: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            waiting,
             held: HashMap::new(),
             busy: HashMap::new(),
             attempts,
+            requeued,
             next_handle: 1,
         }
     }
@@ -130,7 +149,7 @@ impl GroupState {
                 continue;
             };
             match log.get(seq) {
-                Some(event) => out.push(self.lease(now, event, w.attempts + 1)),
+                Some(event) => self.admit(now, event, w.attempts, &mut out, &mut ops),
                 // Gone from the log (retention): nothing to deliver.
                 None => self.finish(seq, w.key.as_deref(), &mut ops),
             }
@@ -162,13 +181,61 @@ impl GroupState {
                     continue;
                 }
                 let attempts = self.attempts.remove(&seq).unwrap_or(0);
-                out.push(self.lease(now, event, attempts + 1));
+                self.admit(now, event, attempts, &mut out, &mut ops);
             }
             if self.cursor <= last {
                 break;
             }
         }
         (out, ops)
+    }
+
+    /// Leases an event, unless it expired (T2: dead-lettered) or is not due yet (T1: it waits).
+    fn admit(
+        &mut self,
+        now: Instant,
+        event: StoredEvent,
+        attempts: u32,
+        out: &mut Vec<Delivery>,
+        ops: &mut Vec<Op>,
+    ) {
+        let wall = SystemTime::now();
+        let key = event.ordering_key.clone();
+        if self.config.ordered
+            && let Some(k) = &key
+        {
+            self.busy.insert(k.clone(), event.seq);
+        }
+        if event
+            .event
+            .expiration_time()
+            .is_some_and(|t| SystemTime::from(t) <= wall)
+        {
+            self.dead_letter(
+                event.seq,
+                key.as_deref(),
+                DeadLetterReason::Expired,
+                attempts,
+                Some("expired before delivery"),
+                ops,
+            );
+            return;
+        }
+        if let Some(at) = event.event.not_before_time().map(SystemTime::from)
+            && let Ok(wait) = at.duration_since(wall)
+            && !wait.is_zero()
+        {
+            self.waiting.insert(
+                event.seq,
+                Waiting {
+                    due: now + wait,
+                    attempts,
+                    key,
+                },
+            );
+            return;
+        }
+        out.push(self.lease(now, event, attempts + 1));
     }
 
     fn lease(&mut self, now: Instant, event: StoredEvent, attempt: u32) -> Delivery {
@@ -344,8 +411,14 @@ impl GroupState {
     /// The event is done for this group (acked, dropped or dead-lettered).
     fn finish(&mut self, seq: u64, key: Option<&str>, ops: &mut Vec<Op>) {
         ops.push(Op::Delete(Space::Attempt, self.key_of(seq)));
-        self.done.insert(seq);
-        ops.push(Op::Put(Space::Done, self.key_of(seq), Vec::new()));
+        if seq <= self.floor {
+            // A redriven event below the floor: done again.
+            self.requeued.remove(&seq);
+            ops.push(Op::Delete(Space::Requeue, self.key_of(seq)));
+        } else {
+            self.done.insert(seq);
+            ops.push(Op::Put(Space::Done, self.key_of(seq), Vec::new()));
+        }
         let old_floor = self.floor;
         while self.done.remove(&(self.floor + 1)) {
             self.floor += 1;
@@ -387,5 +460,69 @@ impl GroupState {
 
     pub(crate) fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// Puts a dead-lettered event back into the group's work (R7), with a fresh attempt count.
+    /// The DLQ entry's removal and the event's return are one write.
+    pub(crate) fn redrive(&mut self, seq: u64, key: Option<String>) -> Vec<Op> {
+        let mut ops = vec![
+            Op::Delete(Space::Dlq, self.key_of(seq)),
+            Op::Delete(Space::Attempt, self.key_of(seq)),
+        ];
+        if seq <= self.floor {
+            self.requeued.insert(seq);
+            ops.push(Op::Put(Space::Requeue, self.key_of(seq), Vec::new()));
+        } else {
+            self.done.remove(&seq);
+            ops.push(Op::Delete(Space::Done, self.key_of(seq)));
+        }
+        self.attempts.remove(&seq);
+        if self.config.ordered
+            && let Some(k) = &key
+            && self.busy.get(k).is_some_and(|s| *s != seq)
+        {
+            // Behind the key's current event, in sequence order.
+            let queue = self.held.entry(k.clone()).or_default();
+            let at = queue.partition_point(|s| *s < seq);
+            queue.insert(at, seq);
+        } else {
+            if self.config.ordered
+                && let Some(k) = &key
+            {
+                self.busy.insert(k.clone(), seq);
+            }
+            self.waiting.insert(
+                seq,
+                Waiting {
+                    due: Instant::now(),
+                    attempts: 0,
+                    key,
+                },
+            );
+        }
+        ops
+    }
+
+    /// Moves the group to just after `floor` (L1): every later event is pending again and every
+    /// lease is lost. The caller also deletes the group's `done`, `attempt` and `requeue` entries.
+    pub(crate) fn reset(&mut self, floor: u64) -> Vec<Op> {
+        let (topic, name) = (
+            std::mem::take(&mut self.topic),
+            std::mem::take(&mut self.name),
+        );
+        *self = GroupState::new(
+            topic,
+            name,
+            self.config.clone(),
+            floor,
+            BTreeSet::new(),
+            HashMap::new(),
+            BTreeSet::new(),
+        );
+        vec![Op::Put(
+            Space::Group,
+            store::group_prefix(&self.topic, &self.name),
+            store::encode_group(&self.config, floor),
+        )]
     }
 }

@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use canon_backend::{
-    Backend, BackendError, Capabilities, Capability, DeadLetter, Delivery, GroupConfig, LeaseToken,
-    PublishOutcome, PublishRequest, StoredEvent, TopicConfig,
+    Backend, BackendError, Capabilities, Capability, DeadLetter, DeadLetterFilter, Delivery,
+    GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions, RedriveReport,
+    StartPosition, StoredEvent, TopicConfig,
 };
 
 use group::{GroupState, LeaseError, Log};
-use store::Store;
+use store::{Index, Store};
 use writer::{Op, Space, TopicShared, Writer};
 
 /// When an acknowledged write is safe.
@@ -105,7 +106,21 @@ impl EmbeddedBackend {
                     attempts.insert(seq, u32::from_be_bytes(n));
                 }
             }
-            let state = GroupState::new(topic.clone(), name.clone(), config, floor, done, attempts);
+            let requeued: BTreeSet<u64> = store
+                .requeue
+                .prefix(&prefix)
+                .filter_map(|g| g.key().ok())
+                .filter_map(|k| store::seq_suffix(&k))
+                .collect();
+            let state = GroupState::new(
+                topic.clone(),
+                name.clone(),
+                config,
+                floor,
+                done,
+                attempts,
+                requeued,
+            );
             groups.insert((topic, name), Arc::new(Mutex::new(state)));
         }
         let writer = Writer::start(store.clone(), durability);
@@ -145,6 +160,63 @@ impl EmbeddedBackend {
             store: &self.store,
             topic: topic.to_owned(),
         }
+    }
+
+    /// The DLQ entries of a group that match a filter, oldest first.
+    fn matching_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<DeadLetter>, BackendError> {
+        let log = self.log_reader(topic);
+        let mut out = Vec::new();
+        for g in self.store.dlq.prefix(store::group_prefix(topic, group)) {
+            if filter.limit > 0 && out.len() == filter.limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(BackendError::storage)?;
+            let seq =
+                store::seq_suffix(&k).ok_or_else(|| BackendError::storage("dlq key is corrupt"))?;
+            let (reason, attempts, at, last_error) = store::decode_dlq(&v)
+                .ok_or_else(|| BackendError::storage("dlq entry is corrupt"))?;
+            let event = log.get(seq).ok_or_else(|| {
+                BackendError::storage(format!("dead-lettered event {seq} is missing from the log"))
+            })?;
+            let entry = DeadLetter {
+                event,
+                reason,
+                last_error,
+                attempts,
+                at: store::time_of(at),
+            };
+            if filter.matches(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The retained events an index lists for a value, in sequence order.
+    fn indexed(
+        &self,
+        topic: &str,
+        kind: Index,
+        value: &str,
+    ) -> Result<Vec<StoredEvent>, BackendError> {
+        let log = self.log_reader(topic);
+        let mut out = Vec::new();
+        for g in self
+            .store
+            .index
+            .prefix(store::index_prefix(topic, kind, value))
+        {
+            let k = g.key().map_err(BackendError::storage)?;
+            if let Some(e) = store::seq_suffix(&k).and_then(|seq| log.get(seq)) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs a lease operation on its group and persists what it changed.
@@ -298,6 +370,7 @@ impl Backend for EmbeddedBackend {
                 0,
                 BTreeSet::new(),
                 HashMap::new(),
+                BTreeSet::new(),
             );
             let mut groups = self
                 .groups
@@ -389,33 +462,142 @@ impl Backend for EmbeddedBackend {
         &self,
         topic: &str,
         group: &str,
-        limit: usize,
+        filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetter>, BackendError> {
         self.group(topic, group)?;
-        let log = self.log_reader(topic);
-        let mut out = Vec::new();
-        for g in self
-            .store
-            .dlq
-            .prefix(store::group_prefix(topic, group))
-            .take(limit)
-        {
-            let (k, v) = g.into_inner().map_err(BackendError::storage)?;
-            let seq =
-                store::seq_suffix(&k).ok_or_else(|| BackendError::storage("dlq key is corrupt"))?;
-            let (reason, attempts, at, last_error) = store::decode_dlq(&v)
-                .ok_or_else(|| BackendError::storage("dlq entry is corrupt"))?;
-            let event = log.get(seq).ok_or_else(|| {
-                BackendError::storage(format!("dead-lettered event {seq} is missing from the log"))
-            })?;
-            out.push(DeadLetter {
-                event,
-                reason,
-                last_error,
-                attempts,
-                at: store::time_of(at),
-            });
+        self.matching_dead_letters(topic, group, filter)
+    }
+
+    async fn redrive(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: &DeadLetterFilter,
+        options: RedriveOptions,
+    ) -> Result<RedriveReport, BackendError> {
+        let handle = self.group(topic, group)?;
+        let entries = self.matching_dead_letters(topic, group, filter)?;
+        let mut report = RedriveReport {
+            matched: entries.iter().map(|d| d.event.event.id.clone()).collect(),
+            redriven: 0,
+        };
+        if options.dry_run {
+            return Ok(report);
         }
-        Ok(out)
+        let pause = (options.per_second > 0).then(|| Duration::from_secs(1) / options.per_second);
+        let shared = self.topic(topic)?;
+        for entry in entries {
+            // Each move is one atomic write: a crash between two leaves every event either in
+            // the DLQ or back in the group, never both and never neither.
+            let ops = lock(&handle).redrive(entry.event.seq, entry.event.ordering_key.clone());
+            self.writer.write(ops).await?;
+            report.redriven += 1;
+            shared.notify.notify_waiters();
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn purge(
+        &self,
+        topic: &str,
+        group: &str,
+        filter: &DeadLetterFilter,
+    ) -> Result<usize, BackendError> {
+        self.group(topic, group)?;
+        let entries = self.matching_dead_letters(topic, group, filter)?;
+        let ops: Vec<Op> = entries
+            .iter()
+            .map(|d| Op::Delete(Space::Dlq, store::group_seq_key(topic, group, d.event.seq)))
+            .collect();
+        let n = ops.len();
+        if n > 0 {
+            self.writer.write(ops).await?;
+        }
+        Ok(n)
+    }
+
+    async fn reset(
+        &self,
+        topic: &str,
+        group: &str,
+        position: StartPosition,
+    ) -> Result<(), BackendError> {
+        let shared = self.topic(topic)?;
+        let handle = self.group(topic, group)?;
+        let committed = shared.committed.load(Ordering::SeqCst);
+        let log = self.log_reader(topic);
+        let floor = match position {
+            StartPosition::Earliest => log
+                .range(1, committed, 1)
+                .first()
+                .map_or(committed, |e| e.seq - 1),
+            StartPosition::Latest => committed,
+            StartPosition::Time(t) => {
+                // The first event stored at or after `t`; the log is in storage order.
+                let mut floor = committed;
+                let mut from = 1;
+                'scan: loop {
+                    let chunk = log.range(from, committed, 1024);
+                    let Some(last) = chunk.last().map(|e| e.seq) else {
+                        break;
+                    };
+                    for e in chunk {
+                        if e.published_at >= t {
+                            floor = e.seq - 1;
+                            break 'scan;
+                        }
+                    }
+                    from = last + 1;
+                }
+                floor
+            }
+            StartPosition::EventId(id) => match self.indexed(topic, Index::Id, &id)?.first() {
+                Some(e) => e.seq - 1,
+                None => {
+                    return Err(BackendError::InvalidConfig(format!(
+                        "no retained event has id {id}"
+                    )));
+                }
+            },
+        };
+        let prefix = store::group_prefix(topic, group);
+        let mut ops = lock(&handle).reset(floor);
+        for (space, ks) in [
+            (Space::Done, &self.store.done),
+            (Space::Attempt, &self.store.attempt),
+            (Space::Requeue, &self.store.requeue),
+        ] {
+            for g in ks.prefix(&prefix) {
+                ops.push(Op::Delete(
+                    space,
+                    g.key().map_err(BackendError::storage)?.to_vec(),
+                ));
+            }
+        }
+        self.writer.write(ops).await?;
+        shared.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn events_by_id(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
+        self.topic(topic)?;
+        self.indexed(topic, Index::Id, id)
+    }
+
+    async fn events_by_correlation(
+        &self,
+        topic: &str,
+        correlation_id: &str,
+    ) -> Result<Vec<StoredEvent>, BackendError> {
+        self.topic(topic)?;
+        self.indexed(topic, Index::Correlation, correlation_id)
+    }
+
+    async fn effects_of(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
+        self.topic(topic)?;
+        self.indexed(topic, Index::Causation, id)
     }
 }

@@ -13,6 +13,8 @@
 //! | `done` | topic, group, NUL, seq | empty (acked or dead-lettered above the floor) |
 //! | `attempt` | topic, group, NUL, seq | attempts that failed |
 //! | `dlq` | topic, group, NUL, seq | reason, attempts, at ms, last error |
+//! | `requeue` | topic, group, NUL, seq | empty (redriven at or below the floor: pending again) |
+//! | `index` | topic, `i` id / `r` correlationid / `c` causationid, NUL, seq | empty |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +34,8 @@ pub(crate) struct Store {
     pub(crate) done: Keyspace,
     pub(crate) attempt: Keyspace,
     pub(crate) dlq: Keyspace,
+    pub(crate) requeue: Keyspace,
+    pub(crate) index: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,6 +63,8 @@ impl Store {
             done: ks("done")?,
             attempt: ks("attempt")?,
             dlq: ks("dlq")?,
+            requeue: ks("requeue")?,
+            index: ks("index")?,
             db,
         })
     }
@@ -107,6 +113,33 @@ pub(crate) fn idem_key(topic: &str, key: &str) -> Vec<u8> {
 pub(crate) fn agg_key(topic: &str, key: &str) -> Vec<u8> {
     let mut k = topic_prefix(topic);
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// What an `index` entry indexes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Index {
+    Id,
+    Correlation,
+    Causation,
+}
+
+/// `topic NUL kind value NUL` — the prefix of an index's entries for one value.
+pub(crate) fn index_prefix(topic: &str, kind: Index, value: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.push(match kind {
+        Index::Id => b'i',
+        Index::Correlation => b'r',
+        Index::Causation => b'c',
+    });
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn index_key(topic: &str, kind: Index, value: &str, seq: u64) -> Vec<u8> {
+    let mut k = index_prefix(topic, kind, value);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 

@@ -13,7 +13,7 @@ use fjall::PersistMode;
 use tokio::sync::{Notify, oneshot};
 
 use crate::Durability;
-use crate::store::{self, Store};
+use crate::store::{self, Index, Store};
 
 /// At most this many queued jobs go into one commit.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
@@ -54,6 +54,8 @@ pub(crate) enum Space {
     Done,
     Attempt,
     Dlq,
+    Requeue,
+    Index,
 }
 
 /// One change.
@@ -159,6 +161,8 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
         Space::Done => &store.done,
         Space::Attempt => &store.attempt,
         Space::Dlq => &store.dlq,
+        Space::Requeue => &store.requeue,
+        Space::Index => &store.index,
     }
 }
 
@@ -363,6 +367,25 @@ fn plan_publish(
             store::log_key(name, seq),
             store::encode_record(now, r.ordering_key.as_deref(), &r.event),
         ));
+        ops.push(Op::Put(
+            Space::Index,
+            store::index_key(name, Index::Id, &r.event.id, seq),
+            Vec::new(),
+        ));
+        if let Some(c) = r.event.correlation_id() {
+            ops.push(Op::Put(
+                Space::Index,
+                store::index_key(name, Index::Correlation, c, seq),
+                Vec::new(),
+            ));
+        }
+        if let Some(c) = r.event.causation_id() {
+            ops.push(Op::Put(
+                Space::Index,
+                store::index_key(name, Index::Causation, c, seq),
+                Vec::new(),
+            ));
+        }
         local_dedup.insert(id_key.clone(), entry.clone());
         ops.push(Op::Put(Space::Dedup, id_key, entry.clone()));
         if let Some(k) = idem_key {

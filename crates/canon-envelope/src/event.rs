@@ -145,6 +145,8 @@ pub mod ext {
     pub const TRACESTATE: &str = "tracestate";
     /// When the event stops being worth delivering (RFC 3339), as Dapr's `expiration`.
     pub const EXPIRATION: &str = "expiration";
+    /// Canon: deliver no earlier than this time (RFC 3339), for scheduled events.
+    pub const NOT_BEFORE: &str = "notbefore";
     /// Canon: the version of the payload schema (`1`, `1.2`, `1.0.0`).
     pub const DATA_VERSION: &str = "dataversion";
     /// Canon: the user on whose behalf the event was produced.
@@ -227,6 +229,11 @@ impl CloudEvent {
     /// The `expiration` extension as a point in time.
     pub fn expiration_time(&self) -> Option<time::OffsetDateTime> {
         self.expiration().and_then(rules::parse_rfc3339)
+    }
+
+    /// Canon's `notbefore` extension as a point in time: the event is not delivered earlier.
+    pub fn not_before_time(&self) -> Option<time::OffsetDateTime> {
+        self.ext_str(ext::NOT_BEFORE).and_then(rules::parse_rfc3339)
     }
 
     /// The `time` attribute as a point in time.

@@ -195,7 +195,8 @@ pub fn is_string_extension(name: &str) -> bool {
     KNOWN_STRING.contains(&name)
 }
 
-const KNOWN_STRING: [&str; 10] = [
+const KNOWN_STRING: [&str; 11] = [
+    ext::NOT_BEFORE,
     ext::CORRELATION_ID,
     ext::CAUSATION_ID,
     ext::SEQUENCE,
@@ -276,7 +277,7 @@ pub(crate) fn check_extension(p: &mut Problems, name: &str, value: &ExtValue) {
                 ext::TRACESTATE if !is_valid_tracestate(s) => {
                     p.push(ErrorCode::InvalidTraceState, loc(), "tracestate must be a comma-separated list of key=value");
                 }
-                ext::EXPIRATION => check_timestamp(p, name, s),
+                ext::EXPIRATION | ext::NOT_BEFORE => check_timestamp(p, name, s),
                 _ => {}
             }
         }

@@ -1,5 +1,7 @@
 //! The embedded backend against the delivery contract: the whole conformance suite, each check
-//! in its own data directory.
+//! in its own data directory; and the crash harness.
+
+mod crash;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

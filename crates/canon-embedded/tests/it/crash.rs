@@ -76,9 +76,9 @@ async fn crash_worker() {
             .map(|i| {
                 n += 1;
                 let id = format!("r{run}-{n}");
-                let mut ev = CloudEvent::new(id.clone(), "/crash", "load.tick");
+                let mut ev = CloudEvent::new(id, "/crash", "load.tick");
                 ev.data = Data::json(format!(r#"{{"i":{i}}}"#)).ok();
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(50);
                     ev.set_extension(
                         "notbefore",
@@ -111,7 +111,7 @@ async fn crash_worker() {
             // The intent is journaled first: a kill between the acknowledgement and its journal
             // line must not look like a lost event.
             note(format!("settling {id}"));
-            if digits % 13 == 0 {
+            if digits.is_multiple_of(13) {
                 b.dead_letter(&d.token, Some("unlucky".into()))
                     .await
                     .expect("dead-letter");

@@ -151,7 +151,7 @@ impl GroupState {
             match log.get(seq) {
                 Some(event) => self.admit(now, event, w.attempts, &mut out, &mut ops),
                 // Gone from the log (retention): nothing to deliver.
-                None => self.finish(seq, w.key.as_deref(), &mut ops),
+                None => self.finish(seq, w.key.as_deref(), w.attempts, &mut ops),
             }
         }
         // New events from the log.
@@ -304,7 +304,7 @@ impl GroupState {
     pub(crate) fn ack(&mut self, token: &LeaseToken) -> Result<Vec<Op>, LeaseError> {
         let lease = self.take(token)?;
         let mut ops = Vec::new();
-        self.finish(token.seq, lease.key.as_deref(), &mut ops);
+        self.finish(token.seq, lease.key.as_deref(), lease.attempt - 1, &mut ops);
         Ok(ops)
     }
 
@@ -405,32 +405,39 @@ impl GroupState {
             self.key_of(seq),
             store::encode_dlq(reason, attempts, store::now_ms(), error),
         ));
-        self.finish(seq, key, ops);
+        // Dead letters are rare: always clear the attempt count rather than track whether one
+        // was written.
+        self.finish(seq, key, 1, ops);
     }
 
     /// The event is done for this group (acked, dropped or dead-lettered).
-    fn finish(&mut self, seq: u64, key: Option<&str>, ops: &mut Vec<Op>) {
-        ops.push(Op::Delete(Space::Attempt, self.key_of(seq)));
+    fn finish(&mut self, seq: u64, key: Option<&str>, failed_before: u32, ops: &mut Vec<Op>) {
+        let floor_before = self.floor;
+        if failed_before > 0 {
+            // Only events that failed before have an attempt count on disk: deleting one that
+            // is not there would cost a tombstone per ack.
+            ops.push(Op::Delete(Space::Attempt, self.key_of(seq)));
+        }
         if seq <= self.floor {
             // A redriven event below the floor: done again.
             self.requeued.remove(&seq);
             ops.push(Op::Delete(Space::Requeue, self.key_of(seq)));
+        } else if seq == self.floor + 1 {
+            // In order: the floor moves, no `done` entry needed.
+            self.floor = seq;
         } else {
             self.done.insert(seq);
             ops.push(Op::Put(Space::Done, self.key_of(seq), Vec::new()));
         }
-        let old_floor = self.floor;
         while self.done.remove(&(self.floor + 1)) {
             self.floor += 1;
+            ops.push(Op::Delete(Space::Done, self.key_of(self.floor)));
         }
-        if self.floor != old_floor {
-            for s in old_floor + 1..=self.floor {
-                ops.push(Op::Delete(Space::Done, self.key_of(s)));
-            }
+        if self.floor != floor_before {
             ops.push(Op::Put(
-                Space::Group,
+                Space::Floor,
                 store::group_prefix(&self.topic, &self.name),
-                store::encode_group(&self.config, self.floor),
+                self.floor.to_be_bytes().to_vec(),
             ));
         }
         // Ordered: the next held event of this key may go.
@@ -519,10 +526,14 @@ impl GroupState {
             HashMap::new(),
             BTreeSet::new(),
         );
-        vec![Op::Put(
-            Space::Group,
-            store::group_prefix(&self.topic, &self.name),
-            store::encode_group(&self.config, floor),
-        )]
+        let key = store::group_prefix(&self.topic, &self.name);
+        vec![
+            Op::Put(
+                Space::Group,
+                key.clone(),
+                store::encode_group(&self.config, floor),
+            ),
+            Op::Put(Space::Floor, key, floor.to_be_bytes().to_vec()),
+        ]
     }
 }

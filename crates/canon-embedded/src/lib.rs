@@ -92,6 +92,13 @@ impl EmbeddedBackend {
                 BackendError::storage(format!("group record {topic}/{name} is corrupt"))
             })?;
             let prefix = store::group_prefix(&topic, &name);
+            // The floor key is written on every advance; the record's copy only on changes.
+            let floor = match store.floor.get(&prefix).map_err(BackendError::storage)? {
+                Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(floor),
+                None => floor,
+            };
             let done: BTreeSet<u64> = store
                 .done
                 .prefix(&prefix)

@@ -9,7 +9,8 @@
 //! | `dedup` | topic, `i`, source, NUL, id / topic, `k`, idempotency key | seq, stored-at ms |
 //! | `agg` | topic, ordering key | last seq |
 //! | `topic` | topic | dedup window ms |
-//! | `group` | topic, group | config, then the ack floor |
+//! | `group` | topic, group | config (and the floor when it was written) |
+//! | `floor` | topic, group | the ack floor: every sequence at or below it is done |
 //! | `done` | topic, group, NUL, seq | empty (acked or dead-lettered above the floor) |
 //! | `attempt` | topic, group, NUL, seq | attempts that failed |
 //! | `dlq` | topic, group, NUL, seq | reason, attempts, at ms, last error |
@@ -35,6 +36,7 @@ pub(crate) struct Store {
     pub(crate) attempt: Keyspace,
     pub(crate) dlq: Keyspace,
     pub(crate) requeue: Keyspace,
+    pub(crate) floor: Keyspace,
     pub(crate) index: Keyspace,
 }
 
@@ -64,6 +66,7 @@ impl Store {
             attempt: ks("attempt")?,
             dlq: ks("dlq")?,
             requeue: ks("requeue")?,
+            floor: ks("floor")?,
             index: ks("index")?,
             db,
         })

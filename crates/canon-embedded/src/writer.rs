@@ -56,6 +56,7 @@ pub(crate) enum Space {
     Dlq,
     Requeue,
     Index,
+    Floor,
 }
 
 /// One change.
@@ -163,6 +164,7 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
         Space::Dlq => &store.dlq,
         Space::Requeue => &store.requeue,
         Space::Index => &store.index,
+        Space::Floor => &store.floor,
     }
 }
 

@@ -1,0 +1,409 @@
+//! `canon-load`: one workload, run against Canon's embedded backend and against NATS JetStream
+//! (the real peer) in the same run, so every figure has its peer beside it.
+//!
+//! Phases, per system: durable publish in batches (events/s, MB/s), consume with one ack per
+//! event (events/s), and publish→deliver latency at a fixed rate (p50/p99/p999). Then Canon's
+//! peak RSS and the time to open its data directory with everything stored.
+//!
+//! Durability differs and is reported: Canon syncs (`fdatasync`) every group commit before it
+//! acknowledges; JetStream with file storage syncs every 2 minutes by default.
+
+#![allow(clippy::print_stdout, reason = "a report tool: its output is the point")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use canon_backend::{Backend, GroupConfig, PublishRequest, TopicConfig};
+use canon_embedded::{Durability, EmbeddedBackend};
+use canon_envelope::{CloudEvent, Data};
+use clap::Parser;
+use futures_util::StreamExt;
+
+/// Measure Canon's embedded backend beside NATS JetStream under one workload.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events to publish and consume in the throughput phases.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Events per publish batch (Canon; JetStream publishes one by one with a window).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// Size of each event in the JSON format, in bytes.
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// Rate of the latency phase, events per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 5)]
+    latency_secs: u64,
+    /// Canon's durability: `sync` (default) or `buffered` (survives a process crash only).
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    /// Data directory for Canon (emptied first).
+    #[arg(long, default_value = "target/canon-load-data")]
+    dir: String,
+    /// The JetStream server; empty to skip the peer.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+}
+
+fn event(i: usize, size: usize) -> CloudEvent {
+    let mut ev = CloudEvent::new(format!("ev-{i}"), "/canon-load", "load.tick");
+    let empty = ev.to_json().len() + r#","data":{"pad":""}"#.len();
+    let pad = "x".repeat(size.saturating_sub(empty));
+    ev.data = Data::json(format!(r#"{{"pad":"{pad}"}}"#)).ok();
+    ev
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[derive(Debug, Default)]
+struct Figures {
+    publish_eps: f64,
+    publish_mbps: f64,
+    consume_eps: f64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    delivered: usize,
+}
+
+fn report(name: &str, f: &Figures) {
+    println!(
+        "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s | consume+ack {:>9.0} ev/s | latency p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} delivered)",
+        f.publish_eps,
+        f.publish_mbps,
+        f.consume_eps,
+        f.p50.as_secs_f64() * 1e3,
+        f.p99.as_secs_f64() * 1e3,
+        f.p999.as_secs_f64() * 1e3,
+        f.delivered
+    );
+}
+
+async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let b = Arc::new(EmbeddedBackend::open(&args.dir, durability)?);
+    b.create_topic(TopicConfig::new("bench")).await?;
+    let group = GroupConfig {
+        max_in_flight: 10_000,
+        ..GroupConfig::default()
+    };
+    b.create_group("bench", "consume", group.clone()).await?;
+    let mut f = Figures::default();
+
+    // Publish.
+    let started = Instant::now();
+    let per = args.events / args.publishers;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.publishers {
+        let (b, batch, size) = (Arc::clone(&b), args.batch, args.size);
+        tasks.spawn(async move {
+            let mut i = p * per;
+            while i < (p + 1) * per {
+                let n = batch.min((p + 1) * per - i);
+                let reqs = (i..i + n)
+                    .map(|k| PublishRequest::new(event(k, size)))
+                    .collect();
+                b.publish("bench", reqs).await?;
+                i += n;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = per * args.publishers;
+    f.publish_eps = total as f64 / secs;
+    f.publish_mbps = (total * args.size) as f64 / secs / 1e6;
+
+    // Consume with acks.
+    let started = Instant::now();
+    let mut consumed = 0;
+    while consumed < total {
+        let got = b
+            .pull("bench", "consume", "c", 1000, Duration::from_millis(100))
+            .await?;
+        if got.is_empty() {
+            break;
+        }
+        consumed += got.len();
+        let acks = got.iter().map(|d| b.ack(&d.token));
+        for r in futures_util::future::join_all(acks).await {
+            r?;
+        }
+    }
+    f.consume_eps = consumed as f64 / started.elapsed().as_secs_f64();
+
+    // Latency at a fixed rate.
+    b.create_group("bench", "latency", group).await?;
+    b.reset("bench", "latency", canon_backend::StartPosition::Latest)
+        .await?;
+    let clock = Instant::now();
+    let consumer = {
+        let b = Arc::clone(&b);
+        let expect = (args.rate * args.latency_secs) as usize;
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(expect);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while lat.len() < expect && Instant::now() < deadline {
+                let got = b
+                    .pull("bench", "latency", "c", 1000, Duration::from_millis(50))
+                    .await?;
+                let now = clock.elapsed();
+                for d in &got {
+                    let sent: u64 = d
+                        .event
+                        .event
+                        .extensions
+                        .get("sent")
+                        .and_then(|v| v.as_str())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    lat.push(now.saturating_sub(Duration::from_nanos(sent)));
+                }
+                for r in futures_util::future::join_all(got.iter().map(|d| b.ack(&d.token))).await {
+                    r?;
+                }
+            }
+            anyhow::Ok(lat)
+        })
+    };
+    paced(args, |i| {
+        let b = Arc::clone(&b);
+        let size = args.size;
+        async move {
+            let mut ev = event(1_000_000_000 + i, size);
+            ev.set_extension("sent", clock.elapsed().as_nanos().to_string());
+            b.publish("bench", vec![PublishRequest::new(ev)])
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        }
+    })
+    .await?;
+    let mut lat = consumer.await??;
+    lat.sort_unstable();
+    (f.p50, f.p99, f.p999, f.delivered) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        lat.len(),
+    );
+    drop(b);
+    Ok(f)
+}
+
+/// Calls `publish(i)` at `args.rate` per second for `args.latency_secs`, each call on its own
+/// task so a slow one does not hold back the schedule.
+async fn paced<F, Fut>(args: &Args, publish: F) -> Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let total = (args.rate * args.latency_secs) as usize;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        tasks.spawn(publish(i));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn jetstream(args: &Args) -> Result<Figures> {
+    let client = async_nats::connect(&args.nats)
+        .await
+        .context("connect to NATS")?;
+    let js = jetstream::new(client);
+    let _ = js.delete_stream("CANONBENCH").await;
+    js.create_stream(jetstream::stream::Config {
+        name: "CANONBENCH".into(),
+        subjects: vec!["canonbench.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("create stream")?;
+    let stream = js.get_stream("CANONBENCH").await?;
+    let consumer_config = |name: &str, deliver: jetstream::consumer::DeliverPolicy| {
+        jetstream::consumer::pull::Config {
+            durable_name: Some(name.into()),
+            deliver_policy: deliver,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        }
+    };
+    let consumer = stream
+        .create_consumer(consumer_config(
+            "consume",
+            jetstream::consumer::DeliverPolicy::All,
+        ))
+        .await?;
+    let mut f = Figures::default();
+    let total = (args.events / args.publishers) * args.publishers;
+
+    // Publish: async, a window of 1,024 acks in flight.
+    let payload: Vec<u8> = event(0, args.size).to_json();
+    let started = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(1024);
+    for _ in 0..total {
+        if window.len() == 1024
+            && let Some(ack) = window.pop_front()
+        {
+            let ack: jetstream::context::PublishAckFuture = ack;
+            ack.await?;
+        }
+        window.push_back(
+            js.publish("canonbench.tick", payload.clone().into())
+                .await?,
+        );
+    }
+    for ack in window {
+        ack.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    f.publish_eps = total as f64 / secs;
+    f.publish_mbps = (total * args.size) as f64 / secs / 1e6;
+
+    // Consume with acks.
+    let started = Instant::now();
+    let mut consumed = 0;
+    while consumed < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            m.map_err(|e| anyhow::anyhow!(e))?
+                .ack()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            got += 1;
+        }
+        if got == 0 {
+            break;
+        }
+        consumed += got;
+    }
+    f.consume_eps = consumed as f64 / started.elapsed().as_secs_f64();
+
+    // Latency at a fixed rate.
+    let latency = stream
+        .create_consumer(consumer_config(
+            "latency",
+            jetstream::consumer::DeliverPolicy::New,
+        ))
+        .await?;
+    let clock = Instant::now();
+    let expect = (args.rate * args.latency_secs) as usize;
+    let receiver = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(expect);
+        let mut messages = latency.messages().await.map_err(|e| anyhow::anyhow!(e))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lat.len() < expect && Instant::now() < deadline {
+            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+            else {
+                break;
+            };
+            let m = m.map_err(|e| anyhow::anyhow!(e))?;
+            let sent: u64 = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.split(':').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            lat.push(clock.elapsed().saturating_sub(Duration::from_nanos(sent)));
+            m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        anyhow::Ok(lat)
+    });
+    let pad = "x".repeat(args.size.saturating_sub(30));
+    paced(args, |_| {
+        let js = js.clone();
+        let body = format!("{}:{pad}", clock.elapsed().as_nanos());
+        async move {
+            js.publish("canonbench.tick", body.into_bytes().into())
+                .await?
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let mut lat = receiver.await??;
+    lat.sort_unstable();
+    (f.p50, f.p99, f.p999, f.delivered) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        lat.len(),
+    );
+    let _ = js.delete_stream("CANONBENCH").await;
+    Ok(f)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let durability = match args.durability.as_str() {
+        "sync" => Durability::Sync,
+        "buffered" => Durability::LoseRecentOnOsCrash,
+        other => anyhow::bail!("--durability is sync or buffered, not {other}"),
+    };
+    println!(
+        "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s",
+        args.events, args.size, args.batch, args.publishers, args.rate, args.latency_secs
+    );
+    let c = canon(&args, durability).await?;
+    report(&format!("canon embedded ({})", args.durability), &c);
+    println!("canon peak RSS: {:.0} MB", peak_rss_mb());
+    let started = Instant::now();
+    let reopened = EmbeddedBackend::open(&args.dir, durability)?;
+    println!(
+        "canon open with {} events stored: {:.0} ms",
+        args.events + (args.rate * args.latency_secs) as usize,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    drop(reopened);
+    if !args.nats.is_empty() {
+        let j = jetstream(&args).await?;
+        report("nats jetstream (file)", &j);
+        println!(
+            "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
+            c.publish_eps / j.publish_eps,
+            c.consume_eps / j.consume_eps,
+            c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
+}

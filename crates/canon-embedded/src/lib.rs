@@ -241,6 +241,15 @@ impl EmbeddedBackend {
     }
 }
 
+impl Drop for EmbeddedBackend {
+    /// A clean shutdown: the writer finishes what is queued, then memtables go to disk so the
+    /// next open starts fast.
+    fn drop(&mut self) {
+        self.writer.stop();
+        self.store.flush();
+    }
+}
+
 fn last_seq(store: &Store, topic: &str) -> Result<u64, BackendError> {
     match store.log.prefix(store::topic_prefix(topic)).next_back() {
         Some(g) => g

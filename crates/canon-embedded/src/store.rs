@@ -73,6 +73,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes every memtable out to disk segments, so that the next open has no journal to
+    /// replay. Called on a clean shutdown; after a crash the (bounded) journal is replayed.
+    pub(crate) fn flush(&self) {
+        for ks in [
+            &self.log,
+            &self.dedup,
+            &self.agg,
+            &self.topic,
+            &self.group,
+            &self.done,
+            &self.attempt,
+            &self.dlq,
+            &self.requeue,
+            &self.index,
+            &self.floor,
+        ] {
+            // Best effort: a failure leaves the journal, which the next open replays.
+            let _ = ks.rotate_memtable_and_wait();
+        }
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -89,12 +89,19 @@ pub(crate) struct Writer {
     failed: Arc<AtomicBool>,
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
+impl Writer {
+    /// Lets the thread finish what is queued, and waits for it.
+    pub(crate) fn stop(&mut self) {
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

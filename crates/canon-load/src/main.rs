@@ -8,7 +8,10 @@
 //! Durability differs and is reported: Canon syncs (`fdatasync`) every group commit before it
 //! acknowledges; JetStream with file storage syncs every 2 minutes by default.
 
-#![allow(clippy::print_stdout, reason = "a report tool: its output is the point")]
+#![allow(
+    clippy::print_stdout,
+    reason = "a report tool: its output is the point"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -204,6 +204,21 @@ impl EmbeddedBackend {
         Ok(out)
     }
 
+    /// The retained events with an id, from the dedup entries (one per source), in sequence
+    /// order. After the dedup window a re-used (source, id) points at its newest event.
+    fn by_id(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
+        let log = self.log_reader(topic);
+        let mut out = Vec::new();
+        for g in self.store.dedup.prefix(store::id_prefix(topic, id)) {
+            let v = g.value().map_err(BackendError::storage)?;
+            if let Some(e) = store::decode_seq_time(&v).and_then(|(seq, _)| log.get(seq)) {
+                out.push(e);
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
+    }
+
     /// The retained events an index lists for a value, in sequence order.
     fn indexed(
         &self,
@@ -570,7 +585,7 @@ impl Backend for EmbeddedBackend {
                 }
                 floor
             }
-            StartPosition::EventId(id) => match self.indexed(topic, Index::Id, &id)?.first() {
+            StartPosition::EventId(id) => match self.by_id(topic, &id)?.first() {
                 Some(e) => e.seq - 1,
                 None => {
                     return Err(BackendError::InvalidConfig(format!(
@@ -600,7 +615,7 @@ impl Backend for EmbeddedBackend {
 
     async fn events_by_id(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
         self.topic(topic)?;
-        self.indexed(topic, Index::Id, id)
+        self.by_id(topic, id)
     }
 
     async fn events_by_correlation(

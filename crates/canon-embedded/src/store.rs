@@ -6,7 +6,7 @@
 //! | keyspace | key | value |
 //! |---|---|---|
 //! | `log` | topic, seq | stored-at ms, ordering key, event JSON |
-//! | `dedup` | topic, `i`, source, NUL, id / topic, `k`, idempotency key | seq, stored-at ms |
+//! | `dedup` | topic, `i`, id, NUL, source / topic, `k`, idempotency key | seq, stored-at ms |
 //! | `agg` | topic, ordering key | last seq |
 //! | `topic` | topic | dedup window ms |
 //! | `group` | topic, group | config (and the floor when it was written) |
@@ -15,7 +15,7 @@
 //! | `attempt` | topic, group, NUL, seq | attempts that failed |
 //! | `dlq` | topic, group, NUL, seq | reason, attempts, at ms, last error |
 //! | `requeue` | topic, group, NUL, seq | empty (redriven at or below the floor: pending again) |
-//! | `index` | topic, `i` id / `r` correlationid / `c` causationid, NUL, seq | empty |
+//! | `index` | topic, `r` correlationid / `c` causationid, NUL, seq | empty |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,12 +120,19 @@ pub(crate) fn log_key(topic: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-pub(crate) fn id_key(topic: &str, source: &str, id: &str) -> Vec<u8> {
+/// `topic NUL i id NUL` — the prefix of the dedup entries of one id, whatever the source: the
+/// lookup by id reads it.
+pub(crate) fn id_prefix(topic: &str, id: &str) -> Vec<u8> {
     let mut k = topic_prefix(topic);
     k.push(b'i');
-    k.extend_from_slice(source.as_bytes());
-    k.push(0);
     k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn id_key(topic: &str, source: &str, id: &str) -> Vec<u8> {
+    let mut k = id_prefix(topic, id);
+    k.extend_from_slice(source.as_bytes());
     k
 }
 
@@ -145,7 +152,6 @@ pub(crate) fn agg_key(topic: &str, key: &str) -> Vec<u8> {
 /// What an `index` entry indexes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Index {
-    Id,
     Correlation,
     Causation,
 }
@@ -154,7 +160,6 @@ pub(crate) enum Index {
 pub(crate) fn index_prefix(topic: &str, kind: Index, value: &str) -> Vec<u8> {
     let mut k = topic_prefix(topic);
     k.push(match kind {
-        Index::Id => b'i',
         Index::Correlation => b'r',
         Index::Causation => b'c',
     });

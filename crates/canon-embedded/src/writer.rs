@@ -175,6 +175,24 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
     }
 }
 
+/// Dedup and aggregate values written by the commit being built, so that later jobs in it see
+/// earlier ones.
+#[derive(Default)]
+struct Overlay {
+    dedup: HashMap<Vec<u8>, Vec<u8>>,
+    agg: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Overlay {
+    fn of(&mut self, space: Space) -> Option<&mut HashMap<Vec<u8>, Vec<u8>>> {
+        match space {
+            Space::Dedup => Some(&mut self.dedup),
+            Space::Agg => Some(&mut self.agg),
+            _ => None,
+        }
+    }
+}
+
 enum Pending {
     Publish(
         Reply<Vec<PublishOutcome>>,
@@ -194,7 +212,7 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
         }
         let mut batch = store.db.batch();
         // Values written by this commit, so that later jobs in it see earlier ones.
-        let mut overlay: HashMap<(Space, Vec<u8>), Vec<u8>> = HashMap::new();
+        let mut overlay = Overlay::default();
         // Topics whose next sequence this commit advanced, with the value to restore on failure.
         let mut touched: Vec<(Arc<TopicShared>, u64)> = Vec::new();
         let mut pending = Vec::with_capacity(jobs.len());
@@ -268,18 +286,13 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
     }
 }
 
-fn apply(
-    store: &Store,
-    batch: &mut fjall::OwnedWriteBatch,
-    overlay: &mut HashMap<(Space, Vec<u8>), Vec<u8>>,
-    op: Op,
-) {
+fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overlay, op: Op) {
     match op {
         Op::Put(space, k, v) => {
-            batch.insert(keyspace(store, space), k.clone(), v.clone());
-            if matches!(space, Space::Dedup | Space::Agg) {
-                overlay.insert((space, k), v);
+            if let Some(map) = overlay.of(space) {
+                map.insert(k.clone(), v.clone());
             }
+            batch.insert(keyspace(store, space), k, v);
         }
         Op::Delete(space, k) => batch.remove(keyspace(store, space), k),
     }
@@ -288,15 +301,17 @@ fn apply(
 /// Reads a key as this commit sees it: its own writes first, then the disk.
 fn read(
     store: &Store,
-    overlay: &HashMap<(Space, Vec<u8>), Vec<u8>>,
+    overlay: &Overlay,
     local: &HashMap<Vec<u8>, Vec<u8>>,
     space: Space,
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, BackendError> {
-    if let Some(v) = local
-        .get(key)
-        .or_else(|| overlay.get(&(space, key.to_vec())))
-    {
+    let committed = match space {
+        Space::Dedup => overlay.dedup.get(key),
+        Space::Agg => overlay.agg.get(key),
+        _ => None,
+    };
+    if let Some(v) = local.get(key).or(committed) {
         return Ok(Some(v.clone()));
     }
     keyspace(store, space)
@@ -311,7 +326,7 @@ fn plan_publish(
     store: &Store,
     topic: &TopicShared,
     requests: Vec<PublishRequest>,
-    overlay: &HashMap<(Space, Vec<u8>), Vec<u8>>,
+    overlay: &Overlay,
 ) -> Result<(Vec<PublishOutcome>, Vec<Op>, u64), BackendError> {
     let now = store::now_ms();
     let window = u64::try_from(topic.dedup_window.as_millis()).unwrap_or(u64::MAX);
@@ -375,11 +390,6 @@ fn plan_publish(
             Space::Log,
             store::log_key(name, seq),
             store::encode_record(now, r.ordering_key.as_deref(), &r.event),
-        ));
-        ops.push(Op::Put(
-            Space::Index,
-            store::index_key(name, Index::Id, &r.event.id, seq),
-            Vec::new(),
         ));
         if let Some(c) = r.event.correlation_id() {
             ops.push(Op::Put(

@@ -183,3 +183,25 @@ pub async fn causation_chain<B: Backend>(
     }
     Ok((causes, effects))
 }
+
+/// What a consumer says about a delivery (the Dapr answers, and Canon's dead-letter-now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: ack.
+    Success,
+    /// Try again: after this delay, or the group's backoff when `None` (R1).
+    Retry(Option<Duration>),
+    /// Not wanted: ack without a DLQ entry (R4).
+    Drop,
+    /// Never going to work: to the DLQ now (R4).
+    DeadLetter,
+}
+
+/// Settles a delivery with a consumer's answer; `error` is kept with retries and dead letters.
+pub async fn settle<B: Backend>(backend: &B, token: &LeaseToken, outcome: Outcome, error: Option<String>) -> Result<(), BackendError> {
+    match outcome {
+        Outcome::Success | Outcome::Drop => backend.ack(token).await,
+        Outcome::Retry(delay) => backend.nack(token, delay, error).await,
+        Outcome::DeadLetter => backend.dead_letter(token, error).await,
+    }
+}

@@ -972,3 +972,24 @@ pub async fn l3_l4_events_are_found_by_id_correlation_and_causation<H: Harness>(
         "L4: effects, transitively"
     );
 }
+
+/// R4: the consumer's answers: success and drop ack (drop leaves no DLQ entry), retry
+/// redelivers, dead-letter moves at once.
+pub async fn r4_consumer_answers_settle_deliveries<H: Harness>(h: &H) {
+    use canon_backend::{Outcome, settle};
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["ok", "drop", "retry", "dead"]).await;
+    for d in pull(&b, "g", 4).await {
+        let outcome = match d.event.event.id.as_str() {
+            "ok" => Outcome::Success,
+            "drop" => Outcome::Drop,
+            "retry" => Outcome::Retry(Some(Duration::ZERO)),
+            _ => Outcome::DeadLetter,
+        };
+        settle(&b, &d.token, outcome, Some("because".into())).await.expect("settle");
+    }
+    let again = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
+    assert_eq!((ids(&again), again[0].attempt), (vec!["retry"], 2), "R4: retry redelivers");
+    let dlq = b.dead_letters(TOPIC, "g", &DeadLetterFilter::default()).await.expect("dlq");
+    assert_eq!(dlq.iter().map(|d| d.event.event.id.as_str()).collect::<Vec<_>>(), ["dead"], "R4: only dead-letter goes to the DLQ");
+}

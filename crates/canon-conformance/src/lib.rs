@@ -59,6 +59,7 @@ macro_rules! suite {
             r8_purge_deletes_matching_entries,
             l1_reset_replays_from_a_position,
             l3_l4_events_are_found_by_id_correlation_and_causation,
+            r4_consumer_answers_settle_deliveries,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

@@ -13,9 +13,9 @@ mod types;
 pub use error::BackendError;
 pub use policy::RetryPolicy;
 pub use types::{
-    Capabilities, Capability, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery,
-    GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions, RedriveReport,
-    StartPosition, StoredEvent, TopicConfig,
+    AttemptRecord, Capabilities, Capability, DeadLetter, DeadLetterFilter, DeadLetterReason,
+    Delivery, GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions,
+    RedriveReport, StartPosition, StoredEvent, TopicConfig,
 };
 
 use std::future::Future;
@@ -198,7 +198,12 @@ pub enum Outcome {
 }
 
 /// Settles a delivery with a consumer's answer; `error` is kept with retries and dead letters.
-pub async fn settle<B: Backend>(backend: &B, token: &LeaseToken, outcome: Outcome, error: Option<String>) -> Result<(), BackendError> {
+pub async fn settle<B: Backend>(
+    backend: &B,
+    token: &LeaseToken,
+    outcome: Outcome,
+    error: Option<String>,
+) -> Result<(), BackendError> {
     match outcome {
         Outcome::Success | Outcome::Drop => backend.ack(token).await,
         Outcome::Retry(delay) => backend.nack(token, delay, error).await,

@@ -173,8 +173,23 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
     /// Attempts made.
     pub attempts: u32,
+    /// Every failed attempt, oldest first (R5).
+    pub history: Vec<AttemptRecord>,
     /// When it was dead-lettered.
     pub at: SystemTime,
+}
+
+/// One failed attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// When it failed.
+    pub at: SystemTime,
+    /// The consumer that held the lease.
+    pub consumer: String,
+    /// `retry` (the consumer asked), `lease-expired`, or `dead-letter` (the consumer rejected it).
+    pub outcome: String,
+    /// The consumer's error, if it gave one.
+    pub error: Option<String>,
 }
 
 /// A capability a configuration may need (K1).

@@ -508,6 +508,24 @@ pub async fn r2_the_last_failed_attempt_dead_letters<H: Harness>(h: &H) {
         (DeadLetterReason::MaxAttempts, 3, Some("failure 3")),
         "R5"
     );
+    let history: Vec<(&str, &str, Option<&str>)> = dlq[0]
+        .history
+        .iter()
+        .map(|a| (a.consumer.as_str(), a.outcome.as_str(), a.error.as_deref()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("c1", "retry", Some("failure 1")),
+            ("c1", "retry", Some("failure 2")),
+            ("c1", "retry", Some("failure 3"))
+        ],
+        "R5: every attempt is kept"
+    );
+    assert!(
+        dlq[0].history.windows(2).all(|w| w[0].at <= w[1].at),
+        "R5: in order"
+    );
 }
 
 /// R2: an expired last lease dead-letters too.
@@ -536,6 +554,15 @@ pub async fn r2_the_last_expired_lease_dead_letters<H: Harness>(h: &H) {
         (1, DeadLetterReason::MaxAttempts),
         "R2: an expired last lease dead-letters"
     );
+    assert_eq!(
+        dlq[0]
+            .history
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lease-expired", "lease-expired"],
+        "R5"
+    );
 }
 
 /// R4: dead-letter now moves the event at once with the consumer's error.
@@ -561,6 +588,15 @@ pub async fn r4_dead_letter_now_keeps_the_error<H: Harness>(h: &H) {
         dlq[0].event.event,
         event("a"),
         "R5: the event is kept unchanged"
+    );
+    assert_eq!(
+        dlq[0]
+            .history
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["dead-letter"],
+        "R5: the rejecting attempt is recorded"
     );
     assert!(
         pull_n(&b, "g", 1, Duration::from_millis(500))
@@ -986,10 +1022,25 @@ pub async fn r4_consumer_answers_settle_deliveries<H: Harness>(h: &H) {
             "retry" => Outcome::Retry(Some(Duration::ZERO)),
             _ => Outcome::DeadLetter,
         };
-        settle(&b, &d.token, outcome, Some("because".into())).await.expect("settle");
+        settle(&b, &d.token, outcome, Some("because".into()))
+            .await
+            .expect("settle");
     }
     let again = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
-    assert_eq!((ids(&again), again[0].attempt), (vec!["retry"], 2), "R4: retry redelivers");
-    let dlq = b.dead_letters(TOPIC, "g", &DeadLetterFilter::default()).await.expect("dlq");
-    assert_eq!(dlq.iter().map(|d| d.event.event.id.as_str()).collect::<Vec<_>>(), ["dead"], "R4: only dead-letter goes to the DLQ");
+    assert_eq!(
+        (ids(&again), again[0].attempt),
+        (vec!["retry"], 2),
+        "R4: retry redelivers"
+    );
+    let dlq = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(
+        dlq.iter()
+            .map(|d| d.event.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["dead"],
+        "R4: only dead-letter goes to the DLQ"
+    );
 }

@@ -2,32 +2,39 @@
 //! per-key ordering, and the acks above the durable floor. Every change that must survive a
 //! restart comes back as writer operations; the caller persists them before answering.
 //!
-//! Recovery: the floor (every sequence at or below it is done), the `done` set above it and the
-//! failed-attempt counts are durable. On open, every other sequence above the floor is pending
-//! again, so a crash redelivers what was in flight (at-least-once), never loses it.
+//! Recovery: the floor (every sequence at or below it is done), the `done` set above it, the
+//! failed attempts of events still pending, and the redriven (`requeue`) set are durable. On
+//! open, every other sequence above the floor is pending again, so a crash redelivers what was
+//! in flight (at-least-once), never loses it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use canon_backend::{DeadLetterReason, Delivery, GroupConfig, LeaseToken, StoredEvent};
+use canon_backend::{
+    AttemptRecord, DeadLetterReason, Delivery, GroupConfig, LeaseToken, StoredEvent,
+};
 
 use crate::store;
 use crate::writer::{Op, Space};
 
+/// The failed attempts of one event, oldest first.
+pub(crate) type History = Vec<AttemptRecord>;
+
 #[derive(Debug)]
 struct Lease {
     handle: u64,
-    attempt: u32,
     until: Instant,
     key: Option<String>,
+    consumer: String,
+    /// Failed attempts before this one (this is attempt `history.len() + 1`).
+    history: History,
 }
 
 #[derive(Debug)]
 struct Waiting {
     due: Instant,
-    /// Attempts made so far.
-    attempts: u32,
     key: Option<String>,
+    history: History,
 }
 
 /// The state of one group.
@@ -47,13 +54,13 @@ pub(crate) struct GroupState {
     /// Ordered groups: the one sequence per key that is leased or waiting.
     busy: HashMap<String, u64>,
     /// Failed attempts of sequences not currently leased or waiting (from before a restart).
-    attempts: HashMap<u64, u32>,
+    failures: HashMap<u64, History>,
     /// Redriven sequences at or below the floor: pending again (R7).
     requeued: BTreeSet<u64>,
     next_handle: u64,
 }
 
-/// A lease operation's outcome that is not plain success.
+/// A lease operation on a lease that is no longer held.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LeaseError {
     Lost,
@@ -67,27 +74,29 @@ pub(crate) trait Log {
     fn get(&self, seq: u64) -> Option<StoredEvent>;
 }
 
+/// What a group is recovered from.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub(crate) floor: u64,
+    pub(crate) done: BTreeSet<u64>,
+    pub(crate) failures: HashMap<u64, History>,
+    pub(crate) requeued: BTreeSet<u64>,
+}
+
 impl GroupState {
-    pub(crate) fn new(
-        topic: String,
-        name: String,
-        config: GroupConfig,
-        floor: u64,
-        done: BTreeSet<u64>,
-        attempts: HashMap<u64, u32>,
-        requeued: BTreeSet<u64>,
-    ) -> Self {
+    pub(crate) fn new(topic: String, name: String, config: GroupConfig, r: Recovered) -> Self {
         let now = Instant::now();
         // Redriven events are pending again (their keys are looked up when they are leased).
-        let waiting = requeued
+        let waiting = r
+            .requeued
             .iter()
             .map(|s| {
                 (
                     *s,
                     Waiting {
                         due: now,
-                        attempts: 0,
                         key: None,
+                        history: History::new(),
                     },
                 )
             })
@@ -96,15 +105,15 @@ impl GroupState {
             topic,
             name,
             config,
-            floor,
-            done,
-            cursor: floor + 1,
+            floor: r.floor,
+            done: r.done,
+            cursor: r.floor + 1,
             inflight: BTreeMap::new(),
             waiting,
             held: HashMap::new(),
             busy: HashMap::new(),
-            attempts,
-            requeued,
+            failures: r.failures,
+            requeued: r.requeued,
             next_handle: 1,
         }
     }
@@ -120,12 +129,14 @@ impl GroupState {
         lease.into_iter().chain(retry).min()
     }
 
-    /// Leases up to `max` events. Returns the deliveries and what must be persisted first.
+    /// Leases up to `max` events to `consumer`. Returns the deliveries and what must be
+    /// persisted first.
     pub(crate) fn pull(
         &mut self,
         now: Instant,
         committed: u64,
         max: usize,
+        consumer: &str,
         log: &dyn Log,
     ) -> (Vec<Delivery>, Vec<Op>) {
         let mut ops = Vec::new();
@@ -149,9 +160,9 @@ impl GroupState {
                 continue;
             };
             match log.get(seq) {
-                Some(event) => self.admit(now, event, w.attempts, &mut out, &mut ops),
+                Some(event) => self.admit(now, event, w.history, consumer, &mut out, &mut ops),
                 // Gone from the log (retention): nothing to deliver.
-                None => self.finish(seq, w.key.as_deref(), w.attempts, &mut ops),
+                None => self.finish(seq, w.key.as_deref(), !w.history.is_empty(), &mut ops),
             }
         }
         // New events from the log.
@@ -180,8 +191,8 @@ impl GroupState {
                     self.held.entry(k.clone()).or_default().push_back(seq);
                     continue;
                 }
-                let attempts = self.attempts.remove(&seq).unwrap_or(0);
-                self.admit(now, event, attempts, &mut out, &mut ops);
+                let history = self.failures.remove(&seq).unwrap_or_default();
+                self.admit(now, event, history, consumer, &mut out, &mut ops);
             }
             if self.cursor <= last {
                 break;
@@ -195,7 +206,8 @@ impl GroupState {
         &mut self,
         now: Instant,
         event: StoredEvent,
-        attempts: u32,
+        history: History,
+        consumer: &str,
         out: &mut Vec<Delivery>,
         ops: &mut Vec<Op>,
     ) {
@@ -215,7 +227,7 @@ impl GroupState {
                 event.seq,
                 key.as_deref(),
                 DeadLetterReason::Expired,
-                attempts,
+                &history,
                 Some("expired before delivery"),
                 ops,
             );
@@ -229,31 +241,37 @@ impl GroupState {
                 event.seq,
                 Waiting {
                     due: now + wait,
-                    attempts,
                     key,
+                    history,
                 },
             );
             return;
         }
-        out.push(self.lease(now, event, attempts + 1));
+        out.push(self.lease(now, event, history, consumer));
     }
 
-    fn lease(&mut self, now: Instant, event: StoredEvent, attempt: u32) -> Delivery {
+    fn lease(
+        &mut self,
+        now: Instant,
+        event: StoredEvent,
+        history: History,
+        consumer: &str,
+    ) -> Delivery {
         let handle = self.next_handle;
         self.next_handle += 1;
+        let attempt = u32::try_from(history.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let until = now + self.config.lease;
-        if self.config.ordered
-            && let Some(k) = &event.ordering_key
-        {
-            self.busy.insert(k.clone(), event.seq);
-        }
+        let key = event.ordering_key.clone();
         self.inflight.insert(
             event.seq,
             Lease {
                 handle,
-                attempt,
                 until,
-                key: event.ordering_key.clone(),
+                key,
+                consumer: consumer.to_owned(),
+                history,
             },
         );
         let token = LeaseToken {
@@ -280,14 +298,7 @@ impl GroupState {
             .collect();
         for seq in expired {
             if let Some(lease) = self.inflight.remove(&seq) {
-                self.failed(
-                    now,
-                    seq,
-                    lease,
-                    Duration::ZERO,
-                    Some("lease expired".into()),
-                    ops,
-                );
+                self.failed(now, seq, lease, Duration::ZERO, "lease-expired", None, ops);
             }
         }
     }
@@ -304,7 +315,12 @@ impl GroupState {
     pub(crate) fn ack(&mut self, token: &LeaseToken) -> Result<Vec<Op>, LeaseError> {
         let lease = self.take(token)?;
         let mut ops = Vec::new();
-        self.finish(token.seq, lease.key.as_deref(), lease.attempt - 1, &mut ops);
+        self.finish(
+            token.seq,
+            lease.key.as_deref(),
+            !lease.history.is_empty(),
+            &mut ops,
+        );
         Ok(ops)
     }
 
@@ -331,9 +347,10 @@ impl GroupState {
         error: Option<String>,
     ) -> Result<Vec<Op>, LeaseError> {
         let lease = self.take(token)?;
-        let delay = delay.unwrap_or_else(|| self.config.retry.delay(lease.attempt));
+        let attempt = u32::try_from(lease.history.len() + 1).unwrap_or(u32::MAX);
+        let delay = delay.unwrap_or_else(|| self.config.retry.delay(attempt));
         let mut ops = Vec::new();
-        self.failed(now, token.seq, lease, delay, error, &mut ops);
+        self.failed(now, token.seq, lease, delay, "retry", error, &mut ops);
         Ok(ops)
     }
 
@@ -342,35 +359,54 @@ impl GroupState {
         token: &LeaseToken,
         error: Option<String>,
     ) -> Result<Vec<Op>, LeaseError> {
-        let lease = self.take(token)?;
+        let mut lease = self.take(token)?;
+        lease.history.push(AttemptRecord {
+            at: SystemTime::now(),
+            consumer: lease.consumer.clone(),
+            outcome: "dead-letter".into(),
+            error: error.clone(),
+        });
         let mut ops = Vec::new();
         self.dead_letter(
             token.seq,
             lease.key.as_deref(),
             DeadLetterReason::Rejected,
-            lease.attempt,
+            &lease.history,
             error.as_deref(),
             &mut ops,
         );
         Ok(ops)
     }
 
-    /// A failed attempt: retry after `delay`, or dead-letter if it was the last.
+    /// A failed attempt: recorded, then retried after `delay`, or dead-lettered if it was the last.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per way an attempt can fail"
+    )]
     fn failed(
         &mut self,
         now: Instant,
         seq: u64,
-        lease: Lease,
+        mut lease: Lease,
         delay: Duration,
+        outcome: &str,
         error: Option<String>,
         ops: &mut Vec<Op>,
     ) {
-        if self.config.retry.is_last(lease.attempt) {
+        lease.history.push(AttemptRecord {
+            at: SystemTime::now(),
+            consumer: lease.consumer,
+            outcome: outcome.to_owned(),
+            error: error.clone(),
+        });
+        let attempts = u32::try_from(lease.history.len()).unwrap_or(u32::MAX);
+        if self.config.retry.is_last(attempts) {
+            let error = error.or_else(|| Some(outcome.to_owned()));
             self.dead_letter(
                 seq,
                 lease.key.as_deref(),
                 DeadLetterReason::MaxAttempts,
-                lease.attempt,
+                &lease.history,
                 error.as_deref(),
                 ops,
             );
@@ -379,14 +415,16 @@ impl GroupState {
         ops.push(Op::Put(
             Space::Attempt,
             self.key_of(seq),
-            lease.attempt.to_be_bytes().to_vec(),
+            store::encode_history(&lease.history)
+                .to_string()
+                .into_bytes(),
         ));
         self.waiting.insert(
             seq,
             Waiting {
                 due: now + delay,
-                attempts: lease.attempt,
                 key: lease.key,
+                history: lease.history,
             },
         );
     }
@@ -396,26 +434,25 @@ impl GroupState {
         seq: u64,
         key: Option<&str>,
         reason: DeadLetterReason,
-        attempts: u32,
+        history: &[AttemptRecord],
         error: Option<&str>,
         ops: &mut Vec<Op>,
     ) {
         ops.push(Op::Put(
             Space::Dlq,
             self.key_of(seq),
-            store::encode_dlq(reason, attempts, store::now_ms(), error),
+            store::encode_dlq(reason, history, store::now_ms(), error),
         ));
-        // Dead letters are rare: always clear the attempt count rather than track whether one
-        // was written.
-        self.finish(seq, key, 1, ops);
+        self.finish(seq, key, !history.is_empty(), ops);
     }
 
-    /// The event is done for this group (acked, dropped or dead-lettered).
-    fn finish(&mut self, seq: u64, key: Option<&str>, failed_before: u32, ops: &mut Vec<Op>) {
+    /// The event is done for this group (acked, dropped or dead-lettered). `had_failures`: an
+    /// attempt history is on disk and must go.
+    fn finish(&mut self, seq: u64, key: Option<&str>, had_failures: bool, ops: &mut Vec<Op>) {
         let floor_before = self.floor;
-        if failed_before > 0 {
-            // Only events that failed before have an attempt count on disk: deleting one that
-            // is not there would cost a tombstone per ack.
+        if had_failures {
+            // Only events that failed before have a history on disk: deleting one that is not
+            // there would cost a tombstone per ack.
             ops.push(Op::Delete(Space::Attempt, self.key_of(seq)));
         }
         if seq <= self.floor {
@@ -451,14 +488,14 @@ impl GroupState {
                 self.held.remove(k);
             }
             if let Some(next) = next {
-                let attempts = self.attempts.remove(&next).unwrap_or(0);
+                let history = self.failures.remove(&next).unwrap_or_default();
                 self.busy.insert(k.to_owned(), next);
                 self.waiting.insert(
                     next,
                     Waiting {
                         due: Instant::now(),
-                        attempts,
                         key: Some(k.to_owned()),
+                        history,
                     },
                 );
             }
@@ -483,7 +520,7 @@ impl GroupState {
             self.done.remove(&seq);
             ops.push(Op::Delete(Space::Done, self.key_of(seq)));
         }
-        self.attempts.remove(&seq);
+        self.failures.remove(&seq);
         if self.config.ordered
             && let Some(k) = &key
             && self.busy.get(k).is_some_and(|s| *s != seq)
@@ -502,8 +539,8 @@ impl GroupState {
                 seq,
                 Waiting {
                     due: Instant::now(),
-                    attempts: 0,
                     key,
+                    history: History::new(),
                 },
             );
         }
@@ -521,10 +558,10 @@ impl GroupState {
             topic,
             name,
             self.config.clone(),
-            floor,
-            BTreeSet::new(),
-            HashMap::new(),
-            BTreeSet::new(),
+            Recovered {
+                floor,
+                ..Recovered::default()
+            },
         );
         let key = store::group_prefix(&self.topic, &self.name);
         vec![

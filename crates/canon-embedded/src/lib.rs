@@ -23,7 +23,7 @@ use canon_backend::{
     StartPosition, StoredEvent, TopicConfig,
 };
 
-use group::{GroupState, LeaseError, Log};
+use group::{GroupState, LeaseError, Log, Recovered};
 use store::{Index, Store};
 use writer::{Op, Space, TopicShared, Writer};
 
@@ -105,12 +105,14 @@ impl EmbeddedBackend {
                 .filter_map(|g| g.key().ok())
                 .filter_map(|k| store::seq_suffix(&k))
                 .collect();
-            let mut attempts = HashMap::new();
+            let mut failures = HashMap::new();
             for g in store.attempt.prefix(&prefix) {
                 let (k, v) = g.into_inner().map_err(BackendError::storage)?;
-                if let (Some(seq), Ok(n)) = (store::seq_suffix(&k), <[u8; 4]>::try_from(v.as_ref()))
-                {
-                    attempts.insert(seq, u32::from_be_bytes(n));
+                let history = serde_json::from_slice(&v)
+                    .ok()
+                    .and_then(|j| store::decode_history(&j));
+                if let (Some(seq), Some(history)) = (store::seq_suffix(&k), history) {
+                    failures.insert(seq, history);
                 }
             }
             let requeued: BTreeSet<u64> = store
@@ -123,10 +125,12 @@ impl EmbeddedBackend {
                 topic.clone(),
                 name.clone(),
                 config,
-                floor,
-                done,
-                attempts,
-                requeued,
+                Recovered {
+                    floor,
+                    done,
+                    failures,
+                    requeued,
+                },
             );
             groups.insert((topic, name), Arc::new(Mutex::new(state)));
         }
@@ -185,7 +189,7 @@ impl EmbeddedBackend {
             let (k, v) = g.into_inner().map_err(BackendError::storage)?;
             let seq =
                 store::seq_suffix(&k).ok_or_else(|| BackendError::storage("dlq key is corrupt"))?;
-            let (reason, attempts, at, last_error) = store::decode_dlq(&v)
+            let (reason, attempts, at, last_error, history) = store::decode_dlq(&v)
                 .ok_or_else(|| BackendError::storage("dlq entry is corrupt"))?;
             let event = log.get(seq).ok_or_else(|| {
                 BackendError::storage(format!("dead-lettered event {seq} is missing from the log"))
@@ -195,6 +199,7 @@ impl EmbeddedBackend {
                 reason,
                 last_error,
                 attempts,
+                history,
                 at: store::time_of(at),
             };
             if filter.matches(&entry) {
@@ -398,10 +403,7 @@ impl Backend for EmbeddedBackend {
                 topic.to_owned(),
                 group.to_owned(),
                 config,
-                0,
-                BTreeSet::new(),
-                HashMap::new(),
-                BTreeSet::new(),
+                Recovered::default(),
             );
             let mut groups = self
                 .groups
@@ -418,7 +420,7 @@ impl Backend for EmbeddedBackend {
         &self,
         topic: &str,
         group: &str,
-        _consumer: &str,
+        consumer: &str,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, BackendError> {
@@ -437,6 +439,7 @@ impl Backend for EmbeddedBackend {
                     now,
                     shared.committed.load(Ordering::SeqCst),
                     max,
+                    consumer,
                     &self.log_reader(topic),
                 );
                 (d, ops, g.next_due())

@@ -12,14 +12,16 @@
 //! | `group` | topic, group | config (and the floor when it was written) |
 //! | `floor` | topic, group | the ack floor: every sequence at or below it is done |
 //! | `done` | topic, group, NUL, seq | empty (acked or dead-lettered above the floor) |
-//! | `attempt` | topic, group, NUL, seq | attempts that failed |
-//! | `dlq` | topic, group, NUL, seq | reason, attempts, at ms, last error |
+//! | `attempt` | topic, group, NUL, seq | the failed attempts (JSON) |
+//! | `dlq` | topic, group, NUL, seq | reason, at ms, last error, every failed attempt (JSON) |
 //! | `requeue` | topic, group, NUL, seq | empty (redriven at or below the floor: pending again) |
 //! | `index` | topic, `r` correlationid / `c` causationid, NUL, seq | empty |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use canon_backend::{BackendError, DeadLetterReason, GroupConfig, RetryPolicy, StoredEvent};
+use canon_backend::{
+    AttemptRecord, BackendError, DeadLetterReason, GroupConfig, RetryPolicy, StoredEvent,
+};
 use canon_envelope::CloudEvent;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
@@ -290,17 +292,56 @@ pub(crate) fn decode_group(v: &[u8]) -> Option<(GroupConfig, u64)> {
     Some((config, j.get("floor")?.as_u64()?))
 }
 
-/// A DLQ entry's bookkeeping: reason, attempts, at ms, last error.
+/// Failed attempts as JSON: `[{"at": ms, "consumer": .., "outcome": .., "error": ..}, ...]`.
+pub(crate) fn encode_history(history: &[AttemptRecord]) -> serde_json::Value {
+    serde_json::Value::Array(
+        history
+            .iter()
+            .map(|a| {
+                let at = a.at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                serde_json::json!({"at": at, "consumer": a.consumer, "outcome": a.outcome, "error": a.error})
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn decode_history(v: &serde_json::Value) -> Option<Vec<AttemptRecord>> {
+    v.as_array()?
+        .iter()
+        .map(|a| {
+            Some(AttemptRecord {
+                at: time_of(a.get("at")?.as_u64()?),
+                consumer: a.get("consumer")?.as_str()?.to_owned(),
+                outcome: a.get("outcome")?.as_str()?.to_owned(),
+                error: a
+                    .get("error")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// A DLQ entry: reason, at ms, last error and every failed attempt.
 pub(crate) fn encode_dlq(
     reason: DeadLetterReason,
-    attempts: u32,
+    history: &[AttemptRecord],
     at_ms: u64,
     error: Option<&str>,
 ) -> Vec<u8> {
-    serde_json::json!({"reason": reason.as_str(), "attempts": attempts, "at": at_ms, "error": error}).to_string().into_bytes()
+    serde_json::json!({"reason": reason.as_str(), "attempts": history.len(), "history": encode_history(history), "at": at_ms, "error": error}).to_string().into_bytes()
 }
 
-pub(crate) fn decode_dlq(v: &[u8]) -> Option<(DeadLetterReason, u32, u64, Option<String>)> {
+/// Decoded DLQ bookkeeping: reason, attempts, at ms, last error, history.
+pub(crate) type DlqEntry = (
+    DeadLetterReason,
+    u32,
+    u64,
+    Option<String>,
+    Vec<AttemptRecord>,
+);
+
+pub(crate) fn decode_dlq(v: &[u8]) -> Option<DlqEntry> {
     let j: serde_json::Value = serde_json::from_slice(v).ok()?;
     let reason = match j.get("reason")?.as_str()? {
         "max-attempts" => DeadLetterReason::MaxAttempts,
@@ -309,10 +350,12 @@ pub(crate) fn decode_dlq(v: &[u8]) -> Option<(DeadLetterReason, u32, u64, Option
         _ => return None,
     };
     let attempts = u32::try_from(j.get("attempts")?.as_u64()?).ok()?;
+    let history = decode_history(j.get("history")?)?;
     Some((
         reason,
         attempts,
         j.get("at")?.as_u64()?,
         j.get("error").and_then(|e| e.as_str()).map(str::to_owned),
+        history,
     ))
 }

@@ -14,6 +14,10 @@ pub struct TopicConfig {
     pub name: String,
     /// How long event ids and idempotency keys are remembered for dedup (P4, P5).
     pub dedup_window: Duration,
+    /// Delete events older than this (L2). `None`: keep them.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest events while the topic holds more than this many bytes (L2).
+    pub max_bytes: Option<u64>,
 }
 
 impl TopicConfig {
@@ -22,6 +26,8 @@ impl TopicConfig {
         TopicConfig {
             name: name.into(),
             dedup_window: Duration::from_secs(24 * 3600),
+            max_age: None,
+            max_bytes: None,
         }
     }
 }

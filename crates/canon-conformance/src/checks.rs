@@ -1044,3 +1044,81 @@ pub async fn r4_consumer_answers_settle_deliveries<H: Harness>(h: &H) {
         "R4: only dead-letter goes to the DLQ"
     );
 }
+
+/// L2: retention by size deletes the oldest events first, never newer ones.
+pub async fn l2_retention_by_size_deletes_the_oldest_first<H: Harness>(h: &H) {
+    let b = h.open().await;
+    b.create_topic(TopicConfig {
+        max_bytes: Some(4_000),
+        ..TopicConfig::new(TOPIC)
+    })
+    .await
+    .expect("topic");
+    let ids: Vec<String> = (0..40).map(|i| format!("e{i:02}")).collect();
+    for chunk in ids.chunks(4) {
+        b.publish(TOPIC, chunk.iter().map(|id| request(id)).collect())
+            .await
+            .expect("publish");
+    }
+    b.create_group(TOPIC, "late", quick(false))
+        .await
+        .expect("group");
+    let kept_ids = drain(&b, "late").await;
+    assert!(
+        !kept_ids.is_empty() && kept_ids.len() < 40,
+        "L2: some but not all events are kept ({})",
+        kept_ids.len()
+    );
+    let expected: Vec<String> = ids[40 - kept_ids.len()..].to_vec();
+    assert_eq!(
+        kept_ids, expected,
+        "L2: the newest are kept, the oldest go first"
+    );
+    assert!(
+        b.events_by_id(TOPIC, "e00")
+            .await
+            .expect("lookup")
+            .is_empty(),
+        "L2: a deleted event is gone"
+    );
+}
+
+/// L2: retention by age deletes events older than the limit.
+pub async fn l2_retention_by_age_deletes_old_events<H: Harness>(h: &H) {
+    let b = h.open().await;
+    b.create_topic(TopicConfig {
+        max_age: Some(Duration::from_millis(300)),
+        ..TopicConfig::new(TOPIC)
+    })
+    .await
+    .expect("topic");
+    publish(&b, &["old"]).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    publish(&b, &["new"]).await;
+    b.create_group(TOPIC, "late", quick(false))
+        .await
+        .expect("group");
+    assert_eq!(
+        drain(&b, "late").await,
+        ["new"],
+        "L2: older than the limit is gone"
+    );
+}
+
+/// Pulls and acks until nothing is left; the ids in delivery order.
+async fn drain<B: Backend>(b: &B, group: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let got = b
+            .pull(TOPIC, group, "c1", 100, Duration::from_millis(100))
+            .await
+            .expect("pull");
+        if got.is_empty() {
+            return out;
+        }
+        for d in got {
+            b.ack(&d.token).await.expect("ack");
+            out.push(d.event.event.id);
+        }
+    }
+}

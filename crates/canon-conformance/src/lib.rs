@@ -60,6 +60,8 @@ macro_rules! suite {
             l1_reset_replays_from_a_position,
             l3_l4_events_are_found_by_id_correlation_and_causation,
             r4_consumer_answers_settle_deliveries,
+            l2_retention_by_size_deletes_the_oldest_first,
+            l2_retention_by_age_deletes_old_events,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

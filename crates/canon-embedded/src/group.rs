@@ -140,7 +140,7 @@ impl GroupState {
         log: &dyn Log,
     ) -> (Vec<Delivery>, Vec<Op>) {
         let mut ops = Vec::new();
-        self.expire(now, &mut ops);
+        self.expire(now, log, &mut ops);
         let room = self
             .config
             .max_in_flight
@@ -224,6 +224,7 @@ impl GroupState {
             .is_some_and(|t| SystemTime::from(t) <= wall)
         {
             self.dead_letter(
+                Some(&event),
                 event.seq,
                 key.as_deref(),
                 DeadLetterReason::Expired,
@@ -289,7 +290,7 @@ impl GroupState {
     }
 
     /// Expired leases: redeliverable at once, or dead-lettered after the last attempt (R2).
-    fn expire(&mut self, now: Instant, ops: &mut Vec<Op>) {
+    fn expire(&mut self, now: Instant, log: &dyn Log, ops: &mut Vec<Op>) {
         let expired: Vec<u64> = self
             .inflight
             .iter()
@@ -298,7 +299,16 @@ impl GroupState {
             .collect();
         for seq in expired {
             if let Some(lease) = self.inflight.remove(&seq) {
-                self.failed(now, seq, lease, Duration::ZERO, "lease-expired", None, ops);
+                self.failed(
+                    now,
+                    seq,
+                    lease,
+                    Duration::ZERO,
+                    "lease-expired",
+                    None,
+                    log,
+                    ops,
+                );
             }
         }
     }
@@ -345,12 +355,13 @@ impl GroupState {
         token: &LeaseToken,
         delay: Option<Duration>,
         error: Option<String>,
+        log: &dyn Log,
     ) -> Result<Vec<Op>, LeaseError> {
         let lease = self.take(token)?;
         let attempt = u32::try_from(lease.history.len() + 1).unwrap_or(u32::MAX);
         let delay = delay.unwrap_or_else(|| self.config.retry.delay(attempt));
         let mut ops = Vec::new();
-        self.failed(now, token.seq, lease, delay, "retry", error, &mut ops);
+        self.failed(now, token.seq, lease, delay, "retry", error, log, &mut ops);
         Ok(ops)
     }
 
@@ -358,6 +369,7 @@ impl GroupState {
         &mut self,
         token: &LeaseToken,
         error: Option<String>,
+        log: &dyn Log,
     ) -> Result<Vec<Op>, LeaseError> {
         let mut lease = self.take(token)?;
         lease.history.push(AttemptRecord {
@@ -367,7 +379,9 @@ impl GroupState {
             error: error.clone(),
         });
         let mut ops = Vec::new();
+        let event = log.get(token.seq);
         self.dead_letter(
+            event.as_ref(),
             token.seq,
             lease.key.as_deref(),
             DeadLetterReason::Rejected,
@@ -391,6 +405,7 @@ impl GroupState {
         delay: Duration,
         outcome: &str,
         error: Option<String>,
+        log: &dyn Log,
         ops: &mut Vec<Op>,
     ) {
         lease.history.push(AttemptRecord {
@@ -402,7 +417,9 @@ impl GroupState {
         let attempts = u32::try_from(lease.history.len()).unwrap_or(u32::MAX);
         if self.config.retry.is_last(attempts) {
             let error = error.or_else(|| Some(outcome.to_owned()));
+            let event = log.get(seq);
             self.dead_letter(
+                event.as_ref(),
                 seq,
                 lease.key.as_deref(),
                 DeadLetterReason::MaxAttempts,
@@ -429,8 +446,12 @@ impl GroupState {
         );
     }
 
+    /// Moves an event to the DLQ. The entry holds a copy of the event, so retention of the log
+    /// never empties a DLQ.
+    #[allow(clippy::too_many_arguments, reason = "the entry's fields")]
     fn dead_letter(
         &mut self,
+        event: Option<&StoredEvent>,
         seq: u64,
         key: Option<&str>,
         reason: DeadLetterReason,
@@ -441,7 +462,7 @@ impl GroupState {
         ops.push(Op::Put(
             Space::Dlq,
             self.key_of(seq),
-            store::encode_dlq(reason, history, store::now_ms(), error),
+            store::encode_dlq(reason, history, store::now_ms(), error, event),
         ));
         self.finish(seq, key, !history.is_empty(), ops);
     }

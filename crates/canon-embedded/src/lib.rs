@@ -25,7 +25,7 @@ use canon_backend::{
 
 use group::{GroupState, LeaseError, Log, Recovered};
 use store::{Index, Store};
-use writer::{Op, Space, TopicShared, Writer};
+use writer::{Op, Space, TopicShared, TopicStats, Topics, Writer};
 
 /// When an acknowledged write is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,7 +45,7 @@ type GroupHandle = Arc<Mutex<GroupState>>;
 pub struct EmbeddedBackend {
     store: Store,
     writer: Writer,
-    topics: RwLock<HashMap<String, Arc<TopicShared>>>,
+    topics: Topics,
     groups: RwLock<HashMap<(String, String), GroupHandle>>,
 }
 
@@ -66,16 +66,11 @@ impl EmbeddedBackend {
         for item in store.topic.iter() {
             let (k, v) = item.into_inner().map_err(BackendError::storage)?;
             let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(1)]).into_owned();
-            let window = v
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| BackendError::storage("topic record is corrupt"))?;
+            let config = store::decode_topic(name.clone(), &v)
+                .ok_or_else(|| BackendError::storage(format!("topic record {name} is corrupt")))?;
             let last = last_seq(&store, &name)?;
-            topics.insert(
-                name.clone(),
-                Arc::new(TopicShared::new(name, Duration::from_millis(window), last)),
-            );
+            let stats = topic_stats(&store, &name, last)?;
+            topics.insert(name, Arc::new(TopicShared::new(&config, last, stats)));
         }
         let mut groups = HashMap::new();
         for item in store.group.iter() {
@@ -134,11 +129,12 @@ impl EmbeddedBackend {
             );
             groups.insert((topic, name), Arc::new(Mutex::new(state)));
         }
-        let writer = Writer::start(store.clone(), durability);
+        let topics: Topics = Arc::new(RwLock::new(topics));
+        let writer = Writer::start(store.clone(), durability, Arc::clone(&topics));
         Ok(EmbeddedBackend {
             store,
             writer,
-            topics: RwLock::new(topics),
+            topics,
             groups: RwLock::new(groups),
         })
     }
@@ -191,9 +187,12 @@ impl EmbeddedBackend {
                 store::seq_suffix(&k).ok_or_else(|| BackendError::storage("dlq key is corrupt"))?;
             let (reason, attempts, at, last_error, history) = store::decode_dlq(&v)
                 .ok_or_else(|| BackendError::storage("dlq entry is corrupt"))?;
-            let event = log.get(seq).ok_or_else(|| {
-                BackendError::storage(format!("dead-lettered event {seq} is missing from the log"))
-            })?;
+            // The entry's own copy; entries written before copies were kept read the log.
+            let event = store::dlq_event(&v, seq)
+                .or_else(|| log.get(seq))
+                .ok_or_else(|| {
+                    BackendError::storage(format!("dead-lettered event {seq} is missing"))
+                })?;
             let entry = DeadLetter {
                 event,
                 reason,
@@ -270,6 +269,43 @@ impl Drop for EmbeddedBackend {
     }
 }
 
+/// What the writer last recorded of a topic's size, or an empty topic's.
+fn topic_stats(store: &Store, topic: &str, last: u64) -> Result<TopicStats, BackendError> {
+    let v = store
+        .stats
+        .get(store::topic_prefix(topic))
+        .map_err(BackendError::storage)?;
+    let read = |v: &[u8], at: usize| {
+        v.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    Ok(match v {
+        Some(v) => TopicStats {
+            first: read(&v, 0).unwrap_or(1),
+            bytes: read(&v, 8).unwrap_or(0),
+        },
+        None => TopicStats {
+            first: if last == 0 {
+                1
+            } else {
+                first_seq(store, topic)?
+            },
+            bytes: 0,
+        },
+    })
+}
+
+fn first_seq(store: &Store, topic: &str) -> Result<u64, BackendError> {
+    match store.log.prefix(store::topic_prefix(topic)).next() {
+        Some(g) => g
+            .key()
+            .map_err(BackendError::storage)
+            .map(|k| store::seq_suffix(&k).unwrap_or(1)),
+        None => Ok(1),
+    }
+}
+
 fn last_seq(store: &Store, topic: &str) -> Result<u64, BackendError> {
     match store.log.prefix(store::topic_prefix(topic)).next_back() {
         Some(g) => g
@@ -331,24 +367,28 @@ impl Backend for EmbeddedBackend {
 
     async fn create_topic(&self, config: TopicConfig) -> Result<(), BackendError> {
         valid_name("topic", &config.name)?;
-        let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let key = store::topic_prefix(&config.name);
         self.writer
             .write(vec![Op::Put(
                 Space::Topic,
                 key,
-                window.to_be_bytes().to_vec(),
+                store::encode_topic(&config),
             )])
             .await?;
         let last = last_seq(&self.store, &config.name)?;
+        let stats = topic_stats(&self.store, &config.name, last)?;
         let mut topics = self
             .topics
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // An existing topic keeps its state; a new window applies from its next open.
-        topics
-            .entry(config.name.clone())
-            .or_insert_with(|| Arc::new(TopicShared::new(config.name, config.dedup_window, last)));
+        // An existing topic keeps its state and takes the new limits.
+        match topics.get(&config.name) {
+            Some(t) => t.configure(&config),
+            None => drop(topics.insert(
+                config.name.clone(),
+                Arc::new(TopicShared::new(&config, last, stats)),
+            )),
+        }
         Ok(())
     }
 
@@ -469,8 +509,14 @@ impl Backend for EmbeddedBackend {
         error: Option<String>,
     ) -> Result<(), BackendError> {
         self.on_lease(token, |g| {
-            g.nack(Instant::now(), token, delay, error)
-                .map(|ops| ((), ops))
+            g.nack(
+                Instant::now(),
+                token,
+                delay,
+                error,
+                &self.log_reader(&token.topic),
+            )
+            .map(|ops| ((), ops))
         })
         .await
     }
@@ -488,8 +534,11 @@ impl Backend for EmbeddedBackend {
         token: &LeaseToken,
         error: Option<String>,
     ) -> Result<(), BackendError> {
-        self.on_lease(token, |g| g.reject(token, error).map(|ops| ((), ops)))
-            .await
+        self.on_lease(token, |g| {
+            g.reject(token, error, &self.log_reader(&token.topic))
+                .map(|ops| ((), ops))
+        })
+        .await
     }
 
     async fn dead_letters(

@@ -8,9 +8,10 @@
 //! | `log` | topic, seq | stored-at ms, ordering key, event JSON |
 //! | `dedup` | topic, `i`, id, NUL, source / topic, `k`, idempotency key | seq, stored-at ms |
 //! | `agg` | topic, ordering key | last seq |
-//! | `topic` | topic | dedup window ms |
+//! | `topic` | topic | dedup window ms, max age ms (0: none), max bytes (0: none) |
 //! | `group` | topic, group | config (and the floor when it was written) |
 //! | `floor` | topic, group | the ack floor: every sequence at or below it is done |
+//! | `stats` | topic | oldest retained seq, retained bytes |
 //! | `done` | topic, group, NUL, seq | empty (acked or dead-lettered above the floor) |
 //! | `attempt` | topic, group, NUL, seq | the failed attempts (JSON) |
 //! | `dlq` | topic, group, NUL, seq | reason, at ms, last error, every failed attempt (JSON) |
@@ -40,6 +41,7 @@ pub(crate) struct Store {
     pub(crate) requeue: Keyspace,
     pub(crate) floor: Keyspace,
     pub(crate) index: Keyspace,
+    pub(crate) stats: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -69,10 +71,34 @@ impl Store {
             dlq: ks("dlq")?,
             requeue: ks("requeue")?,
             floor: ks("floor")?,
+            stats: ks("stats")?,
             index: ks("index")?,
             db,
         })
     }
+}
+
+/// A topic record: dedup window ms, max age ms (0: none), max bytes (0: none).
+pub(crate) fn encode_topic(config: &canon_backend::TopicConfig) -> Vec<u8> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let age = config.max_age.map_or(0, |d| ms(d).max(1));
+    [
+        ms(config.dedup_window).to_be_bytes(),
+        age.to_be_bytes(),
+        config.max_bytes.unwrap_or(0).to_be_bytes(),
+    ]
+    .concat()
+}
+
+pub(crate) fn decode_topic(name: String, v: &[u8]) -> Option<canon_backend::TopicConfig> {
+    let window = Duration::from_millis(u64_at(v, 0)?);
+    let (age, bytes) = (u64_at(v, 8).unwrap_or(0), u64_at(v, 16).unwrap_or(0));
+    Some(canon_backend::TopicConfig {
+        name,
+        dedup_window: window,
+        max_age: (age > 0).then(|| Duration::from_millis(age)),
+        max_bytes: (bytes > 0).then_some(bytes),
+    })
 }
 
 impl Store {
@@ -91,6 +117,7 @@ impl Store {
             &self.requeue,
             &self.index,
             &self.floor,
+            &self.stats,
         ] {
             // Best effort: a failure leaves the journal, which the next open replays.
             let _ = ks.rotate_memtable_and_wait();
@@ -328,8 +355,33 @@ pub(crate) fn encode_dlq(
     history: &[AttemptRecord],
     at_ms: u64,
     error: Option<&str>,
+    event: Option<&StoredEvent>,
 ) -> Vec<u8> {
-    serde_json::json!({"reason": reason.as_str(), "attempts": history.len(), "history": encode_history(history), "at": at_ms, "error": error}).to_string().into_bytes()
+    let mut entry = serde_json::json!({"reason": reason.as_str(), "attempts": history.len(), "history": encode_history(history), "at": at_ms, "error": error});
+    if let Some(e) = event {
+        let stored = e
+            .published_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        entry["event"] =
+            serde_json::Value::String(String::from_utf8_lossy(&e.event.to_json()).into_owned());
+        entry["stored_at"] = stored.into();
+        entry["key"] = e.ordering_key.clone().into();
+    }
+    entry.to_string().into_bytes()
+}
+
+/// The copy of the event a DLQ entry holds.
+pub(crate) fn dlq_event(v: &[u8], seq: u64) -> Option<StoredEvent> {
+    let j: serde_json::Value = serde_json::from_slice(v).ok()?;
+    let event = CloudEvent::from_json(j.get("event")?.as_str()?.as_bytes()).ok()?;
+    let ordering_key = j.get("key").and_then(|k| k.as_str()).map(str::to_owned);
+    Some(StoredEvent {
+        seq,
+        published_at: time_of(j.get("stored_at")?.as_u64()?),
+        ordering_key,
+        event,
+    })
 }
 
 /// Decoded DLQ bookkeeping: reason, attempts, at ms, last error, history.

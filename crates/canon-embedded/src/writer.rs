@@ -5,15 +5,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
 
-use canon_backend::{BackendError, PublishOutcome, PublishRequest};
+use canon_backend::{BackendError, PublishOutcome, PublishRequest, TopicConfig};
 use fjall::PersistMode;
 use tokio::sync::{Notify, oneshot};
 
 use crate::Durability;
 use crate::store::{self, Index, Store};
+
+/// How often age-based retention runs when nothing is written.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this many log records are deleted by one retention pass.
+const RETENTION_BATCH: usize = 10_000;
 
 /// At most this many queued jobs go into one commit.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
@@ -22,7 +28,15 @@ const MAX_JOBS_PER_COMMIT: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct TopicShared {
     pub(crate) name: String,
-    pub(crate) dedup_window: Duration,
+    dedup_window_ms: AtomicU64,
+    /// Retention by age in ms, 0 for none (L2).
+    max_age_ms: AtomicU64,
+    /// Retention by size in bytes, 0 for none (L2).
+    max_bytes: AtomicU64,
+    /// Bytes of the retained log records.
+    bytes: AtomicU64,
+    /// The oldest retained sequence.
+    first: AtomicU64,
     /// The next sequence to assign; only the writer changes it.
     next_seq: AtomicU64,
     /// Every event up to this sequence is durable and may be delivered.
@@ -31,17 +45,56 @@ pub(crate) struct TopicShared {
     pub(crate) notify: Notify,
 }
 
+/// How much of a topic is retained, as the writer keeps count.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TopicStats {
+    pub(crate) first: u64,
+    pub(crate) bytes: u64,
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
+}
+
 impl TopicShared {
-    pub(crate) fn new(name: String, dedup_window: Duration, last_seq: u64) -> Self {
-        TopicShared {
-            name,
-            dedup_window,
+    pub(crate) fn new(config: &TopicConfig, last_seq: u64, stats: TopicStats) -> Self {
+        let t = TopicShared {
+            name: config.name.clone(),
+            dedup_window_ms: AtomicU64::new(0),
+            max_age_ms: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(stats.bytes),
+            first: AtomicU64::new(stats.first.max(1)),
             next_seq: AtomicU64::new(last_seq + 1),
             committed: AtomicU64::new(last_seq),
             notify: Notify::new(),
-        }
+        };
+        t.configure(config);
+        t
+    }
+
+    /// Applies a (new) configuration.
+    pub(crate) fn configure(&self, config: &TopicConfig) {
+        self.dedup_window_ms
+            .store(ms(Some(config.dedup_window)), Ordering::SeqCst);
+        self.max_age_ms.store(ms(config.max_age), Ordering::SeqCst);
+        self.max_bytes
+            .store(config.max_bytes.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    fn stats(&self) -> Vec<u8> {
+        [
+            self.first.load(Ordering::SeqCst).to_be_bytes(),
+            self.bytes.load(Ordering::SeqCst).to_be_bytes(),
+        ]
+        .concat()
     }
 }
+
+/// The topics the writer knows, for retention.
+pub(crate) type Topics = Arc<RwLock<HashMap<String, Arc<TopicShared>>>>;
 
 /// Which keyspace an operation writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,13 +159,13 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(store: Store, durability: Durability) -> Writer {
+    pub(crate) fn start(store: Store, durability: Durability, topics: Topics) -> Writer {
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
             .name("canon-writer".into())
-            .spawn(move || run(&store, durability, &rx, &flag));
+            .spawn(move || run(&store, durability, &rx, &flag, &topics));
         if thread.is_err() {
             failed.store(true, Ordering::SeqCst);
         }
@@ -201,8 +254,31 @@ enum Pending {
     Write(Reply<()>),
 }
 
-fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: &AtomicBool) {
-    while let Ok(first) = rx.recv() {
+fn run(
+    store: &Store,
+    durability: Durability,
+    rx: &mpsc::Receiver<Job>,
+    failed: &AtomicBool,
+    topics: &Topics,
+) {
+    loop {
+        let first = match rx.recv_timeout(RETENTION_INTERVAL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Quiet: age-based retention still has to run.
+                let all: Vec<Arc<TopicShared>> = topics
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .values()
+                    .cloned()
+                    .collect();
+                for t in all {
+                    enforce_retention(store, &t);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
             match rx.try_recv() {
@@ -213,8 +289,9 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
         let mut batch = store.db.batch();
         // Values written by this commit, so that later jobs in it see earlier ones.
         let mut overlay = Overlay::default();
-        // Topics whose next sequence this commit advanced, with the value to restore on failure.
-        let mut touched: Vec<(Arc<TopicShared>, u64)> = Vec::new();
+        // Topics whose next sequence this commit advanced, with the value to restore on failure
+        // and the bytes the commit adds to them.
+        let mut touched: Vec<(Arc<TopicShared>, u64, u64)> = Vec::new();
         let mut pending = Vec::with_capacity(jobs.len());
         for job in jobs {
             match job {
@@ -226,12 +303,17 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
                     let before = topic.next_seq.load(Ordering::SeqCst);
                     let result = plan_publish(store, &topic, requests, &overlay).map(
                         |(outcomes, ops, next)| {
+                            let mut added = 0;
                             for op in ops {
+                                if let Op::Put(Space::Log, _, v) = &op {
+                                    added += v.len() as u64;
+                                }
                                 apply(store, &mut batch, &mut overlay, op);
                             }
                             if next != before {
-                                if !touched.iter().any(|(t, _)| Arc::ptr_eq(t, &topic)) {
-                                    touched.push((Arc::clone(&topic), before));
+                                match touched.iter_mut().find(|(t, _, _)| Arc::ptr_eq(t, &topic)) {
+                                    Some(entry) => entry.2 += added,
+                                    None => touched.push((Arc::clone(&topic), before, added)),
                                 }
                                 topic.next_seq.store(next, Ordering::SeqCst);
                             }
@@ -248,13 +330,23 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
                 }
             }
         }
+        // The topics' sizes, in the same commit as the records they count.
+        for (topic, _, added) in &touched {
+            let stats = [
+                topic.first.load(Ordering::SeqCst).to_be_bytes(),
+                (topic.bytes.load(Ordering::SeqCst) + added).to_be_bytes(),
+            ]
+            .concat();
+            batch.insert(&store.stats, store::topic_prefix(&topic.name), stats);
+        }
         let committed = batch.commit().and_then(|()| match durability {
             Durability::Sync => store.db.persist(PersistMode::SyncData),
             Durability::LoseRecentOnOsCrash => Ok(()),
         });
         match committed {
             Ok(()) => {
-                for (topic, _) in &touched {
+                for (topic, _, added) in &touched {
+                    topic.bytes.fetch_add(*added, Ordering::SeqCst);
                     topic
                         .committed
                         .store(topic.next_seq.load(Ordering::SeqCst) - 1, Ordering::SeqCst);
@@ -266,12 +358,15 @@ fn run(store: &Store, durability: Durability, rx: &mpsc::Receiver<Job>, failed: 
                         Pending::Write(reply) => drop(reply.send(Ok(()))),
                     }
                 }
+                for (topic, _, _) in &touched {
+                    enforce_retention(store, topic);
+                }
             }
             Err(e) => {
                 // Nothing of this commit is acknowledged. The in-memory state may now disagree
                 // with the disk, so the backend refuses further work until it is reopened.
                 failed.store(true, Ordering::SeqCst);
-                for (topic, before) in touched {
+                for (topic, before, _) in touched {
                     topic.next_seq.store(before, Ordering::SeqCst);
                 }
                 let err = BackendError::storage(e);
@@ -329,7 +424,7 @@ fn plan_publish(
     overlay: &Overlay,
 ) -> Result<(Vec<PublishOutcome>, Vec<Op>, u64), BackendError> {
     let now = store::now_ms();
-    let window = u64::try_from(topic.dedup_window.as_millis()).unwrap_or(u64::MAX);
+    let window = topic.dedup_window_ms.load(Ordering::SeqCst);
     let fresh = |v: Option<Vec<u8>>| {
         v.and_then(|v| store::decode_seq_time(&v))
             .filter(|(_, at)| now.saturating_sub(*at) <= window)
@@ -418,4 +513,56 @@ fn plan_publish(
         outcomes.push(PublishOutcome::Stored { seq });
     }
     Ok((outcomes, ops, next))
+}
+
+/// Deletes a topic's oldest records while it is over its age or size limit (L2), at most
+/// `RETENTION_BATCH` at a time, never a record within the limits. Not synced: a deletion lost to
+/// a crash is made again by the next pass.
+fn enforce_retention(store: &Store, topic: &TopicShared) {
+    let (max_age, max_bytes) = (
+        topic.max_age_ms.load(Ordering::SeqCst),
+        topic.max_bytes.load(Ordering::SeqCst),
+    );
+    if max_age == 0 && max_bytes == 0 {
+        return;
+    }
+    let now = store::now_ms();
+    let committed = topic.committed.load(Ordering::SeqCst);
+    let mut batch = store.db.batch();
+    let mut deleted = 0;
+    while deleted < RETENTION_BATCH {
+        let first = topic.first.load(Ordering::SeqCst);
+        if first > committed {
+            break;
+        }
+        let key = store::log_key(&topic.name, first);
+        let Ok(record) = store.log.get(&key) else {
+            return;
+        };
+        if let Some(record) = record {
+            let stored =
+                <[u8; 8]>::try_from(&record[..8.min(record.len())]).map_or(now, u64::from_be_bytes);
+            let too_old = max_age > 0 && now.saturating_sub(stored) > max_age;
+            let too_big = max_bytes > 0 && topic.bytes.load(Ordering::SeqCst) > max_bytes;
+            if !(too_old || too_big) {
+                break;
+            }
+            batch.remove(&store.log, key);
+            topic.bytes.fetch_sub(
+                (record.len() as u64).min(topic.bytes.load(Ordering::SeqCst)),
+                Ordering::SeqCst,
+            );
+        }
+        topic.first.store(first + 1, Ordering::SeqCst);
+        deleted += 1;
+    }
+    if deleted > 0 {
+        batch.insert(
+            &store.stats,
+            store::topic_prefix(&topic.name),
+            topic.stats(),
+        );
+        // Best effort: what is not deleted now is deleted by the next pass.
+        let _ = batch.commit();
+    }
 }

@@ -62,6 +62,7 @@ macro_rules! suite {
             r4_consumer_answers_settle_deliveries,
             l2_retention_by_size_deletes_the_oldest_first,
             l2_retention_by_age_deletes_old_events,
+            r3_retries_do_not_multiply_with_lease_expiry,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

@@ -1129,12 +1129,22 @@ pub async fn r3_retries_do_not_multiply_with_lease_expiry<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;
     publish(&b, &["a"]).await;
     let first = pull(&b, "g", 1).await;
-    b.nack(&first[0].token, Some(Duration::from_millis(800)), None).await.expect("nack");
+    b.nack(&first[0].token, Some(Duration::from_millis(800)), None)
+        .await
+        .expect("nack");
     // Longer than the lease: an expiry must not redeliver what the nack already scheduled.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(pull(&b, "g", 1).await.is_empty(), "R3: no delivery before the nack's delay");
+    assert!(
+        pull(&b, "g", 1).await.is_empty(),
+        "R3: no delivery before the nack's delay"
+    );
     let second = pull_n(&b, "g", 1, Duration::from_secs(3)).await;
     assert_eq!(second[0].attempt, 2, "R3: the retry is attempt 2");
     b.ack(&second[0].token).await.expect("ack");
-    assert!(pull_n(&b, "g", 1, Duration::from_millis(500)).await.is_empty(), "R3: and nothing more");
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "R3: and nothing more"
+    );
 }

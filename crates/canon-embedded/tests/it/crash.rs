@@ -229,11 +229,19 @@ async fn crash_harness() {
             b.ack(&d.token).await.expect("ack");
         }
     }
-    let lost: Vec<_> = journal.published.iter().filter(|id| !stored.contains_key(*id)).take(10).collect();
+    let lost: Vec<_> = journal
+        .published
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .take(10)
+        .collect();
     // P2: batches of 8 (events 8k+1..=8k+8 of a run) are stored whole or not at all.
     let mut batches: HashMap<(String, u64), usize> = HashMap::new();
     for id in stored.keys() {
-        if let Some((run, n)) = id.split_once('-').and_then(|(run, n)| Some((run.to_owned(), n.parse::<u64>().ok()?))) {
+        if let Some((run, n)) = id
+            .split_once('-')
+            .and_then(|(run, n)| Some((run.to_owned(), n.parse::<u64>().ok()?)))
+        {
             *batches.entry((run, (n - 1) / 8)).or_default() += 1;
         }
     }

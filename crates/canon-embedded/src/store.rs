@@ -197,12 +197,6 @@ pub(crate) fn index_prefix(topic: &str, kind: Index, value: &str) -> Vec<u8> {
     k
 }
 
-pub(crate) fn index_key(topic: &str, kind: Index, value: &str, seq: u64) -> Vec<u8> {
-    let mut k = index_prefix(topic, kind, value);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// `topic NUL group NUL` — the prefix of a group's entries.
 pub(crate) fn group_prefix(topic: &str, group: &str) -> Vec<u8> {
     let mut k = topic_prefix(topic);

@@ -124,7 +124,7 @@ type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
 enum Job {
     Publish {
         topic: Arc<TopicShared>,
-        batch: Vec<PublishRequest>,
+        batch: Vec<Prepared>,
         reply: Reply<Vec<PublishOutcome>>,
     },
     Write {
@@ -190,6 +190,11 @@ impl Writer {
         topic: Arc<TopicShared>,
         batch: Vec<PublishRequest>,
     ) -> Result<Vec<PublishOutcome>, BackendError> {
+        // Encoding and key building happen here, on the publishing task, not on the writer.
+        let batch = batch
+            .into_iter()
+            .map(|r| Prepared::new(&topic.name, r))
+            .collect::<Result<Vec<_>, _>>()?;
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Job::Publish {
@@ -415,12 +420,61 @@ fn read(
         .map_err(BackendError::storage)
 }
 
+/// One event ready for the writer: everything that does not depend on the topic's state is
+/// computed by the publishing task, so the single writer thread only decides and writes.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    record: Vec<u8>,
+    stored_ms: u64,
+    id_key: Vec<u8>,
+    idem_key: Option<Vec<u8>>,
+    agg_key: Option<Vec<u8>>,
+    ordering_key: Option<String>,
+    expected: Option<u64>,
+    /// Index prefixes (`index_prefix`) to which the sequence is appended.
+    index: Vec<Vec<u8>>,
+}
+
+impl Prepared {
+    pub(crate) fn new(topic: &str, r: PublishRequest) -> Result<Prepared, BackendError> {
+        if r.ordering_key
+            .as_ref()
+            .is_some_and(|k| k.len() > usize::from(u16::MAX))
+        {
+            return Err(BackendError::InvalidConfig(
+                "an ordering key is limited to 65,535 bytes".into(),
+            ));
+        }
+        let stored_ms = store::now_ms();
+        let mut index = Vec::new();
+        if let Some(c) = r.event.correlation_id() {
+            index.push(store::index_prefix(topic, Index::Correlation, c));
+        }
+        if let Some(c) = r.event.causation_id() {
+            index.push(store::index_prefix(topic, Index::Causation, c));
+        }
+        Ok(Prepared {
+            record: store::encode_record(stored_ms, r.ordering_key.as_deref(), &r.event),
+            stored_ms,
+            id_key: store::id_key(topic, &r.event.source, &r.event.id),
+            idem_key: r
+                .idempotency_key
+                .as_deref()
+                .map(|k| store::idem_key(topic, k)),
+            agg_key: r.ordering_key.as_deref().map(|k| store::agg_key(topic, k)),
+            ordering_key: r.ordering_key,
+            expected: r.expected_sequence,
+            index,
+        })
+    }
+}
+
 /// Decides a publish: duplicates, conflicts, sequences. Returns the outcomes, the writes and the
 /// topic's next sequence; writes nothing itself.
 fn plan_publish(
     store: &Store,
     topic: &TopicShared,
-    requests: Vec<PublishRequest>,
+    requests: Vec<Prepared>,
     overlay: &Overlay,
 ) -> Result<(Vec<PublishOutcome>, Vec<Op>, u64), BackendError> {
     let now = store::now_ms();
@@ -431,48 +485,32 @@ fn plan_publish(
             .map(|(seq, _)| seq)
     };
     let mut next = topic.next_seq.load(Ordering::SeqCst);
-    let mut ops = Vec::with_capacity(requests.len() * 4);
+    let mut ops = Vec::with_capacity(requests.len() * 3);
     let mut outcomes = Vec::with_capacity(requests.len());
     // This job's own dedup and aggregate writes, seen by its later events.
     let mut local_dedup: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut local_agg: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     for r in requests {
-        let name = &topic.name;
-        if r.ordering_key
-            .as_ref()
-            .is_some_and(|k| k.len() > usize::from(u16::MAX))
-        {
-            return Err(BackendError::InvalidConfig(
-                "an ordering key is limited to 65,535 bytes".into(),
-            ));
-        }
-        let id_key = store::id_key(name, &r.event.source, &r.event.id);
-        if let Some(seq) = fresh(read(store, overlay, &local_dedup, Space::Dedup, &id_key)?) {
+        if let Some(seq) = fresh(read(store, overlay, &local_dedup, Space::Dedup, &r.id_key)?) {
             outcomes.push(PublishOutcome::Duplicate { seq });
             continue;
         }
-        let idem_key = r
-            .idempotency_key
-            .as_deref()
-            .map(|k| store::idem_key(name, k));
-        if let Some(k) = &idem_key
+        if let Some(k) = &r.idem_key
             && let Some(seq) = fresh(read(store, overlay, &local_dedup, Space::Dedup, k)?)
         {
             outcomes.push(PublishOutcome::Duplicate { seq });
             continue;
         }
-        let agg_key = r.ordering_key.as_deref().map(|k| store::agg_key(name, k));
-        if let Some(expected) = r.expected_sequence {
-            let Some(k) = &agg_key else {
+        if let Some(expected) = r.expected {
+            let Some(k) = &r.agg_key else {
                 return Err(BackendError::ExpectedSequenceWithoutKey);
             };
             let current = read(store, overlay, &local_agg, Space::Agg, k)?
                 .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);
             if current != expected {
-                let key = r.ordering_key.unwrap_or_default();
                 return Err(BackendError::Conflict {
-                    key,
+                    key: r.ordering_key.unwrap_or_default(),
                     expected,
                     current,
                 });
@@ -480,33 +518,23 @@ fn plan_publish(
         }
         let seq = next;
         next += 1;
-        let entry = store::encode_seq_time(seq, now);
+        let entry = store::encode_seq_time(seq, r.stored_ms);
         ops.push(Op::Put(
             Space::Log,
-            store::log_key(name, seq),
-            store::encode_record(now, r.ordering_key.as_deref(), &r.event),
+            store::log_key(&topic.name, seq),
+            r.record,
         ));
-        if let Some(c) = r.event.correlation_id() {
-            ops.push(Op::Put(
-                Space::Index,
-                store::index_key(name, Index::Correlation, c, seq),
-                Vec::new(),
-            ));
+        for mut k in r.index {
+            k.extend_from_slice(&seq.to_be_bytes());
+            ops.push(Op::Put(Space::Index, k, Vec::new()));
         }
-        if let Some(c) = r.event.causation_id() {
-            ops.push(Op::Put(
-                Space::Index,
-                store::index_key(name, Index::Causation, c, seq),
-                Vec::new(),
-            ));
-        }
-        local_dedup.insert(id_key.clone(), entry.clone());
-        ops.push(Op::Put(Space::Dedup, id_key, entry.clone()));
-        if let Some(k) = idem_key {
+        local_dedup.insert(r.id_key.clone(), entry.clone());
+        ops.push(Op::Put(Space::Dedup, r.id_key, entry.clone()));
+        if let Some(k) = r.idem_key {
             local_dedup.insert(k.clone(), entry.clone());
             ops.push(Op::Put(Space::Dedup, k, entry));
         }
-        if let Some(k) = agg_key {
+        if let Some(k) = r.agg_key {
             local_agg.insert(k.clone(), seq.to_be_bytes().to_vec());
             ops.push(Op::Put(Space::Agg, k, seq.to_be_bytes().to_vec()));
         }

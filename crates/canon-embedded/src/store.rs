@@ -53,7 +53,12 @@ impl std::fmt::Debug for Store {
 impl Store {
     pub(crate) fn open(dir: &std::path::Path) -> Result<Store, BackendError> {
         std::fs::create_dir_all(dir).map_err(BackendError::storage)?;
+        // A small journal bounds what a restart after a crash must replay; a bounded block cache
+        // bounds memory whatever the backlog.
         let db = Database::builder(dir)
+            .max_journaling_size(64 * 1024 * 1024)
+            .cache_size(32 * 1024 * 1024)
+            .manual_journal_persist(false)
             .open()
             .map_err(BackendError::storage)?;
         let ks = |name: &str| {

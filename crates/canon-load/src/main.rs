@@ -45,7 +45,7 @@ struct Args {
     /// Length of the latency phase, seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
-    /// Canon's durability: `sync` (default) or `buffered` (survives a process crash only).
+    /// Canon's durability: `sync` (default) or `buffered` (may lose recent acknowledged writes).
     #[arg(long, default_value = "sync")]
     durability: String,
     /// Data directory for Canon (emptied first).
@@ -380,7 +380,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let durability = match args.durability.as_str() {
         "sync" => Durability::Sync,
-        "buffered" => Durability::LoseRecentOnOsCrash,
+        "buffered" => Durability::MayLoseRecentWrites,
         other => anyhow::bail!("--durability is sync or buffered, not {other}"),
     };
     println!(

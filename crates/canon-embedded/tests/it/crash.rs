@@ -52,7 +52,16 @@ async fn crash_worker() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let b = EmbeddedBackend::open(dir.join("data"), Durability::Sync).expect("open");
+    // The default, synced mode. `CANON_CRASH_DURABILITY=buffered` runs odd rounds in the weaker
+    // mode instead, which makes no promise; it is how its losses were found (see the notes in
+    // `Durability::MayLoseRecentWrites`).
+    let durability =
+        if run % 2 == 1 && std::env::var("CANON_CRASH_DURABILITY").is_ok_and(|d| d == "buffered") {
+            Durability::MayLoseRecentWrites
+        } else {
+            Durability::Sync
+        };
+    let b = EmbeddedBackend::open(dir.join("data"), durability).expect("open");
     b.create_topic(TopicConfig::new(TOPIC))
         .await
         .expect("topic");
@@ -102,7 +111,10 @@ async fn crash_worker() {
             .expect("pull")
         {
             let id = d.event.event.id.clone();
-            note(format!("delivered {id}"));
+            note(format!(
+                "delivered {id} run{run} attempt{} seq{}",
+                d.attempt, d.event.seq
+            ));
             let digits: u64 = id
                 .rsplit('-')
                 .next()
@@ -148,10 +160,13 @@ fn check_journal(path: &Path) -> Journal {
         };
         match what {
             "published" => drop(j.published.insert(id.to_owned())),
-            "delivered" => assert!(
-                !j.acked.contains(id) && !j.dead.contains(id),
-                "{id} was delivered again after it was acknowledged"
-            ),
+            "delivered" => {
+                let id = id.split(' ').next().unwrap_or(id);
+                assert!(
+                    !j.acked.contains(id) && !j.dead.contains(id),
+                    "{id} was delivered again after it was acknowledged: {line}"
+                );
+            }
             "settling" => drop(j.settling.insert(id.to_owned())),
             "acked" => drop(j.acked.insert(id.to_owned())),
             "deadlettered" => drop(j.dead.insert(id.to_owned())),

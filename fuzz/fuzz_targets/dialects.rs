@@ -1,5 +1,5 @@
 //! Any bytes in any dialect: decoding must not panic, and an accepted document must come back
-//! equal (as JSON) after canonical and back.
+//! equal after canonical and back.
 #![no_main]
 
 use canon_envelope::Dialect;
@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
         && dialect != Dialect::CloudEvents
     {
         let back = dialect.encode(&ev).expect("an accepted document re-encodes");
-        let a: serde_json_value::Value = serde_json_value::from_slice(doc).expect("accepted input is JSON");
-        let b: serde_json_value::Value = serde_json_value::from_slice(&back).expect("output is JSON");
-        assert_eq!(a, b);
+        // The written document decodes to the same event...
+        assert_eq!(dialect.decode(&back).expect("the written document decodes"), ev);
+        // ...and, where serde_json can represent both (it refuses numbers beyond f64, which JSON
+        // allows), it is the same JSON document.
+        if let (Ok(a), Ok(b)) = (serde_json_value::from_slice::<serde_json_value::Value>(doc), serde_json_value::from_slice::<serde_json_value::Value>(&back)) {
+            assert_eq!(a, b);
+        }
     }
 });

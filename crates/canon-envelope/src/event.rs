@@ -299,6 +299,15 @@ impl CloudEvent {
         for (name, value) in &self.extensions {
             rules::check_extension(&mut p, name, value);
         }
+        if let Some(Data::Json(raw)) = &self.data
+            && rules::has_invalid_unicode_escape(raw.get())
+        {
+            p.push(
+                ErrorCode::InvalidData,
+                "/data",
+                "the payload holds a \\u escape that is not valid Unicode (a lone surrogate)",
+            );
+        }
         if let (Some(Data::Text(_)), true) = (
             &self.data,
             rules::is_json_media_type(self.effective_content_type()),

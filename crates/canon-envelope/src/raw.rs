@@ -93,7 +93,12 @@ impl<'a> Scalar<'a> {
                 // unreadable string is best reported as a non-string.
                 Err(_) => Scalar::OtherNumber,
             },
-            _ => text.parse::<i64>().map_or(Scalar::OtherNumber, Scalar::Int),
+            // Only the plain spelling is an integer: `-0` (which JSON readers take as the float
+            // negative zero) or `1e3` must come back written as they were.
+            _ => match text.parse::<i64>() {
+                Ok(i) if i.to_string() == text => Scalar::Int(i),
+                _ => Scalar::OtherNumber,
+            },
         }
     }
 
@@ -112,6 +117,7 @@ impl<'a> Scalar<'a> {
 /// Parses the members of one JSON object, reporting syntax errors and non-objects with a
 /// location.
 pub(crate) fn parse_object(input: &[u8]) -> Result<Members<'_>, EnvelopeErrors> {
+    refuse_bad_escapes(input)?;
     match first_byte(input) {
         Some(b'{') => serde_json::from_slice::<Members<'_>>(input).map_err(json_error),
         Some(_) => match serde_json::from_slice::<&RawValue>(input) {
@@ -132,6 +138,7 @@ pub(crate) fn parse_object(input: &[u8]) -> Result<Members<'_>, EnvelopeErrors> 
 
 /// Parses a JSON array's elements, unparsed.
 pub(crate) fn parse_array(input: &[u8]) -> Result<Vec<&RawValue>, EnvelopeErrors> {
+    refuse_bad_escapes(input)?;
     match first_byte(input) {
         Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(input).map_err(json_error),
         Some(_) => match serde_json::from_slice::<&RawValue>(input) {
@@ -147,6 +154,19 @@ pub(crate) fn parse_array(input: &[u8]) -> Result<Vec<&RawValue>, EnvelopeErrors
             "",
             "empty input: expected a JSON array",
         )),
+    }
+}
+
+/// The values Canon keeps verbatim (payloads, dialect members without a counterpart) are never
+/// parsed as a whole, so escapes that are not valid Unicode are looked for once, in the input.
+fn refuse_bad_escapes(input: &[u8]) -> Result<(), EnvelopeErrors> {
+    match std::str::from_utf8(input) {
+        Ok(text) if crate::rules::has_invalid_unicode_escape(text) => Err(EnvelopeErrors::one(
+            ErrorCode::InvalidJson,
+            "",
+            "the document holds a \\u escape that is not valid Unicode (a lone surrogate)",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -292,3 +292,45 @@ pub(crate) fn check_extension(p: &mut Problems, name: &str, value: &ExtValue) {
         }
     }
 }
+
+/// Whether JSON text holds a `\u` escape that is not valid Unicode: a lone or misordered
+/// surrogate. JSON's grammar allows them, but they are not text (I-JSON, RFC 7493, forbids
+/// them) and most readers refuse them, so Canon does too.
+pub fn has_invalid_unicode_escape(json: &str) -> bool {
+    if !json.contains("\\u") {
+        return false;
+    }
+    let b = json.as_bytes();
+    let hex = |at: usize| -> Option<u16> {
+        std::str::from_utf8(b.get(at..at + 4)?)
+            .ok()
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let Some(unit) = hex(i + 2) else { return true };
+        i += 6;
+        match unit {
+            0xD800..=0xDBFF => {
+                let low = (b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u'))
+                    .then(|| hex(i + 2))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return true;
+                }
+                i += 6;
+            }
+            0xDC00..=0xDFFF => return true,
+            _ => {}
+        }
+    }
+    false
+}

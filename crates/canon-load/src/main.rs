@@ -92,6 +92,18 @@ struct Figures {
     delivered: usize,
 }
 
+impl Figures {
+    fn set_latencies(&mut self, mut lat: Vec<Duration>) {
+        lat.sort_unstable();
+        (self.p50, self.p99, self.p999, self.delivered) = (
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999),
+            lat.len(),
+        );
+    }
+}
+
 fn report(name: &str, f: &Figures) {
     println!(
         "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s | consume+ack {:>9.0} ev/s | latency p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} delivered)",
@@ -208,14 +220,7 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
         }
     })
     .await?;
-    let mut lat = consumer.await??;
-    lat.sort_unstable();
-    (f.p50, f.p99, f.p999, f.delivered) = (
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 0.999),
-        lat.len(),
-    );
+    f.set_latencies(consumer.await??);
     drop(b);
     Ok(f)
 }
@@ -363,14 +368,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         }
     })
     .await?;
-    let mut lat = receiver.await??;
-    lat.sort_unstable();
-    (f.p50, f.p99, f.p999, f.delivered) = (
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 0.999),
-        lat.len(),
-    );
+    f.set_latencies(receiver.await??);
     let _ = js.delete_stream("CANONBENCH").await;
     Ok(f)
 }

@@ -234,3 +234,15 @@ fn edge_cases_found_in_review_round_trip() {
         json(bme.as_bytes())
     );
 }
+
+#[test]
+fn a_negative_zero_and_escaped_member_names_survive_the_round_trip() {
+    // Found by the fuzzer: `-0` is not the integer 0 to a JSON reader, and member names with
+    // `~` or `/` need JSON-pointer escaping in canonextra.
+    let go4u = r#"{"event_id":"e","event_name":"a.b","event_version~":1,"occurred_at":"2025-09-25T10:00:00Z","producer":"p","payload~":{},"metadata":{"zero":-0,"a/b":1}}"#;
+    let ev = Dialect::Go4u.decode(go4u.as_bytes()).unwrap();
+    assert_eq!(
+        json(&Dialect::Go4u.encode(&ev).unwrap()),
+        json(go4u.as_bytes())
+    );
+}

@@ -217,3 +217,26 @@ fn tracestate_follows_the_w3c_grammar() {
     assert!(!is_valid_tracestate("a=1,a=2"), "keys are unique");
     assert!(!is_valid_tracestate("a=1=2"));
 }
+
+#[test]
+fn refuses_payloads_with_lone_surrogates() {
+    use canon_envelope::rules::has_invalid_unicode_escape;
+    assert!(!has_invalid_unicode_escape(
+        r#"{"a":"\ud83d\ude00 \\u0041 \u00e9"}"#
+    ));
+    assert!(has_invalid_unicode_escape(r#"{"a":"\udaaa"}"#));
+    assert!(has_invalid_unicode_escape(r#"{"a":"\ude00"}"#));
+    assert!(has_invalid_unicode_escape(r#"{"a":"\ud83dx"}"#));
+    check_invalid(
+        r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"a":"\udaaa"}}"#,
+        expect![[r#"
+        invalid-json  (the document holds a \u escape that is not valid Unicode (a lone surrogate))
+    "#]],
+    );
+    // A hand-built event is checked by validate().
+    let mut ev = CloudEvent::new("1", "s", "t");
+    ev.data = Some(Data::json(r#"{"a":"\udaaa"}"#).unwrap());
+    expect![[r#"
+        invalid-data /data (the payload holds a \u escape that is not valid Unicode (a lone surrogate))
+    "#]].assert_eq(&render(&ev.validate().unwrap_err()));
+}

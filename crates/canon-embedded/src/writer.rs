@@ -234,11 +234,15 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
 }
 
 /// Dedup and aggregate values written by the commit being built, so that later jobs in it see
-/// earlier ones.
+/// earlier ones; and the group-state writes of the commit, last one per key.
 #[derive(Default)]
 struct Overlay {
     dedup: HashMap<Vec<u8>, Vec<u8>>,
     agg: HashMap<Vec<u8>, Vec<u8>>,
+    /// fjall gives every item of a batch the same sequence number, so a put and a delete of one
+    /// key in one commit would be ambiguous (which one wins differs between the live memtable
+    /// and a journal replay). Group state is written once per key per commit: the last write.
+    group: HashMap<(Space, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl Overlay {
@@ -335,6 +339,12 @@ fn run(
                 }
             }
         }
+        for ((space, k), v) in std::mem::take(&mut overlay.group) {
+            match v {
+                Some(v) => batch.insert(keyspace(store, space), k, v),
+                None => batch.remove(keyspace(store, space), k),
+            }
+        }
         // The topics' sizes, in the same commit as the records they count.
         for (topic, _, added) in &touched {
             let stats = [
@@ -390,6 +400,13 @@ fn run(
 
 fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overlay, op: Op) {
     match op {
+        // Group state: one write per key per commit (see `Overlay::group`).
+        Op::Put(space, k, v) if is_group_state(space) => {
+            drop(overlay.group.insert((space, k), Some(v)))
+        }
+        Op::Delete(space, k) if is_group_state(space) => {
+            drop(overlay.group.insert((space, k), None))
+        }
         Op::Put(space, k, v) => {
             if let Some(map) = overlay.of(space) {
                 map.insert(k.clone(), v.clone());
@@ -398,6 +415,13 @@ fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overla
         }
         Op::Delete(space, k) => batch.remove(keyspace(store, space), k),
     }
+}
+
+fn is_group_state(space: Space) -> bool {
+    matches!(
+        space,
+        Space::Done | Space::Floor | Space::Attempt | Space::Requeue | Space::Dlq | Space::Group
+    )
 }
 
 /// Reads a key as this commit sees it: its own writes first, then the disk.

@@ -402,10 +402,10 @@ fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overla
     match op {
         // Group state: one write per key per commit (see `Overlay::group`).
         Op::Put(space, k, v) if is_group_state(space) => {
-            drop(overlay.group.insert((space, k), Some(v)))
+            drop(overlay.group.insert((space, k), Some(v)));
         }
         Op::Delete(space, k) if is_group_state(space) => {
-            drop(overlay.group.insert((space, k), None))
+            drop(overlay.group.insert((space, k), None));
         }
         Op::Put(space, k, v) => {
             if let Some(map) = overlay.of(space) {

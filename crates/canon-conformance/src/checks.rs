@@ -1148,3 +1148,37 @@ pub async fn r3_retries_do_not_multiply_with_lease_expiry<H: Harness>(h: &H) {
         "R3: and nothing more"
     );
 }
+
+/// C5: acks hold when the group's progress passes them while it reads the log: acked events
+/// after a scheduled one are not delivered again once the scheduled one is acked (found by the
+/// crash harness).
+pub async fn c5_acks_behind_a_scheduled_event_hold<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let at = std::time::SystemTime::now() + Duration::from_millis(200);
+    b.publish(
+        TOPIC,
+        vec![
+            with_ext("s", "notbefore", &rfc3339(at)),
+            request("a"),
+            request("b"),
+        ],
+    )
+    .await
+    .expect("publish");
+    let first = pull(&b, "g", 10).await;
+    assert_eq!(ids(&first), ["a", "b"]);
+    for d in &first {
+        b.ack(&d.token).await.expect("ack");
+    }
+    drop(first);
+    drop(b);
+    let b = h.open().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = pull(&b, "g", 1).await;
+    assert_eq!(ids(&s), ["s"]);
+    b.ack(&s[0].token).await.expect("ack");
+    assert!(
+        pull(&b, "g", 10).await.is_empty(),
+        "C5: acked events must not come back"
+    );
+}

@@ -63,6 +63,7 @@ macro_rules! suite {
             l2_retention_by_size_deletes_the_oldest_first,
             l2_retention_by_age_deletes_old_events,
             r3_retries_do_not_multiply_with_lease_expiry,
+            c5_acks_behind_a_scheduled_event_hold,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

@@ -165,7 +165,9 @@ impl GroupState {
                 None => self.finish(seq, w.key.as_deref(), !w.history.is_empty(), &mut ops),
             }
         }
-        // New events from the log.
+        // New events from the log. Acks can move the floor past the read position (events acked
+        // out of order, then the one before them): what is at or below the floor is done.
+        self.cursor = self.cursor.max(self.floor + 1);
         while out.len() < limit && self.cursor <= committed {
             let events = log.range(self.cursor, committed, (limit - out.len()).max(16));
             let Some(last) = events.last().map(|e| e.seq) else {
@@ -178,7 +180,8 @@ impl GroupState {
                     break;
                 }
                 self.cursor = seq + 1;
-                if self.done.contains(&seq)
+                if seq <= self.floor
+                    || self.done.contains(&seq)
                     || self.inflight.contains_key(&seq)
                     || self.waiting.contains_key(&seq)
                 {

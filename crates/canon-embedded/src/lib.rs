@@ -4,8 +4,8 @@
 //!
 //! Durability: with [`Durability::Sync`] (the default) a publish, ack or nack is answered only
 //! once the write holding it is on disk (`fdatasync`), shared by everything queued meanwhile
-//! (group commit, see `writer`). [`Durability::MayLoseRecentWrites`] answers once the write is
-//! in the operating system's buffers, and may lose recent acknowledged writes on a crash.
+//! (group commit, see `writer`). [`Durability::LoseRecentOnOsCrash`] answers once the write is
+//! in the operating system's buffers: it survives a crash of the process, not of the machine.
 
 mod group;
 mod store;
@@ -33,14 +33,10 @@ pub enum Durability {
     /// On disk (`fdatasync`) before it is acknowledged. The default.
     #[default]
     Sync,
-    /// Written to the operating system's buffers, not synced, before it is acknowledged. Faster
-    /// on slow disks, and it may lose acknowledged writes: certainly on an operating-system
-    /// crash or power loss, and — as the crash harness shows with
-    /// `CANON_CRASH_DURABILITY=buffered` — even on a crash of this process, for a reason not
-    /// yet found (acks written in this mode were missing after a SIGKILL and restart; the synced
-    /// mode passed hundreds of the same rounds). Use it only where losing recent acknowledged
-    /// writes is acceptable.
-    MayLoseRecentWrites,
+    /// In the operating system's buffers before it is acknowledged, not synced: survives a crash
+    /// of this process (the crash harness runs half its rounds in this mode), but an
+    /// operating-system crash or power loss can lose the last acknowledged writes.
+    LoseRecentOnOsCrash,
 }
 
 type GroupHandle = Arc<Mutex<GroupState>>;

@@ -358,7 +358,7 @@ fn run(
             Durability::Sync => store.db.persist(PersistMode::SyncData),
             // Into the OS buffers: safe from a crash of this process (the journal is flushed
             // by hand, once per commit).
-            Durability::MayLoseRecentWrites => store.db.persist(PersistMode::Buffer),
+            Durability::LoseRecentOnOsCrash => store.db.persist(PersistMode::Buffer),
         });
         match committed {
             Ok(()) => {

@@ -45,7 +45,7 @@ struct Args {
     /// Length of the latency phase, seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
-    /// Canon's durability: `sync` (default) or `buffered` (may lose recent acknowledged writes).
+    /// Canon's durability: `sync` (default) or `buffered` (survives a process crash, not an OS crash).
     #[arg(long, default_value = "sync")]
     durability: String,
     /// Data directory for Canon (emptied first).
@@ -378,7 +378,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let durability = match args.durability.as_str() {
         "sync" => Durability::Sync,
-        "buffered" => Durability::MayLoseRecentWrites,
+        "buffered" => Durability::LoseRecentOnOsCrash,
         other => anyhow::bail!("--durability is sync or buffered, not {other}"),
     };
     println!(

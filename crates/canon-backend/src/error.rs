@@ -38,6 +38,13 @@ pub enum BackendError {
     /// A configuration needs a capability this backend lacks (K1).
     #[error("unsupported capability: {0}")]
     UnsupportedCapability(&'static str),
+    /// A key-value write stated the revision it expected and the key is at another one (0: the
+    /// key does not exist). Read it again and retry.
+    #[error("revision mismatch: the key is at revision {current}")]
+    RevisionMismatch {
+        /// The key's revision now (0: absent).
+        current: u64,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -14,8 +14,8 @@ pub use error::BackendError;
 pub use policy::RetryPolicy;
 pub use types::{
     AttemptRecord, Capabilities, Capability, DeadLetter, DeadLetterFilter, DeadLetterReason,
-    Delivery, GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions,
-    RedriveReport, StartPosition, StoredEvent, TopicConfig,
+    Delivery, GroupConfig, GroupInfo, KvEntry, LeaseToken, PublishOutcome, PublishRequest,
+    RedriveOptions, RedriveReport, StartPosition, StoredEvent, TopicConfig, TopicInfo,
 };
 
 use std::future::Future;
@@ -144,6 +144,84 @@ pub trait Backend: Send + Sync + 'static {
         topic: &str,
         id: &str,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, BackendError>> + Send;
+
+    /// The topics that exist, by name.
+    fn topics(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+
+    /// What a topic holds (L5).
+    fn topic_info(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = Result<TopicInfo, BackendError>> + Send;
+
+    /// Reads retained events in sequence order from sequence `from` on, up to `max`, waiting up
+    /// to `wait` for the first one to be stored (L5). Reading consumes nothing.
+    fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, BackendError>> + Send;
+
+    /// The first sequence at or after a position (L5): what [`Backend::read`] should start
+    /// from to see the events a group reset to that position would see.
+    fn locate(
+        &self,
+        topic: &str,
+        position: &StartPosition,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// The groups of a topic, by name.
+    fn groups(&self, topic: &str)
+    -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+
+    /// Where a group stands (L5).
+    fn group_info(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> impl Future<Output = Result<GroupInfo, BackendError>> + Send;
+
+    /// Deletes a group with its state and DLQ (C9). Its leases are lost; creating it again
+    /// starts from the beginning of the topic.
+    fn delete_group(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// A key of a key-value bucket (S1).
+    fn kv_get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<KvEntry>, BackendError>> + Send;
+
+    /// Writes a key (S1). With `expect`, only if the key is at that revision (0: absent), else
+    /// [`BackendError::RevisionMismatch`] (S2). Returns the new revision.
+    fn kv_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Vec<u8>,
+        expect: Option<u64>,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// Deletes a key (S1), with the same `expect` rule as [`Backend::kv_put`]. Returns whether
+    /// it existed.
+    fn kv_delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        expect: Option<u64>,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// Every key of a bucket with its entry, in key order (S1).
+    fn kv_list(
+        &self,
+        bucket: &str,
+    ) -> impl Future<Output = Result<Vec<(String, KvEntry)>, BackendError>> + Send;
 }
 
 /// The causation chain of an event (L4): the events that caused it, nearest first, following

@@ -297,3 +297,40 @@ pub enum StartPosition {
     /// This event (by id) and everything after it.
     EventId(String),
 }
+
+/// What a topic holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its configuration.
+    pub config: TopicConfig,
+    /// The oldest retained sequence (greater than `last` when the topic is empty).
+    pub first: u64,
+    /// The newest stored sequence (0: none yet).
+    pub last: u64,
+    /// Bytes of the retained events, as the backend counts them (0 when it does not).
+    pub bytes: u64,
+}
+
+/// Where a consumer group stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupInfo {
+    /// Its configuration.
+    pub config: GroupConfig,
+    /// Every event at or below this sequence is done (acked or dead-lettered).
+    pub acked_through: u64,
+    /// Events stored but not yet done, in flight included: the group's lag.
+    pub pending: u64,
+    /// Events leased right now.
+    pub in_flight: u64,
+    /// Entries in the group's DLQ.
+    pub dead_letters: u64,
+}
+
+/// A value in a key-value bucket, with its revision (for compare-and-set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Increases with every write of the key; never 0.
+    pub revision: u64,
+}

@@ -1182,3 +1182,187 @@ pub async fn c5_acks_behind_a_scheduled_event_hold<H: Harness>(h: &H) {
         "C5: acked events must not come back"
     );
 }
+
+/// C10: groups are listed with where they stand; a deleted group loses its state and DLQ, and
+/// comes back from the beginning.
+pub async fn c10_groups_are_listed_and_deleted<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false)), ("h", quick(false))]).await;
+    publish(&b, &["a", "b", "c"]).await;
+    assert_eq!(
+        b.groups(TOPIC).await.expect("groups"),
+        ["g", "h"],
+        "C10: groups are listed"
+    );
+    let d = pull(&b, "g", 2).await;
+    b.ack(&d[0].token).await.expect("ack");
+    b.dead_letter(&d[1].token, Some("bad".into()))
+        .await
+        .expect("dead letter");
+    let _leased = pull(&b, "g", 1).await;
+    let info = b.group_info(TOPIC, "g").await.expect("group info");
+    assert_eq!(info.acked_through, 2, "C10: acked through");
+    assert_eq!(
+        (info.pending, info.in_flight, info.dead_letters),
+        (1, 1, 1),
+        "C10: pending, in flight, dead letters"
+    );
+    let fresh = b.group_info(TOPIC, "h").await.expect("group info");
+    assert_eq!(
+        (fresh.acked_through, fresh.pending),
+        (0, 3),
+        "C10: untouched group"
+    );
+    b.delete_group(TOPIC, "g").await.expect("delete");
+    assert_eq!(
+        b.groups(TOPIC).await.expect("groups"),
+        ["h"],
+        "C10: deleted"
+    );
+    assert!(
+        matches!(
+            b.pull(TOPIC, "g", "c1", 1, NO_WAIT).await,
+            Err(BackendError::UnknownGroup { .. })
+        ),
+        "C10: a deleted group is unknown"
+    );
+    drop(b);
+    let b = h.open().await;
+    assert_eq!(
+        b.groups(TOPIC).await.expect("groups"),
+        ["h"],
+        "C10: deletion is durable"
+    );
+    b.create_group(TOPIC, "g", quick(false))
+        .await
+        .expect("again");
+    let again = pull(&b, "g", 10).await;
+    assert_eq!(
+        again.len(),
+        3,
+        "C10: a re-created group starts at the beginning"
+    );
+    assert!(
+        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("dlq")
+            .is_empty(),
+        "C10: the old DLQ is gone"
+    );
+}
+
+/// L5: reading a topic consumes nothing; positions translate to sequences; topics are listed.
+pub async fn l5_topics_are_read_without_consuming<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    let empty = b.topic_info(TOPIC).await.expect("info");
+    assert_eq!(empty.last, 0, "L5: an empty topic");
+    assert!(
+        empty.first > empty.last,
+        "L5: an empty topic has first > last"
+    );
+    publish(&b, &["a", "b", "c"]).await;
+    let info = b.topic_info(TOPIC).await.expect("info");
+    assert_eq!((info.first, info.last), (1, 3), "L5: first and last");
+    assert_eq!(b.topics().await.expect("topics"), [TOPIC], "L5: topics");
+    let read = b.read(TOPIC, 2, 10, NO_WAIT).await.expect("read");
+    let ids: Vec<&str> = read.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(ids, ["b", "c"], "L5: read from a sequence");
+    assert_eq!(
+        b.read(TOPIC, 1, 2, NO_WAIT).await.expect("read").len(),
+        2,
+        "L5: at most max"
+    );
+    assert_eq!(
+        pull(&b, "g", 10).await.len(),
+        3,
+        "L5: reading consumed nothing"
+    );
+    assert_eq!(
+        b.locate(TOPIC, &StartPosition::Earliest)
+            .await
+            .expect("locate"),
+        1
+    );
+    assert_eq!(
+        b.locate(TOPIC, &StartPosition::Latest)
+            .await
+            .expect("locate"),
+        4,
+        "L5: latest is after the newest"
+    );
+    assert_eq!(
+        b.locate(TOPIC, &StartPosition::EventId("b".into()))
+            .await
+            .expect("locate"),
+        2
+    );
+    let (waiter, publisher) = tokio::join!(b.read(TOPIC, 4, 10, Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        publish(&b, &["d"]).await
+    });
+    let waited = waiter.expect("read");
+    assert_eq!(waited.len(), 1, "L5: a long read wakes on a publish");
+    assert_eq!(waited[0].seq, publisher[0].seq());
+}
+
+/// S1, S2: a key-value bucket with revisions and compare-and-set.
+pub async fn s1_s2_key_value_with_compare_and_set<H: Harness>(h: &H) {
+    let b = h.open().await;
+    assert_eq!(b.kv_get("subs", "a").await.expect("get"), None);
+    let r1 = b
+        .kv_put("subs", "a", b"one".to_vec(), Some(0))
+        .await
+        .expect("create");
+    assert!(r1 > 0, "S1: revisions are positive");
+    assert_eq!(
+        b.kv_put("subs", "a", b"x".to_vec(), Some(0)).await,
+        Err(BackendError::RevisionMismatch { current: r1 }),
+        "S2: create-only refuses an existing key"
+    );
+    let r2 = b
+        .kv_put("subs", "a", b"two".to_vec(), Some(r1))
+        .await
+        .expect("update");
+    assert!(r2 > r1, "S1: every write raises the revision");
+    b.kv_put("subs", "b", b"bee".to_vec(), None)
+        .await
+        .expect("put");
+    b.kv_put("other", "a", b"elsewhere".to_vec(), None)
+        .await
+        .expect("put");
+    assert!(
+        matches!(
+            b.kv_delete("subs", "a", Some(r1)).await,
+            Err(BackendError::RevisionMismatch { .. })
+        ),
+        "S2: delete with a stale revision"
+    );
+    drop(b);
+    let b = h.open().await;
+    let list = b.kv_list("subs").await.expect("list");
+    let keys: Vec<(&str, &[u8])> = list
+        .iter()
+        .map(|(k, e)| (k.as_str(), e.value.as_slice()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("a", &b"two"[..]), ("b", &b"bee"[..])],
+        "S1: durable, in key order"
+    );
+    assert!(b.kv_delete("subs", "a", Some(r2)).await.expect("delete"));
+    assert!(!b.kv_delete("subs", "a", None).await.expect("delete again"));
+    assert_eq!(b.kv_get("subs", "a").await.expect("get"), None);
+    // Two writers expecting the same revision: one wins.
+    let r = b
+        .kv_put("race", "k", b"0".to_vec(), None)
+        .await
+        .expect("put");
+    let (x, y) = tokio::join!(
+        b.kv_put("race", "k", b"x".to_vec(), Some(r)),
+        b.kv_put("race", "k", b"y".to_vec(), Some(r))
+    );
+    assert_eq!(
+        usize::from(x.is_ok()) + usize::from(y.is_ok()),
+        1,
+        "S2: one of two concurrent writes with the same expectation"
+    );
+}

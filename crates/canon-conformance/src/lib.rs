@@ -64,6 +64,9 @@ macro_rules! suite {
             l2_retention_by_age_deletes_old_events,
             r3_retries_do_not_multiply_with_lease_expiry,
             c5_acks_behind_a_scheduled_event_hold,
+            c10_groups_are_listed_and_deleted,
+            l5_topics_are_read_without_consuming,
+            s1_s2_key_value_with_compare_and_set,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

@@ -530,6 +530,17 @@ impl GroupState {
         self.floor
     }
 
+    /// Where the group stands below `committed`: (pending, in flight).
+    pub(crate) fn standing(&self, committed: u64) -> (u64, u64) {
+        let done = u64::try_from(self.done.range(..=committed).count()).unwrap_or(u64::MAX);
+        let requeued = u64::try_from(self.requeued.len()).unwrap_or(u64::MAX);
+        let pending = committed.saturating_sub(self.floor).saturating_sub(done) + requeued;
+        (
+            pending,
+            u64::try_from(self.inflight.len()).unwrap_or(u64::MAX),
+        )
+    }
+
     /// Puts a dead-lettered event back into the group's work (R7), with a fresh attempt count.
     /// The DLQ entry's removal and the event's return are one write.
     pub(crate) fn redrive(&mut self, seq: u64, key: Option<String>) -> Vec<Op> {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use canon_backend::{
     Backend, BackendError, Capabilities, Capability, DeadLetter, DeadLetterFilter, Delivery,
-    GroupConfig, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions, RedriveReport,
-    StartPosition, StoredEvent, TopicConfig,
+    GroupConfig, GroupInfo, KvEntry, LeaseToken, PublishOutcome, PublishRequest, RedriveOptions,
+    RedriveReport, StartPosition, StoredEvent, TopicConfig, TopicInfo,
 };
 
 use group::{GroupState, LeaseError, Log, Recovered};
@@ -48,6 +48,9 @@ pub struct EmbeddedBackend {
     writer: Writer,
     topics: Topics,
     groups: RwLock<HashMap<(String, String), GroupHandle>>,
+    /// Serialises key-value writes, so a compare-and-set reads and writes with no other write of
+    /// the bucket in between (S2).
+    kv_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +140,7 @@ impl EmbeddedBackend {
             writer,
             topics,
             groups: RwLock::new(groups),
+            kv_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -244,6 +248,70 @@ impl EmbeddedBackend {
             }
         }
         Ok(out)
+    }
+
+    /// The first sequence at or after a position (L1, L5).
+    fn first_at(
+        &self,
+        topic: &str,
+        shared: &TopicShared,
+        position: &StartPosition,
+    ) -> Result<u64, BackendError> {
+        let committed = shared.committed.load(Ordering::SeqCst);
+        let log = self.log_reader(topic);
+        Ok(match position {
+            StartPosition::Earliest => log
+                .range(1, committed, 1)
+                .first()
+                .map_or(committed + 1, |e| e.seq),
+            StartPosition::Latest => committed + 1,
+            StartPosition::Time(t) => {
+                // The first event stored at or after `t`; the log is in storage order.
+                let mut from = 1;
+                loop {
+                    let chunk = log.range(from, committed, 1024);
+                    let Some(last) = chunk.last().map(|e| e.seq) else {
+                        break committed + 1;
+                    };
+                    if let Some(e) = chunk.iter().find(|e| e.published_at >= *t) {
+                        break e.seq;
+                    }
+                    from = last + 1;
+                }
+            }
+            StartPosition::EventId(id) => match self.by_id(topic, id)?.first() {
+                Some(e) => e.seq,
+                None => {
+                    return Err(BackendError::InvalidConfig(format!(
+                        "no retained event has id {id}"
+                    )));
+                }
+            },
+        })
+    }
+
+    /// The entry of a key-value key.
+    fn kv_entry(&self, key: &[u8]) -> Result<Option<KvEntry>, BackendError> {
+        let Some(v) = self.store.kv.get(key).map_err(BackendError::storage)? else {
+            return Ok(None);
+        };
+        let (rev, value) = v
+            .split_at_checked(8)
+            .ok_or_else(|| BackendError::storage("kv entry is corrupt"))?;
+        let revision = u64::from_be_bytes(rev.try_into().map_err(BackendError::storage)?);
+        Ok(Some(KvEntry {
+            value: value.to_vec(),
+            revision,
+        }))
+    }
+
+    /// Checks `expect` against a key's revision; returns the current revision (0: absent).
+    fn kv_check(&self, key: &[u8], expect: Option<u64>) -> Result<u64, BackendError> {
+        let current = self.kv_entry(key)?.map_or(0, |e| e.revision);
+        match expect {
+            Some(e) if e != current => Err(BackendError::RevisionMismatch { current }),
+            _ => Ok(current),
+        }
     }
 
     /// Runs a lease operation on its group and persists what it changed.
@@ -611,42 +679,7 @@ impl Backend for EmbeddedBackend {
     ) -> Result<(), BackendError> {
         let shared = self.topic(topic)?;
         let handle = self.group(topic, group)?;
-        let committed = shared.committed.load(Ordering::SeqCst);
-        let log = self.log_reader(topic);
-        let floor = match position {
-            StartPosition::Earliest => log
-                .range(1, committed, 1)
-                .first()
-                .map_or(committed, |e| e.seq - 1),
-            StartPosition::Latest => committed,
-            StartPosition::Time(t) => {
-                // The first event stored at or after `t`; the log is in storage order.
-                let mut floor = committed;
-                let mut from = 1;
-                'scan: loop {
-                    let chunk = log.range(from, committed, 1024);
-                    let Some(last) = chunk.last().map(|e| e.seq) else {
-                        break;
-                    };
-                    for e in chunk {
-                        if e.published_at >= t {
-                            floor = e.seq - 1;
-                            break 'scan;
-                        }
-                    }
-                    from = last + 1;
-                }
-                floor
-            }
-            StartPosition::EventId(id) => match self.by_id(topic, &id)?.first() {
-                Some(e) => e.seq - 1,
-                None => {
-                    return Err(BackendError::InvalidConfig(format!(
-                        "no retained event has id {id}"
-                    )));
-                }
-            },
-        };
+        let floor = self.first_at(topic, &shared, &position)? - 1;
         let prefix = store::group_prefix(topic, group);
         let mut ops = lock(&handle).reset(floor);
         for (space, ks) in [
@@ -683,5 +716,180 @@ impl Backend for EmbeddedBackend {
     async fn effects_of(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
         self.topic(topic)?;
         self.indexed(topic, Index::Causation, id)
+    }
+
+    async fn topics(&self) -> Result<Vec<String>, BackendError> {
+        let mut names: Vec<String> = self
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn topic_info(&self, topic: &str) -> Result<TopicInfo, BackendError> {
+        let shared = self.topic(topic)?;
+        let config = self
+            .store
+            .topic
+            .get(store::topic_prefix(topic))
+            .map_err(BackendError::storage)?
+            .and_then(|v| store::decode_topic(topic.to_owned(), &v))
+            .unwrap_or_else(|| TopicConfig::new(topic));
+        let (first, bytes) = shared.retained();
+        Ok(TopicInfo {
+            config,
+            first,
+            last: shared.committed.load(Ordering::SeqCst),
+            bytes,
+        })
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredEvent>, BackendError> {
+        let shared = self.topic(topic)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let committed = shared.committed.load(Ordering::SeqCst);
+            let events = if from <= committed && max > 0 {
+                self.log_reader(topic).range(from.max(1), committed, max)
+            } else {
+                Vec::new()
+            };
+            if !events.is_empty() || max == 0 || Instant::now() >= deadline {
+                return Ok(events);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
+    async fn locate(&self, topic: &str, position: &StartPosition) -> Result<u64, BackendError> {
+        let shared = self.topic(topic)?;
+        self.first_at(topic, &shared, position)
+    }
+
+    async fn groups(&self, topic: &str) -> Result<Vec<String>, BackendError> {
+        self.topic(topic)?;
+        let mut names: Vec<String> = self
+            .groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, g)| g.clone())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn group_info(&self, topic: &str, group: &str) -> Result<GroupInfo, BackendError> {
+        let shared = self.topic(topic)?;
+        let handle = self.group(topic, group)?;
+        let committed = shared.committed.load(Ordering::SeqCst);
+        let (config, floor, (pending, in_flight)) = {
+            let g = lock(&handle);
+            (g.config.clone(), g.floor(), g.standing(committed))
+        };
+        let dead_letters = self
+            .store
+            .dlq
+            .prefix(store::group_prefix(topic, group))
+            .count();
+        Ok(GroupInfo {
+            config,
+            acked_through: floor,
+            pending,
+            in_flight,
+            dead_letters: u64::try_from(dead_letters).unwrap_or(u64::MAX),
+        })
+    }
+
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<(), BackendError> {
+        self.group(topic, group)?;
+        drop(
+            self.groups
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(topic.to_owned(), group.to_owned())),
+        );
+        let prefix = store::group_prefix(topic, group);
+        let mut ops = vec![
+            Op::Delete(Space::Group, prefix.clone()),
+            Op::Delete(Space::Floor, prefix.clone()),
+        ];
+        for (space, ks) in [
+            (Space::Done, &self.store.done),
+            (Space::Attempt, &self.store.attempt),
+            (Space::Requeue, &self.store.requeue),
+            (Space::Dlq, &self.store.dlq),
+        ] {
+            for g in ks.prefix(&prefix) {
+                ops.push(Op::Delete(
+                    space,
+                    g.key().map_err(BackendError::storage)?.to_vec(),
+                ));
+            }
+        }
+        self.writer.write(ops).await
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BackendError> {
+        self.kv_entry(&store::kv_key(bucket, key))
+    }
+
+    async fn kv_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Vec<u8>,
+        expect: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        valid_name("bucket", bucket)?;
+        let k = store::kv_key(bucket, key);
+        let _guard = self.kv_lock.lock().await;
+        let revision = self.kv_check(&k, expect)? + 1;
+        let v = [&revision.to_be_bytes()[..], &value].concat();
+        self.writer.write(vec![Op::Put(Space::Kv, k, v)]).await?;
+        Ok(revision)
+    }
+
+    async fn kv_delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        expect: Option<u64>,
+    ) -> Result<bool, BackendError> {
+        let k = store::kv_key(bucket, key);
+        let _guard = self.kv_lock.lock().await;
+        let current = self.kv_check(&k, expect)?;
+        if current == 0 {
+            return Ok(false);
+        }
+        self.writer.write(vec![Op::Delete(Space::Kv, k)]).await?;
+        Ok(true)
+    }
+
+    async fn kv_list(&self, bucket: &str) -> Result<Vec<(String, KvEntry)>, BackendError> {
+        let prefix = store::kv_key(bucket, "");
+        let mut out = Vec::new();
+        for g in self.store.kv.prefix(&prefix) {
+            let k = g.key().map_err(BackendError::storage)?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(e) = self.kv_entry(&k)? {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
     }
 }

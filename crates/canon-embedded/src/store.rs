@@ -17,6 +17,7 @@
 //! | `dlq` | topic, group, NUL, seq | reason, at ms, last error, every failed attempt (JSON) |
 //! | `requeue` | topic, group, NUL, seq | empty (redriven at or below the floor: pending again) |
 //! | `index` | topic, `r` correlationid / `c` causationid, NUL, seq | empty |
+//! | `kv` | bucket, NUL, key | revision, value |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,7 @@ pub(crate) struct Store {
     pub(crate) floor: Keyspace,
     pub(crate) index: Keyspace,
     pub(crate) stats: Keyspace,
+    pub(crate) kv: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -78,6 +80,7 @@ impl Store {
             floor: ks("floor")?,
             stats: ks("stats")?,
             index: ks("index")?,
+            kv: ks("kv")?,
             db,
         })
     }
@@ -123,6 +126,7 @@ impl Store {
             &self.index,
             &self.floor,
             &self.stats,
+            &self.kv,
         ] {
             // Best effort: a failure leaves the journal, which the next open replays.
             let _ = ks.rotate_memtable_and_wait();
@@ -213,6 +217,13 @@ pub(crate) fn group_prefix(topic: &str, group: &str) -> Vec<u8> {
 pub(crate) fn group_seq_key(topic: &str, group: &str, seq: u64) -> Vec<u8> {
     let mut k = group_prefix(topic, group);
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `bucket NUL key`: a key-value entry.
+pub(crate) fn kv_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = topic_prefix(bucket);
+    k.extend_from_slice(key.as_bytes());
     k
 }
 

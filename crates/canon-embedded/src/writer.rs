@@ -84,6 +84,14 @@ impl TopicShared {
             .store(config.max_bytes.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// The oldest retained sequence and the retained bytes.
+    pub(crate) fn retained(&self) -> (u64, u64) {
+        (
+            self.first.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+        )
+    }
+
     fn stats(&self) -> Vec<u8> {
         [
             self.first.load(Ordering::SeqCst).to_be_bytes(),
@@ -110,6 +118,7 @@ pub(crate) enum Space {
     Requeue,
     Index,
     Floor,
+    Kv,
 }
 
 /// One change.
@@ -230,6 +239,7 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
         Space::Requeue => &store.requeue,
         Space::Index => &store.index,
         Space::Floor => &store.floor,
+        Space::Kv => &store.kv,
     }
 }
 
@@ -420,7 +430,13 @@ fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overla
 fn is_group_state(space: Space) -> bool {
     matches!(
         space,
-        Space::Done | Space::Floor | Space::Attempt | Space::Requeue | Space::Dlq | Space::Group
+        Space::Done
+            | Space::Floor
+            | Space::Attempt
+            | Space::Requeue
+            | Space::Dlq
+            | Space::Group
+            | Space::Kv
     )
 }
 

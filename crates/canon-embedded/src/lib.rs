@@ -324,6 +324,11 @@ impl EmbeddedBackend {
         let (value, ops) = f(&mut lock(&group)).map_err(lost)?;
         if !ops.is_empty() {
             self.writer.write(ops).await?;
+            // Settling may free a key of an ordered group or room under the in-flight limit:
+            // waiting pulls look again.
+            if let Ok(shared) = self.topic(&token.topic) {
+                shared.notify.notify_waiters();
+            }
         }
         Ok(value)
     }
@@ -334,7 +339,7 @@ impl Drop for EmbeddedBackend {
     /// next open starts fast.
     fn drop(&mut self) {
         self.writer.stop();
-        self.store.flush();
+        self.store.flush(Duration::from_secs(10));
     }
 }
 

@@ -112,24 +112,37 @@ pub(crate) fn decode_topic(name: String, v: &[u8]) -> Option<canon_backend::Topi
 impl Store {
     /// Writes every memtable out to disk segments, so that the next open has no journal to
     /// replay. Called on a clean shutdown; after a crash the (bounded) journal is replayed.
-    pub(crate) fn flush(&self) {
-        for ks in [
-            &self.log,
-            &self.dedup,
-            &self.agg,
-            &self.topic,
-            &self.group,
-            &self.done,
-            &self.attempt,
-            &self.dlq,
-            &self.requeue,
-            &self.index,
-            &self.floor,
-            &self.stats,
-            &self.kv,
-        ] {
-            // Best effort: a failure leaves the journal, which the next open replays.
-            let _ = ks.rotate_memtable_and_wait();
+    /// Waits at most `limit`: fjall's wait has no deadline of its own and never ends if the
+    /// disk fails (or the directory is deleted) mid-flush. Skipping the flush loses nothing:
+    /// every acknowledged write is in the journal.
+    pub(crate) fn flush(&self, limit: std::time::Duration) {
+        let store = self.clone();
+        let (done, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("canon-flush".into())
+            .spawn(move || {
+                for ks in [
+                    &store.log,
+                    &store.dedup,
+                    &store.agg,
+                    &store.topic,
+                    &store.group,
+                    &store.done,
+                    &store.attempt,
+                    &store.dlq,
+                    &store.requeue,
+                    &store.index,
+                    &store.floor,
+                    &store.stats,
+                    &store.kv,
+                ] {
+                    // Best effort: a failure leaves the journal, which the next open replays.
+                    let _ = ks.rotate_memtable_and_wait();
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            let _ = wait.recv_timeout(limit);
         }
     }
 }

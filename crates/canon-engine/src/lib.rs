@@ -45,6 +45,88 @@ pub enum EngineError {
     Backend(#[from] BackendError),
 }
 
+/// Why one event of a publish was refused.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// It breaks its catalog (or no catalog declares its type): every reason.
+    Invalid(Vec<Violation>),
+    /// The publisher is not a declared producer of the type.
+    NotAProducer {
+        /// Who published.
+        producer: String,
+        /// The type.
+        ty: String,
+    },
+    /// The type travels on another topic than the one the request named.
+    WrongTopic {
+        /// The type.
+        ty: String,
+        /// Its topic in the catalog.
+        declared: String,
+        /// The topic the request named.
+        given: String,
+    },
+    /// An undeclared type on a schema-less server or topic, and the request named no topic.
+    TopicRequired,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(v) => f.write_str(
+                &v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Refusal::NotAProducer { producer, ty } => {
+                write!(f, "{producer} is not a declared producer of {ty}")
+            }
+            Refusal::WrongTopic {
+                ty,
+                declared,
+                given,
+            } => write!(f, "{ty} travels on topic {declared}, not {given}"),
+            Refusal::TopicRequired => f.write_str(
+                "the type is declared by no catalog: publish it to a schema-less topic by name",
+            ),
+        }
+    }
+}
+
+/// An event checked against its catalog, ready for the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The topic it travels on.
+    pub topic: String,
+    /// What the backend stores.
+    pub request: PublishRequest,
+}
+
+/// Where undeclared types may go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SchemaLess {
+    /// Nowhere: every type must be declared by a catalog.
+    #[default]
+    None,
+    /// These topics take any valid CloudEvent.
+    Topics(Vec<String>),
+    /// Every topic (a server with no catalog).
+    All,
+}
+
+impl SchemaLess {
+    /// Whether `topic` takes undeclared types.
+    pub fn allows(&self, topic: &str) -> bool {
+        match self {
+            SchemaLess::None => false,
+            SchemaLess::Topics(t) => t.iter().any(|t| t == topic),
+            SchemaLess::All => true,
+        }
+    }
+}
+
 /// An event to publish, with the optional optimistic-concurrency expectation of its aggregate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submit {
@@ -70,6 +152,7 @@ pub struct Engine<B> {
     catalogs: Vec<Catalog>,
     /// Type name → (catalog index, topic).
     routes: HashMap<String, (usize, String)>,
+    schemaless: SchemaLess,
 }
 
 impl<B: Backend> Engine<B> {
@@ -94,8 +177,110 @@ impl<B: Backend> Engine<B> {
         }
         Ok(Engine {
             backend,
+            schemaless: if catalogs.is_empty() {
+                SchemaLess::All
+            } else {
+                SchemaLess::None
+            },
             catalogs,
             routes,
+        })
+    }
+
+    /// Lets undeclared types through on some topics (a server with no catalog takes them
+    /// everywhere). The topics must exist or be created by the caller.
+    #[must_use]
+    pub fn with_schemaless(mut self, schemaless: SchemaLess) -> Self {
+        if !self.catalogs.is_empty() || schemaless != SchemaLess::None {
+            self.schemaless = schemaless;
+        }
+        self
+    }
+
+    /// Where undeclared types may go.
+    pub fn schemaless(&self) -> &SchemaLess {
+        &self.schemaless
+    }
+
+    /// The loaded catalogs.
+    pub fn catalogs(&self) -> &[Catalog] {
+        &self.catalogs
+    }
+
+    /// The catalog that declares a type (`name` or `name.vN`).
+    pub fn catalog_of(&self, ty: &str) -> Option<&Catalog> {
+        self.route(ty).map(|(c, _)| &self.catalogs[*c])
+    }
+
+    /// Checks one event for publishing: its catalog (schema, personal data), its producer when
+    /// `producer` is given, and its topic when the request named one (`topic`). Undeclared
+    /// types pass, without keys other than `partitionkey`, only on a schema-less topic named by
+    /// the request.
+    pub fn prepare(
+        &self,
+        submit: Submit,
+        producer: Option<&str>,
+        topic: Option<&str>,
+    ) -> Result<Prepared, Refusal> {
+        let Some((c, declared)) = self.route(&submit.event.ty) else {
+            return match topic {
+                Some(t) if self.schemaless.allows(t) => Ok(Prepared {
+                    topic: t.to_owned(),
+                    request: PublishRequest {
+                        ordering_key: submit.event.partition_key().map(str::to_owned),
+                        idempotency_key: None,
+                        expected_sequence: submit.expected_sequence,
+                        event: submit.event,
+                    },
+                }),
+                None if self.schemaless != SchemaLess::None => Err(Refusal::TopicRequired),
+                _ => Err(Refusal::Invalid(
+                    self.catalogs
+                        .first()
+                        .map(|c| c.validate(&submit.event))
+                        .unwrap_or_default(),
+                )),
+            };
+        };
+        if let Some(given) = topic
+            && given != declared
+        {
+            return Err(Refusal::WrongTopic {
+                ty: submit.event.ty.clone(),
+                declared: declared.clone(),
+                given: given.to_owned(),
+            });
+        }
+        let catalog = &self.catalogs[*c];
+        if let (Some(p), Some((ty, _))) = (producer, catalog.lookup(&submit.event.ty))
+            && !ty.producers.iter().any(|d| d == p)
+        {
+            return Err(Refusal::NotAProducer {
+                producer: p.to_owned(),
+                ty: ty.name.clone(),
+            });
+        }
+        let violations = catalog.validate(&submit.event);
+        if !violations.is_empty() {
+            return Err(Refusal::Invalid(violations));
+        }
+        let keys = catalog.keys(&submit.event).map_err(|e| {
+            Refusal::Invalid(vec![Violation {
+                code: "payload-required",
+                type_name: Some(submit.event.ty.clone()),
+                version: None,
+                location: "/data".to_owned(),
+                message: e.to_string(),
+            }])
+        })?;
+        Ok(Prepared {
+            topic: declared.clone(),
+            request: PublishRequest {
+                event: submit.event,
+                ordering_key: keys.ordering,
+                idempotency_key: keys.idempotency,
+                expected_sequence: submit.expected_sequence,
+            },
         })
     }
 
@@ -124,47 +309,37 @@ impl<B: Backend> Engine<B> {
         batch: Vec<Submit>,
         producer: Option<&str>,
     ) -> Result<Vec<PublishOutcome>, EngineError> {
-        let mut topic: Option<&str> = None;
+        let mut topic: Option<String> = None;
         let mut requests = Vec::with_capacity(batch.len());
-        for (index, s) in batch.into_iter().enumerate() {
-            let Some((c, t)) = self.route(&s.event.ty) else {
-                let violations = self
-                    .catalogs
-                    .first()
-                    .map(|c| c.validate(&s.event))
-                    .unwrap_or_default();
-                return Err(EngineError::Invalid { index, violations });
-            };
-            let catalog = &self.catalogs[*c];
-            let violations = catalog.validate(&s.event);
-            if !violations.is_empty() {
-                return Err(EngineError::Invalid { index, violations });
-            }
-            if let (Some(p), Some((ty, _))) = (producer, catalog.lookup(&s.event.ty))
-                && !ty.producers.iter().any(|d| d == p)
-            {
-                return Err(EngineError::NotAProducer {
-                    producer: p.to_owned(),
-                    ty: ty.name.clone(),
-                });
-            }
-            match topic {
-                Some(first) if first != t => {
-                    return Err(EngineError::MixedTopics(first.to_owned(), t.clone()));
+        for (index, submit) in batch.into_iter().enumerate() {
+            let prepared = self.prepare(submit, producer, None).map_err(|r| match r {
+                Refusal::Invalid(violations) => EngineError::Invalid { index, violations },
+                Refusal::NotAProducer { producer, ty } => {
+                    EngineError::NotAProducer { producer, ty }
                 }
-                _ => topic = Some(t),
+                other => EngineError::Invalid {
+                    index,
+                    violations: vec![Violation {
+                        code: "unknown-type",
+                        type_name: None,
+                        version: None,
+                        location: "/type".to_owned(),
+                        message: other.to_string(),
+                    }],
+                },
+            })?;
+            match &topic {
+                Some(first) if *first != prepared.topic => {
+                    return Err(EngineError::MixedTopics(first.clone(), prepared.topic));
+                }
+                Some(_) => {}
+                None => topic = Some(prepared.topic),
             }
-            let keys = catalog.keys(&s.event)?;
-            requests.push(PublishRequest {
-                event: s.event,
-                ordering_key: keys.ordering,
-                idempotency_key: keys.idempotency,
-                expected_sequence: s.expected_sequence,
-            });
+            requests.push(prepared.request);
         }
         let Some(topic) = topic else {
             return Ok(Vec::new());
         };
-        Ok(self.backend.publish(topic, requests).await?)
+        Ok(self.backend.publish(&topic, requests).await?)
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Exit codes (documented in README.md): 0 success, 1 invalid input (a catalog with errors, an
 //! invalid event, a breaking diff, an event that cannot be converted), 2 usage (bad flags, an
-//! unreadable file).
+//! unreadable file, an unusable configuration), 3 the server failed while running (the port is
+//! taken, storage failed).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod catalog_cmd;
 mod event_cmd;
+mod serve_cmd;
 
 /// Canon: the domain-event backbone.
 #[derive(Debug, Parser)]
@@ -28,6 +30,24 @@ enum Command {
     /// Work with single events.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Run the HTTP API (embedded backend; data in ./canon-data unless configured).
+    Serve {
+        /// The TOML configuration file (every setting: canon.example.toml).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// A catalog file or a directory of them (repeatable; adds to the configured ones).
+        #[arg(long)]
+        catalog: Vec<std::path::PathBuf>,
+        /// Address to bind (default 127.0.0.1:8480).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (default ./canon-data).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +131,16 @@ struct Usage(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve {
+        config,
+        catalog,
+        listen,
+        data_dir,
+        log_json,
+    } = cli.command
+    {
+        return serve_cmd::run(config, catalog, listen, data_dir, log_json);
+    }
     let mut out = std::io::stdout().lock();
     let result = match cli.command {
         Command::Catalog(CatalogCommand::Check { files, format }) => {
@@ -137,6 +167,7 @@ fn main() -> ExitCode {
         Command::Event(EventCommand::Convert { from, to, input }) => {
             event_cmd::convert(&mut out, &from, &to, input.as_deref())
         }
+        Command::Serve { .. } => Ok(Outcome::Ok),
     };
     let _ = out.flush();
     match result {

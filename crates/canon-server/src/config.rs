@@ -1,0 +1,175 @@
+//! The server's configuration: one TOML file (every setting documented once, in
+//! `canon.example.toml`), overridden by `CANON_*` environment variables (`CANON_LISTEN`,
+//! `CANON_AUTH__JWT__HS256_SECRET`: nested keys joined by `__`), overridden by flags.
+
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `canon serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind.
+    pub listen: String,
+    /// The embedded backend's data directory.
+    pub data_dir: PathBuf,
+    /// `sync` (fdatasync before acknowledging) or `lose-recent-on-os-crash`.
+    pub durability: DurabilitySetting,
+    /// Catalog files, or directories of `*.yaml` catalogs.
+    pub catalogs: Vec<PathBuf>,
+    /// Largest accepted request body in bytes (larger: 413).
+    pub body_limit: usize,
+    /// Longest a request may take in milliseconds, long polls aside (longer: 408).
+    pub request_timeout_ms: u64,
+    /// Longest a graceful shutdown waits for in-flight requests and deliveries.
+    pub shutdown_grace_ms: u64,
+    /// Topics that take types no catalog declares.
+    pub schemaless_topics: Vec<String>,
+    /// Push delivery.
+    pub push: PushConfig,
+    /// Who may call the API.
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8480".to_owned(),
+            data_dir: PathBuf::from("canon-data"),
+            durability: DurabilitySetting::Sync,
+            catalogs: Vec::new(),
+            body_limit: 4 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            schemaless_topics: Vec::new(),
+            push: PushConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// How durable an acknowledged write is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilitySetting {
+    /// On disk before it is acknowledged.
+    Sync,
+    /// In the operating system's buffers: survives a crash of canon, not of the machine.
+    LoseRecentOnOsCrash,
+}
+
+/// Push delivery defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// How long a subscriber may take to answer, in milliseconds (longer: retry).
+    pub timeout_ms: u64,
+    /// Requests in flight per push subscription, unless the subscription says otherwise.
+    pub concurrency: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            timeout_ms: 10_000,
+            concurrency: 32,
+        }
+    }
+}
+
+/// Credentials. With none configured the server binds only loopback addresses.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API keys, sent as `Authorization: Bearer <key>`.
+    pub api_keys: Vec<ApiKey>,
+    /// JWT bearer tokens.
+    pub jwt: Option<JwtConfig>,
+    /// Services with the admin role (they manage subscriptions and DLQs).
+    pub admins: Vec<String>,
+}
+
+impl AuthConfig {
+    /// Whether any credential is configured.
+    pub fn enabled(&self) -> bool {
+        !self.api_keys.is_empty() || self.jwt.is_some()
+    }
+}
+
+/// One API key and the service it speaks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The service, as the catalogs name it.
+    pub service: String,
+    /// The key's SHA-256, hex (`printf %s KEY | sha256sum`): the file need not hold the key.
+    pub sha256: Option<String>,
+    /// The key itself, for development.
+    pub key: Option<String>,
+}
+
+/// How JWT bearer tokens are checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub hs256_secret: Option<String>,
+    /// PEM file of an RSA or EC public key (RS256/ES256).
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// The claim that names the service (default `sub`).
+    #[serde(default = "default_claim")]
+    pub service_claim: String,
+}
+
+fn default_claim() -> String {
+    "sub".to_owned()
+}
+
+/// The top-level settings, for the environment filter.
+const SETTINGS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "durability",
+    "catalogs",
+    "body_limit",
+    "request_timeout_ms",
+    "shutdown_grace_ms",
+    "schemaless_topics",
+    "push",
+    "auth",
+];
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then the file (if any), then `CANON_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!("{} does not exist", file.display())));
+            }
+            f = f.merge(Toml::file(file));
+        }
+        // Only the variables that name a setting: CANON_* is a shared namespace.
+        let env = Env::prefixed("CANON_")
+            .filter(|k| {
+                let top = k.as_str().split("__").next().unwrap_or("");
+                SETTINGS.contains(&top)
+            })
+            .split("__");
+        f.merge(env)
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+}

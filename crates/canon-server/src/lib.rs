@@ -1,0 +1,532 @@
+//! `canon serve`: Canon's HTTP API over a backend.
+//!
+//! - [`config`]: the TOML configuration with `CANON_*` overrides.
+//! - `publish`: the CloudEvents HTTP binding (structured, binary, batch) and the seed dialects.
+//! - `subs`: subscriptions, pull with leases, ack/nack/extend, DLQ, replay.
+//! - `query`: topics, events by id, causation chains, correlations, the catalog.
+//! - `tail`: live tail as Server-Sent Events.
+//! - `push`: push delivery to subscriber URLs, under the Dapr answer contract.
+//! - `auth`: API keys and JWTs naming catalog services; `problem`: RFC 9457 errors;
+//!   `metrics`: Prometheus; `openapi`: the OpenAPI 3.1 document, generated from the handlers.
+//!
+//! The server is generic over [`canon_backend::Backend`]; [`run`] opens the embedded backend.
+
+pub mod auth;
+pub mod config;
+mod metrics;
+pub mod openapi;
+pub mod problem;
+mod publish;
+mod push;
+mod query;
+mod subs;
+mod tail;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use canon_backend::Backend;
+use canon_catalog::{Catalog, Severity};
+use canon_embedded::{Durability, EmbeddedBackend};
+use canon_engine::{Engine, SchemaLess};
+use tokio::sync::watch;
+
+use crate::auth::{Authenticator, Identity};
+use crate::config::{Config, DurabilitySetting};
+use crate::metrics::{CodeLabel, Metrics};
+use crate::problem::Problem;
+pub use crate::subs::{PushFormat, PushSpec, RetrySpec, Subscription};
+
+/// The KV bucket holding subscriptions.
+const SUBSCRIPTIONS: &str = "canon.subscriptions";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// A catalog has errors.
+    #[error("catalog {file}: {message}")]
+    Catalog {
+        /// The file.
+        file: String,
+        /// Its errors.
+        message: String,
+    },
+    /// The backend failed.
+    #[error("storage: {0}")]
+    Backend(#[from] canon_backend::BackendError),
+    /// The engine refused the catalogs.
+    #[error("{0}")]
+    Engine(#[from] canon_engine::EngineError),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The shared state of a running server.
+pub struct App<B: Backend> {
+    pub(crate) engine: Engine<B>,
+    pub(crate) config: Config,
+    pub(crate) auth: Authenticator,
+    pub(crate) metrics: Metrics,
+    /// Subscriptions by name, as stored in the backend's KV bucket.
+    pub(crate) subs: RwLock<BTreeMap<String, Arc<Subscription>>>,
+    /// Push workers by subscription name.
+    pub(crate) pushers: std::sync::Mutex<HashMap<String, push::Worker>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Names this server's consumers (`<host>-<pid>`).
+    pub(crate) instance: String,
+    pub(crate) http: reqwest::Client,
+}
+
+impl<B: Backend> std::fmt::Debug for App<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+type Shared<B> = Arc<App<B>>;
+
+impl<B: Backend> App<B> {
+    /// A server over an engine.
+    pub async fn new(engine: Engine<B>, config: Config) -> Result<Shared<B>, ServeError> {
+        let auth = Authenticator::new(&config.auth).map_err(ServeError::Config)?;
+        for t in &config.schemaless_topics {
+            engine
+                .backend()
+                .create_topic(canon_backend::TopicConfig::new(t.clone()))
+                .await?;
+        }
+        let mut subs = BTreeMap::new();
+        for (name, entry) in engine.backend().kv_list(SUBSCRIPTIONS).await? {
+            match serde_json::from_slice::<Subscription>(&entry.value) {
+                Ok(s) => drop(subs.insert(name, Arc::new(s))),
+                Err(e) => {
+                    tracing::error!(subscription = %name, error = %e, "unreadable subscription record skipped");
+                }
+            }
+        }
+        let (shutdown, _) = watch::channel(false);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.push.timeout_ms))
+            .pool_max_idle_per_host(config.push.concurrency.max(1) * 2)
+            .build()
+            .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
+        let app = Arc::new(App {
+            engine,
+            config,
+            auth,
+            metrics: Metrics::new(),
+            subs: RwLock::new(subs),
+            pushers: std::sync::Mutex::new(HashMap::new()),
+            shutdown,
+            instance: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "canon".to_owned()),
+                std::process::id()
+            ),
+            http,
+        });
+        let names: Vec<Arc<Subscription>> = app.subscriptions();
+        for s in names {
+            push::ensure(&app, &s);
+        }
+        Ok(app)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<B> {
+        &self.engine
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.subs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn subscription(&self, name: &str) -> Result<Arc<Subscription>, Problem> {
+        self.subs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Problem::new("not-found", format!("no subscription named {name}")))
+    }
+
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity, Problem> {
+        self.auth.identify(headers)
+    }
+
+    /// The catalog types on a topic that `service` consumes; `None`: every type.
+    pub(crate) fn consumable(&self, topic: &str, service: Option<&str>) -> Option<HashSet<String>> {
+        let service = service?;
+        Some(
+            self.engine
+                .catalogs()
+                .iter()
+                .flat_map(|c| c.types.values())
+                .filter(|t| t.topic == topic && t.consumers.iter().any(|c| c == service))
+                .map(|t| t.name.clone())
+                .collect(),
+        )
+    }
+
+    /// The catalog name of a type (`name.v2` → `name`), or the type itself.
+    pub(crate) fn base_type<'t>(&'t self, ty: &'t str) -> &'t str {
+        self.engine
+            .catalog_of(ty)
+            .and_then(|c| c.lookup(ty))
+            .map_or(ty, |(t, _)| t.name.as_str())
+    }
+
+    /// Stops accepting work: push workers finish what they hold, then stop.
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let workers: Vec<push::Worker> = self
+            .pushers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        for w in workers {
+            w.stop(grace).await;
+        }
+    }
+}
+
+/// Counts refusals by code, for `/metrics`.
+async fn count_refusals<B: Backend>(
+    State(app): State<Shared<B>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let res = next.run(req).await;
+    if res.status().is_client_error() || res.status().is_server_error() {
+        let code = res
+            .extensions()
+            .get::<ProblemCode>()
+            .map_or("other", |c| c.0);
+        app.metrics.refused.get_or_create(&CodeLabel { code }).inc();
+    }
+    res
+}
+
+/// The code of a problem answer, for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProblemCode(pub(crate) &'static str);
+
+/// The router with every route.
+pub fn router<B: Backend>(app: Shared<B>) -> Router {
+    let timeout = Duration::from_millis(app.config.request_timeout_ms);
+    let limit = app.config.body_limit;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready::<B>))
+        .route("/metrics", get(metrics_text::<B>))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/events", post(publish::publish_routed::<B>))
+        .route(
+            "/v1/topics/{topic}/events",
+            post(publish::publish_to_topic::<B>),
+        )
+        .merge(query::routes::<B>())
+        .merge(subs::routes::<B>())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    // Long polls and streams run past the request timeout.
+    let long = Router::new()
+        .route("/v1/subscriptions/{name}/pull", post(subs::pull::<B>))
+        .route("/v1/topics/{topic}/tail", get(tail::tail::<B>));
+    api.merge(long)
+        .fallback(|| async { Problem::new("not-found", "no such route; see /openapi.json") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::map_response(problem_for_plain_errors))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            count_refusals::<B>,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Errors axum produces itself (413 from the body limit, 408, 405, extractor rejections) become
+/// problem+json too.
+async fn problem_for_plain_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        if is_problem {
+            return res;
+        }
+        return res;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::REQUEST_TIMEOUT => "request-timeout",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::NOT_FOUND => "not-found",
+        s if s.is_server_error() => "internal",
+        _ => "invalid-request",
+    };
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than the configured body_limit".to_owned()
+        }
+        StatusCode::REQUEST_TIMEOUT => "the request took longer than request_timeout_ms".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
+        _ => {
+            let bytes = axum::body::to_bytes(res.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    };
+    let mut p = Problem::new(code, detail);
+    p.status = status;
+    with_code(p)
+}
+
+/// A problem response that remembers its code for the metrics.
+pub(crate) fn with_code(p: Problem) -> Response {
+    let code = p.code;
+    let mut r = p.into_response();
+    r.extensions_mut().insert(ProblemCode(code));
+    r
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "healthy",
+        "service": "canon",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn ready<B: Backend>(State(app): State<Shared<B>>) -> Response {
+    if *app.shutdown.borrow() {
+        return with_code(Problem::new("shutting-down", "the server is shutting down"));
+    }
+    match app.engine.backend().kv_get("canon.health", "probe").await {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => with_code(Problem::new("storage-unavailable", e.to_string())),
+    }
+}
+
+async fn metrics_text<B: Backend>(State(app): State<Shared<B>>) -> Response {
+    for s in app.subscriptions() {
+        if let Ok(info) = app.engine.backend().group_info(&s.topic, &s.name).await {
+            let label = metrics::SubLabel {
+                subscription: s.name.clone(),
+            };
+            app.metrics
+                .lag
+                .get_or_create(&label)
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+            app.metrics
+                .dlq_depth
+                .get_or_create(&label)
+                .set(i64::try_from(info.dead_letters).unwrap_or(i64::MAX));
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+/// Loads catalog files and directories (every `*.yaml` / `*.yml` inside, sorted).
+pub fn load_catalogs(paths: &[PathBuf]) -> Result<Vec<Catalog>, ServeError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = std::fs::read_to_string(&f).map_err(|e| ServeError::Catalog {
+            file: name.clone(),
+            message: e.to_string(),
+        })?;
+        let loaded = Catalog::load(&text, &name);
+        let errors: Vec<String> = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        match loaded.catalog {
+            Some(c) if errors.is_empty() => out.push(c),
+            _ => {
+                return Err(ServeError::Catalog {
+                    file: name,
+                    message: format!("{} (run `canon catalog check`)", errors.join("; ")),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Shuts down gracefully and waits for the end.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// Opens the embedded backend of `config.data_dir` and the catalogs, binds, and serves in the
+/// background until [`Running::shutdown`].
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let task =
+        tokio::spawn(async move { serve(config, async { drop(rx.await) }, Some(bound_tx)).await });
+    match bound_rx.await {
+        Ok(addr) => Ok(Running {
+            addr,
+            stop: Some(tx),
+            task,
+        }),
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(ServeError::Config(
+                "the server stopped while starting".to_owned(),
+            )),
+        },
+    }
+}
+
+/// Serves until `shutdown` completes, then stops gracefully: no new requests, in-flight
+/// requests and push deliveries finish (up to `shutdown_grace_ms`), storage is flushed.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServeError> {
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|e| ServeError::Config(format!("listen = {:?}: {e}", config.listen)))?;
+    if !config.auth.enabled() && !is_loopback(&addr) {
+        return Err(ServeError::Config(format!(
+            "refusing to listen on {addr} without credentials: configure [auth] api_keys or jwt, \
+             or listen on a loopback address"
+        )));
+    }
+    let catalogs = load_catalogs(&config.catalogs)?;
+    let durability = match config.durability {
+        DurabilitySetting::Sync => Durability::Sync,
+        DurabilitySetting::LoseRecentOnOsCrash => Durability::LoseRecentOnOsCrash,
+    };
+    let backend = EmbeddedBackend::open(&config.data_dir, durability)?;
+    let schemaless = if catalogs.is_empty() {
+        tracing::warn!(
+            "no catalog loaded: running schema-less, every valid CloudEvent is accepted on any topic"
+        );
+        SchemaLess::All
+    } else if config.schemaless_topics.is_empty() {
+        SchemaLess::None
+    } else {
+        SchemaLess::Topics(config.schemaless_topics.clone())
+    };
+    let engine = Engine::new(backend, catalogs)
+        .await?
+        .with_schemaless(schemaless);
+    let app = App::new(engine, config).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "canon serving");
+    if let Some(b) = bound {
+        let _ = b.send(local);
+    }
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut requests_done = stop_rx.clone();
+    axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await?;
+    let _ = requests_done.wait_for(|s| *s).await;
+    app.stop().await;
+    drop(app);
+    Ok(())
+}
+
+/// Formats a time as RFC 3339.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Parses RFC 3339.
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}

@@ -1,0 +1,324 @@
+//! Push delivery: one worker per push subscription pulls leases from the backend and POSTs each
+//! event to the subscriber, then settles the lease by the subscriber's answer (the Dapr
+//! contract, ../shared/specs/dapr-pubsub-jobs.md §6):
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 2xx, empty or non-JSON body, or JSON without `status` | success: ack |
+//! | 2xx + `{"status":"SUCCESS"}` | ack |
+//! | 2xx + `{"status":"RETRY"}` | retry (backoff, or `Retry-After`) |
+//! | 2xx + `{"status":"DROP"}` | to the DLQ now (reason `rejected`) |
+//! | 2xx + any other status | retry |
+//! | 404 | to the DLQ now |
+//! | anything else, a connection error or a timeout | retry (backoff, or `Retry-After`) |
+//!
+//! The retry policy and the DLQ are the subscription's; at-least-once holds because a lease is
+//! only settled after the answer. Ordered subscriptions keep per-key order: the backend leases
+//! one event per key at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use canon_backend::{Backend, Delivery, Outcome, settle};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::sync::{Semaphore, watch};
+
+use crate::metrics::{SubLabel, SubOutcome};
+use crate::subs::{PushFormat, Subscription};
+use crate::{App, Shared};
+
+/// A running push worker.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Stops pulling and waits up to `grace` for in-flight requests to be answered and settled.
+    /// Anything still in flight after that keeps its lease and is redelivered when it expires.
+    pub(crate) async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the push worker of a subscription, if it pushes and none runs.
+pub(crate) fn ensure<B: Backend>(app: &Shared<B>, sub: &Arc<Subscription>) {
+    if sub.push.is_none() || *app.shutdown.borrow() {
+        return;
+    }
+    let mut workers = app
+        .pushers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if workers.contains_key(&sub.name) {
+        return;
+    }
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(run(app.clone(), sub.clone(), rx));
+    workers.insert(sub.name.clone(), Worker { stop, task });
+}
+
+/// Stops a subscription's push worker, if any.
+pub(crate) async fn remove<B: Backend>(app: &App<B>, name: &str) {
+    let worker = app
+        .pushers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(name);
+    if let Some(w) = worker {
+        w.stop(Duration::from_millis(app.config.shutdown_grace_ms))
+            .await;
+    }
+}
+
+async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch::Receiver<bool>) {
+    let Some(spec) = sub.push.clone() else {
+        return;
+    };
+    let concurrency = spec
+        .concurrency
+        .unwrap_or(app.config.push.concurrency)
+        .max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let consumer = format!("push:{}", app.instance);
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Wait for room before leasing, so nothing leased sits waiting for a permit.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let room = permits.available_permits() + 1;
+        let pulled = tokio::select! {
+            r = crate::subs::filtered_pull(&app, &sub, &consumer, room, Duration::from_secs(5)) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let deliveries = match pulled {
+            Ok(d) => {
+                failures = 0;
+                d
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(subscription = %sub.name, error = %e, "push: pull failed");
+                tokio::time::sleep(Duration::from_millis(100) * failures.min(50)).await;
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for d in deliveries {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                },
+            };
+            let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
+            let format = spec.format;
+            tokio::spawn(async move {
+                deliver(&app, &sub, &url, format, d).await;
+                drop(permit);
+            });
+        }
+    }
+    // Drain: every permit back means every request answered and settled.
+    let _ = permits
+        .acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX))
+        .await;
+}
+
+/// Sends one delivery and settles it.
+async fn deliver<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    url: &str,
+    format: PushFormat,
+    d: Delivery,
+) {
+    let started = Instant::now();
+    let ev = &d.event.event;
+    let mut headers = HeaderMap::new();
+    let body: Vec<u8> = match format {
+        PushFormat::Structured => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents+json"),
+            );
+            ev.to_json()
+        }
+        PushFormat::Binary => {
+            let m = ev.to_http_binary();
+            for (k, v) in &m.headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(k.as_str()),
+                    HeaderValue::try_from(v.as_str()),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
+            if let Some(ct) = m
+                .content_type
+                .as_deref()
+                .and_then(|c| HeaderValue::try_from(c).ok())
+            {
+                headers.insert(CONTENT_TYPE, ct);
+            }
+            m.body
+        }
+        PushFormat::Data => {
+            if let Ok(ct) = HeaderValue::try_from(ev.effective_content_type()) {
+                headers.insert(CONTENT_TYPE, ct);
+            }
+            ev.data
+                .as_ref()
+                .map(|x| x.as_bytes().to_vec())
+                .unwrap_or_default()
+        }
+    };
+    if let Some(tp) = ev
+        .traceparent()
+        .and(ev.extensions.get("traceparent"))
+        .and_then(|v| v.as_str())
+        && let Ok(v) = HeaderValue::try_from(tp)
+    {
+        headers.insert("traceparent", v);
+    }
+    let answer = app.http.post(url).headers(headers).body(body).send().await;
+    let label = SubLabel {
+        subscription: sub.name.clone(),
+    };
+    app.metrics
+        .push_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    let (outcome, error) = match answer {
+        Err(e) => (
+            Outcome::Retry(None),
+            Some(format!("push to {url} failed: {e}")),
+        ),
+        Ok(res) => {
+            let status = res.status();
+            let retry_after = res
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            if status.is_success() {
+                let body = res.bytes().await.unwrap_or_default();
+                interpret(&body, retry_after)
+            } else if status == reqwest::StatusCode::NOT_FOUND {
+                (
+                    Outcome::DeadLetter,
+                    Some(format!("subscriber answered 404 at {url}")),
+                )
+            } else {
+                (
+                    Outcome::Retry(retry_after),
+                    Some(format!("subscriber answered {status}")),
+                )
+            }
+        }
+    };
+    let name = match outcome {
+        Outcome::Success => "success",
+        Outcome::Retry(_) => "retry",
+        Outcome::Drop => "drop",
+        Outcome::DeadLetter => "dead-letter",
+    };
+    if outcome == Outcome::Success
+        && let Ok(age) = SystemTime::now().duration_since(d.event.published_at)
+    {
+        app.metrics
+            .end_to_end_seconds
+            .get_or_create(&label)
+            .observe(age.as_secs_f64());
+    }
+    match settle(app.engine.backend(), &d.token, outcome, error).await {
+        Ok(()) => {
+            app.metrics
+                .delivered
+                .get_or_create(&SubOutcome {
+                    subscription: sub.name.clone(),
+                    outcome: name,
+                })
+                .inc();
+        }
+        // The lease ran out while the subscriber worked: the event is redelivered.
+        Err(e) => {
+            tracing::warn!(subscription = %sub.name, seq = d.event.seq, error = %e, "push: settling failed");
+        }
+    }
+}
+
+/// A 2xx answer's body, by the Dapr contract.
+fn interpret(body: &[u8], retry_after: Option<Duration>) -> (Outcome, Option<String>) {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (Outcome::Success, None);
+    };
+    match m.get("status") {
+        None => (Outcome::Success, None),
+        Some(serde_json::Value::String(s)) => match s.to_ascii_uppercase().as_str() {
+            "SUCCESS" => (Outcome::Success, None),
+            "RETRY" => (
+                Outcome::Retry(retry_after),
+                Some("subscriber answered RETRY".to_owned()),
+            ),
+            "DROP" => (
+                Outcome::DeadLetter,
+                Some("subscriber answered DROP".to_owned()),
+            ),
+            other => (
+                Outcome::Retry(retry_after),
+                Some(format!("subscriber answered unknown status {other}")),
+            ),
+        },
+        Some(other) => (
+            Outcome::Retry(retry_after),
+            Some(format!("subscriber answered status {other}")),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_follow_the_dapr_contract() {
+        assert_eq!(interpret(b"", None).0, Outcome::Success);
+        assert_eq!(interpret(b"not json", None).0, Outcome::Success);
+        assert_eq!(interpret(br#"{"other":1}"#, None).0, Outcome::Success);
+        assert_eq!(
+            interpret(br#"{"status":"SUCCESS"}"#, None).0,
+            Outcome::Success
+        );
+        assert_eq!(
+            interpret(br#"{"status":"success"}"#, None).0,
+            Outcome::Success
+        );
+        let d = Some(Duration::from_secs(3));
+        assert_eq!(interpret(br#"{"status":"RETRY"}"#, d).0, Outcome::Retry(d));
+        assert_eq!(
+            interpret(br#"{"status":"DROP"}"#, None).0,
+            Outcome::DeadLetter
+        );
+        assert_eq!(
+            interpret(br#"{"status":"MAYBE"}"#, None).0,
+            Outcome::Retry(None)
+        );
+        assert_eq!(interpret(br#"{"status":7}"#, None).0, Outcome::Retry(None));
+    }
+}

@@ -1,0 +1,314 @@
+//! Subscriptions, pull with leases, ack/nack/extend/reject, the DLQ, replay, lookups and tail.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{Server, generated, pull, subscribe};
+
+fn ack_ids(d: &[serde_json::Value]) -> Vec<String> {
+    d.iter()
+        .map(|d| d["ack_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn pull_ack_nack_reject_and_the_dlq() {
+    let s = Server::start().await;
+    let sub = subscribe(&s, "coach", "post.generated", json!({"ordered": true})).await;
+    // Defaults are filled in and shown.
+    assert_eq!(sub["retry"]["max_attempts"], 3);
+    assert_eq!(sub["max_in_flight"], 1000);
+    let batch: Vec<_> = (0..3)
+        .map(|i| generated(&format!("p{i}"), &format!("d{i}")))
+        .collect();
+    s.publish(&batch).await;
+    // Ordered per userId: one at a time for the single user.
+    let d = pull(&s, "coach", 10, 0).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["attempt"], 1);
+    assert_eq!(d[0]["event"]["id"], "p0");
+    let (status, v) = s
+        .post(
+            "/v1/subscriptions/coach/ack",
+            &json!({"ack_ids": ack_ids(&d)}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["results"][0]["status"].as_str()),
+        (200, Some("ok"))
+    );
+    // Acking again: the lease is gone.
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/ack",
+            &json!({"ack_ids": ack_ids(&d)}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "lease-lost");
+    let d = pull(&s, "coach", 10, 1000).await;
+    assert_eq!(d[0]["event"]["id"], "p1");
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/extend",
+            &json!({"ack_ids": ack_ids(&d), "delay_ms": 5000}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "ok");
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/nack",
+            &json!({"ack_ids": ack_ids(&d), "delay_ms": 10, "error": "busy"}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "ok");
+    let d = pull(&s, "coach", 10, 2000).await;
+    assert_eq!(
+        (d[0]["event"]["id"].as_str(), d[0]["attempt"].as_u64()),
+        (Some("p1"), Some(2))
+    );
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/reject",
+            &json!({"ack_ids": ack_ids(&d), "error": "poison"}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "ok");
+    let (status, v) = s.get("/v1/subscriptions/coach/dlq").await;
+    assert_eq!(status, 200);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["reason"], "rejected");
+    assert_eq!(v[0]["last_error"], "poison");
+    assert_eq!(v[0]["event"]["id"], "p1");
+    assert_eq!(v[0]["history"].as_array().unwrap().len(), 2, "{v}");
+    let (status, v) = s.get("/v1/subscriptions/coach/dlq/p1").await;
+    assert_eq!((status, v["event"]["id"].as_str()), (200, Some("p1")));
+    let (_, v) = s.get("/v1/subscriptions/coach/dlq?reason=expired").await;
+    assert!(v.as_array().unwrap().is_empty());
+    let (status, v) = s.get("/v1/subscriptions/coach/dlq?reason=bogus").await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid-request")));
+    // Status shows where the subscription stands.
+    let (_, v) = s.get("/v1/subscriptions/coach").await;
+    assert_eq!(v["dead_letters"], 1);
+    // Redrive: dry run, then for real; the event comes back with a fresh attempt count.
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/dlq/redrive",
+            &json!({"ids": ["p1"], "dry_run": true}),
+        )
+        .await;
+    assert_eq!(
+        (v["matched"][0].as_str(), v["count"].as_u64()),
+        (Some("p1"), Some(0))
+    );
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/dlq/redrive",
+            &json!({"ids": ["p1"]}),
+        )
+        .await;
+    assert_eq!(v["count"], 1);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let d = pull(&s, "coach", 10, 1000).await;
+        if d.is_empty() {
+            break;
+        }
+        seen.extend(d.iter().map(|x| {
+            (
+                x["event"]["id"].as_str().unwrap().to_owned(),
+                x["attempt"].as_u64().unwrap(),
+            )
+        }));
+        s.post(
+            "/v1/subscriptions/coach/ack",
+            &json!({"ack_ids": ack_ids(&d)}),
+        )
+        .await;
+    }
+    seen.sort();
+    assert_eq!(seen, [("p1".to_owned(), 1), ("p2".to_owned(), 1)]);
+    // Replay from the earliest: everything again, same ids.
+    let (status, _) = s
+        .post(
+            "/v1/subscriptions/coach/replay",
+            &json!({"from": "earliest"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let d = pull(&s, "coach", 10, 1000).await;
+    assert_eq!(d[0]["event"]["id"], "p0");
+    let (status, v) = s
+        .post(
+            "/v1/subscriptions/coach/replay",
+            &json!({"from": "whenever"}),
+        )
+        .await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid-request")));
+    // Purge and delete.
+    let (_, v) = s
+        .post("/v1/subscriptions/coach/dlq/purge", &json!({}))
+        .await;
+    assert_eq!(v["count"], 0);
+    let (status, _, _) = s
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/subscriptions/coach",
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, v) = s.get("/v1/subscriptions/coach").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not-found")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_survive_a_restart_and_conflicting_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with(crate::config(dir.path()), None).await;
+    subscribe(&s, "keep", "post.generated", json!({"ordered": false})).await;
+    // The same definition again is fine; a different one is not.
+    let (status, _) = s
+        .post("/v1/subscriptions", &json!({"name": "keep", "topic": "post.generated", "lease_ms": 2000, "ordered": false,
+            "retry": {"max_attempts": 3, "initial_backoff_ms": 50, "max_backoff_ms": 200, "jitter": 0.0}}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = s
+        .post(
+            "/v1/subscriptions",
+            &json!({"name": "keep", "topic": "post.posted"}),
+        )
+        .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("already-exists")));
+    let (status, v) = s
+        .post("/v1/subscriptions", &json!({"name": "x", "topic": "nope"}))
+        .await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not-found")));
+    let (status, v) = s
+        .post(
+            "/v1/subscriptions",
+            &json!({"name": "x", "topic": "post.posted", "bogus": 1}),
+        )
+        .await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid-request")));
+    s.publish(&[generated("k1", "d1")]).await;
+    s.stop().await;
+    let s = Server::with(crate::config(dir.path()), Some(dir)).await;
+    let (_, v) = s.get("/v1/subscriptions").await;
+    assert_eq!(v[0]["name"], "keep");
+    assert_eq!(v[0]["pending"], 1);
+    assert_eq!(pull(&s, "keep", 5, 0).await.len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lookups_by_id_chain_and_correlation() {
+    let s = Server::start().await;
+    let events: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/events/coach.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for e in events.as_array().unwrap() {
+        let (status, v) = s.publish(std::slice::from_ref(e)).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let root = events[0]["id"].as_str().unwrap();
+    let (status, v) = s.get(&format!("/v1/events/{root}/chain")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["event"]["event"]["id"], root);
+    assert!(!v["effects"].as_array().unwrap().is_empty(), "{v}");
+    let effect = v["effects"][0]["event"]["id"].as_str().unwrap().to_owned();
+    let (_, v) = s.get(&format!("/v1/events/{effect}/chain")).await;
+    assert_eq!(v["causes"][0]["event"]["id"], root);
+    let (_, v) = s.get("/v1/correlations/corr-7f3a9c").await;
+    assert!(v.as_array().unwrap().len() >= 2, "{v}");
+    let (status, v) = s.get("/v1/events/nope").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not-found")));
+    let (_, v) = s.get("/v1/catalog").await;
+    assert_eq!(v.as_array().unwrap().len(), 8);
+    let (status, v) = s.get("/v1/catalog/types/post.generated").await;
+    assert_eq!(status, 200);
+    assert!(
+        v["schemas"].as_object().unwrap().values().next().unwrap()["properties"]["draftId"]
+            .is_object(),
+        "{v}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tail_streams_from_an_offset_and_live_filtered_by_type() {
+    let s = Server::start().await;
+    s.publish(&[generated("t0", "d0")]).await;
+    s.publish(&[generated("t1", "d1")]).await;
+    let url = format!(
+        "{}/v1/topics/post.generated/tail?from=2&type=post.generated",
+        s.base
+    );
+    let mut res = s.http.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let publisher = {
+        let base = s.base.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reqwest::Client::new()
+                .post(format!("{base}/v1/events"))
+                .header("content-type", "application/cloudevents+json")
+                .body(serde_json::to_vec(&generated("t2", "d2")).unwrap())
+                .send()
+                .await
+                .unwrap();
+        })
+    };
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(text.contains("\"t1\"") && text.contains("\"t2\""))
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), res.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    publisher.await.unwrap();
+    assert!(text.contains("event: cloudevent"), "{text}");
+    assert!(text.contains("id: 2"), "{text}");
+    assert!(text.contains("\"t2\""), "{text}");
+    assert!(!text.contains("\"t0\""), "from=2 skips the first: {text}");
+    drop(res);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn catalog_delivery_defaults_apply_to_new_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.catalogs = vec![
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/catalogs/lifeos.yaml"),
+    ];
+    let s = Server::with(c, Some(dir)).await;
+    let (_, topics) = s.get("/v1/topics").await;
+    let topic = topics[0]["name"].as_str().unwrap().to_owned();
+    let (status, v) = s
+        .post("/v1/subscriptions", &json!({"name": "d", "topic": topic}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["ordered"], true);
+    assert_eq!(v["retry"]["max_attempts"], 5);
+    assert_eq!(v["retry"]["initial_backoff_ms"], 200);
+    assert_eq!(v["retry"]["max_backoff_ms"], 30000);
+    s.stop().await;
+}

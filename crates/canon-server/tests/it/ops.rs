@@ -1,0 +1,104 @@
+//! Health, readiness, metrics, the OpenAPI document, configuration, problems for routing errors.
+
+use crate::{Server, generated};
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let s = Server::start().await;
+    let (status, v) = s.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["service"], "canon");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let (status, _) = s.get("/ready").await;
+    assert_eq!(status, 200);
+    s.publish(&[generated("m1", "d1")]).await;
+    s.publish(&[generated("m1", "d1")]).await;
+    s.publish(&[serde_json::json!({"id": 1})]).await;
+    let (status, v) = s.get("/metrics").await;
+    assert_eq!(status, 200);
+    let text = v.as_str().unwrap();
+    for needle in [
+        "canon_published_events_total{topic=\"post.generated\",outcome=\"stored\"} 1",
+        "canon_published_events_total{topic=\"post.generated\",outcome=\"duplicate\"} 1",
+        "canon_refused_requests_total{code=\"invalid-event\"} 1",
+        "canon_publish_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let (status, v) = s.get("/no/such/route").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not-found")));
+    s.stop().await;
+}
+
+/// docs/openapi.json is the served document; `CANON_BLESS=1` rewrites it.
+#[tokio::test]
+async fn openapi_document_is_current() {
+    let s = Server::start().await;
+    let (status, served) = s.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        served["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    assert!(served["paths"]["/v1/subscriptions/{name}/pull"].is_object());
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    if std::env::var_os("CANON_BLESS").is_some() {
+        std::fs::write(&path, &pretty).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == pretty,
+        "docs/openapi.json is stale: run CANON_BLESS=1 cargo test -p canon-server openapi"
+    );
+    s.stop().await;
+}
+
+#[test]
+fn configuration_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("canon.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9000\"\nbody_limit = 1024\n[push]\nconcurrency = 4\n",
+    )
+    .unwrap();
+    let c = canon_server::config::Config::load(Some(&file)).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:9000");
+    assert_eq!((c.body_limit, c.push.concurrency), (1024, 4));
+    std::fs::write(&file, "listen = 5\n").unwrap();
+    assert!(canon_server::config::Config::load(Some(&file)).is_err());
+    std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+    let err = canon_server::config::Config::load(Some(&file)).unwrap_err();
+    assert!(err.to_string().contains("lisen"), "{err}");
+    // The example configuration is complete and loads.
+    let example =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../canon.example.toml");
+    canon_server::config::Config::load(Some(&example)).unwrap();
+}
+
+/// docs/http-api.md's error table and `problem::CODES` list the same codes with the same status.
+#[test]
+fn error_codes_are_documented_both_ways() {
+    let doc = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/http-api.md"),
+    )
+    .unwrap();
+    let section = doc.split("## Errors").nth(1).unwrap();
+    let mut documented: Vec<(String, u16)> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code.to_owned(), cells.get(2)?.parse().ok()?))
+        })
+        .collect();
+    let mut coded: Vec<(String, u16)> = canon_server::problem::CODES
+        .iter()
+        .map(|(c, s)| ((*c).to_owned(), *s))
+        .collect();
+    documented.sort();
+    coded.sort();
+    assert_eq!(documented, coded);
+}

@@ -1,0 +1,191 @@
+//! Push delivery to a real HTTP subscriber started by the test, under the Dapr answer contract.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use crate::{Server, generated, subscribe};
+
+/// One request the subscriber got: draft id, its count so far, headers, body.
+type Request = (String, u32, HeaderMap, Vec<u8>);
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Request>>>);
+
+/// A subscriber whose answer depends on the draftId: `ok*` success, `retry*` RETRY the first
+/// time, `drop*` DROP, `gone*` 404, `fail*` 500 with Retry-After: 0 the first time.
+async fn subscriber() -> (String, Seen) {
+    let seen = Seen::default();
+    let state = seen.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let draft = v["data"]["draftId"]
+                    .as_str()
+                    .or_else(|| v["draftId"].as_str())
+                    .or_else(|| headers.get("ce-id").and_then(|h| h.to_str().ok()))
+                    .unwrap_or("")
+                    .to_owned();
+                let mut seen = state.0.lock().unwrap();
+                let n =
+                    1 + u32::try_from(seen.iter().filter(|(d, ..)| *d == draft).count()).unwrap();
+                seen.push((draft.clone(), n, headers.clone(), body.to_vec()));
+                drop(seen);
+                if draft.starts_with("retry") && n == 1 {
+                    return axum::Json(json!({"status": "RETRY"})).into_response();
+                }
+                if draft.starts_with("drop") {
+                    return axum::Json(json!({"status": "DROP"})).into_response();
+                }
+                if draft.starts_with("gone") {
+                    return StatusCode::NOT_FOUND.into_response();
+                }
+                if draft.starts_with("fail") && n == 1 {
+                    return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")])
+                        .into_response();
+                }
+                if draft.starts_with("empty") {
+                    return StatusCode::OK.into_response();
+                }
+                axum::Json(json!({"status": "SUCCESS"})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/events"), seen)
+}
+
+async fn wait_for(what: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !what() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn push_follows_the_dapr_answer_contract() {
+    let (url, seen) = subscriber().await;
+    let s = Server::start().await;
+    subscribe(&s, "hook", "post.generated", json!({"push": {"url": url}})).await;
+    let drafts = ["ok-1", "retry-1", "drop-1", "gone-1", "fail-1", "empty-1"];
+    let batch: Vec<_> = drafts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| generated(&format!("h{i}"), d))
+        .collect();
+    let (status, _) = s.publish(&batch).await;
+    assert_eq!(status, 200);
+    let count = |d: &str| {
+        seen.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(x, ..)| x == d)
+            .count()
+    };
+    wait_for(|| count("retry-1") == 2 && count("fail-1") == 2).await;
+    let mut dlq = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/subscriptions/hook/dlq").await;
+        dlq = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["data"]["draftId"].as_str().unwrap().to_owned())
+            .collect();
+        if dlq.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dlq.sort();
+    assert_eq!(dlq, ["drop-1", "gone-1"], "DROP and 404 go to the DLQ");
+    assert_eq!(count("ok-1"), 1);
+    assert_eq!(count("empty-1"), 1, "an empty 2xx is success");
+    assert_eq!(count("retry-1"), 2, "RETRY redelivers");
+    assert_eq!(count("fail-1"), 2, "a 503 redelivers, Retry-After honoured");
+    assert_eq!(count("drop-1"), 1);
+    // Structured mode by default.
+    let first = seen.0.lock().unwrap()[0].clone();
+    assert_eq!(first.2["content-type"], "application/cloudevents+json");
+    let (_, v) = s.get("/metrics").await;
+    let text = v.as_str().unwrap();
+    assert!(
+        text.contains("canon_deliveries_total{subscription=\"hook\",outcome=\"success\"}"),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn binary_and_data_formats_and_trace_context() {
+    let (url, seen) = subscriber().await;
+    let s = Server::start().await;
+    subscribe(
+        &s,
+        "bin",
+        "post.generated",
+        json!({"push": {"url": url, "format": "binary"}}),
+    )
+    .await;
+    let mut ev = generated("bin-1", "ok-b");
+    ev["traceparent"] = json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    s.publish(&[ev]).await;
+    wait_for(|| !seen.0.lock().unwrap().is_empty()).await;
+    let (_, _, headers, body) = seen.0.lock().unwrap()[0].clone();
+    assert_eq!(headers["ce-id"], "bin-1");
+    assert_eq!(headers["ce-type"], "post.generated");
+    assert_eq!(
+        headers["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    let data: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(data["draftId"], "ok-b");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ordered_push_keeps_per_key_order_under_concurrency() {
+    let (url, seen) = subscriber().await;
+    let s = Server::start().await;
+    subscribe(
+        &s,
+        "ord",
+        "post.generated",
+        json!({"ordered": true, "push": {"url": url, "concurrency": 8}}),
+    )
+    .await;
+    // Two users, interleaved; user-2's events are drafts "okB-n".
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        let mut e = generated(
+            &format!("o{i}"),
+            &format!("ok{}-{i:02}", if i % 2 == 0 { "A" } else { "B" }),
+        );
+        e["data"]["userId"] = json!(if i % 2 == 0 { "user-a" } else { "user-b" });
+        batch.push(e);
+    }
+    s.publish(&batch).await;
+    wait_for(|| seen.0.lock().unwrap().len() >= 20).await;
+    let seen = seen.0.lock().unwrap().clone();
+    for user in ["okA", "okB"] {
+        let order: Vec<&String> = seen
+            .iter()
+            .map(|(d, ..)| d)
+            .filter(|d| d.starts_with(user))
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "per-key order for {user}");
+        assert_eq!(order.len(), 10);
+    }
+    s.stop().await;
+}

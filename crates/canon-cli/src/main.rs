@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod catalog_cmd;
+mod client_cmd;
 mod event_cmd;
 mod serve_cmd;
 
@@ -30,6 +31,88 @@ enum Command {
     /// Work with single events.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Publish events to a running server: a file or stdin (one event or a JSON array), or one
+    /// event from flags.
+    Publish {
+        /// A file of events; `-` or nothing reads stdin (unless --type is given).
+        file: Option<String>,
+        #[command(flatten)]
+        event: client_cmd::EventFlags,
+        /// The events' dialect (bme, go4u, lifeos; default cloudevents).
+        #[arg(long)]
+        dialect: Option<String>,
+        /// Publish to this topic by name (schema-less topics).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Store the valid events of a batch and report the others.
+        #[arg(long)]
+        partial: bool,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
+    /// Follow a topic's events as they are stored.
+    Tail {
+        /// The topic.
+        topic: String,
+        /// now (default), earliest, a sequence number or an RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only these types (repeatable).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
+    /// Manage subscriptions on a running server.
+    Sub {
+        #[command(subcommand)]
+        command: client_cmd::SubCommand,
+        #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+        format: Format,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
+    /// Dead-letter queues of subscriptions on a running server.
+    Dlq {
+        #[command(subcommand)]
+        command: client_cmd::DlqCommand,
+        #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+        format: Format,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
+    /// Move a subscription back to a position: later events are delivered again (admin).
+    Replay {
+        /// The subscription.
+        subscription: String,
+        /// earliest, latest or an RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// This event and everything after it.
+        #[arg(long)]
+        event_id: Option<String>,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
+    /// Look events up on a running server.
+    Events {
+        #[command(subcommand)]
+        command: client_cmd::EventsCommand,
+        #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+        format: Format,
+        #[command(flatten)]
+        remote: client_cmd::Remote,
+    },
     /// Run the HTTP API (embedded backend; data in ./canon-data unless configured).
     Serve {
         /// The TOML configuration file (every setting: canon.example.toml).
@@ -131,20 +214,20 @@ struct Usage(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Serve {
-        config,
-        catalog,
-        listen,
-        data_dir,
-        log_json,
-    } = cli.command
-    {
-        return serve_cmd::run(config, catalog, listen, data_dir, log_json);
-    }
     let mut out = std::io::stdout().lock();
-    let result = match cli.command {
+    let result: Result<Outcome, client_cmd::Failure> = match cli.command {
+        Command::Serve {
+            config,
+            catalog,
+            listen,
+            data_dir,
+            log_json,
+        } => {
+            drop(out);
+            return serve_cmd::run(config, catalog, listen, data_dir, log_json);
+        }
         Command::Catalog(CatalogCommand::Check { files, format }) => {
-            catalog_cmd::check(&mut out, &files, format)
+            catalog_cmd::check(&mut out, &files, format).map_err(Into::into)
         }
         Command::Catalog(CatalogCommand::Validate {
             catalog,
@@ -157,27 +240,93 @@ fn main() -> ExitCode {
             event.as_deref(),
             dialect.as_deref(),
             format,
-        ),
+        )
+        .map_err(Into::into),
         Command::Catalog(CatalogCommand::Diff { old, new, format }) => {
-            catalog_cmd::diff(&mut out, &old, &new, format)
+            catalog_cmd::diff(&mut out, &old, &new, format).map_err(Into::into)
         }
         Command::Catalog(CatalogCommand::Show { file, ty, format }) => {
-            catalog_cmd::show(&mut out, &file, ty.as_deref(), format)
+            catalog_cmd::show(&mut out, &file, ty.as_deref(), format).map_err(Into::into)
         }
         Command::Event(EventCommand::Convert { from, to, input }) => {
-            event_cmd::convert(&mut out, &from, &to, input.as_deref())
+            event_cmd::convert(&mut out, &from, &to, input.as_deref()).map_err(Into::into)
         }
-        Command::Serve { .. } => Ok(Outcome::Ok),
+        Command::Publish {
+            file,
+            event,
+            dialect,
+            topic,
+            partial,
+            batch_size,
+            format,
+            remote,
+        } => client_cmd::publish(
+            &mut out,
+            &remote,
+            file.as_deref(),
+            event,
+            dialect.as_deref(),
+            topic.as_deref(),
+            partial,
+            batch_size,
+            format,
+        ),
+        Command::Tail {
+            topic,
+            from,
+            types,
+            subject,
+            format,
+            remote,
+        } => client_cmd::tail(
+            &mut out,
+            &remote,
+            &topic,
+            from.as_deref(),
+            &types,
+            subject.as_deref(),
+            format,
+        ),
+        Command::Sub {
+            command,
+            format,
+            remote,
+        } => client_cmd::sub(&mut out, &remote, command, format),
+        Command::Dlq {
+            command,
+            format,
+            remote,
+        } => client_cmd::dlq(&mut out, &remote, command, format),
+        Command::Replay {
+            subscription,
+            from,
+            event_id,
+            remote,
+        } => client_cmd::replay(
+            &mut out,
+            &remote,
+            &subscription,
+            from.as_deref(),
+            event_id.as_deref(),
+        ),
+        Command::Events {
+            command,
+            format,
+            remote,
+        } => client_cmd::events(&mut out, &remote, command, format),
     };
     let _ = out.flush();
-    match result {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::Invalid) => ExitCode::from(1),
-        Err(Usage(message)) => {
-            let _ = writeln!(std::io::stderr(), "canon: {message}");
-            ExitCode::from(2)
-        }
+    let (code, message) = match result {
+        Ok(Outcome::Ok) => (0, None),
+        Ok(Outcome::Invalid) => (1, None),
+        Err(client_cmd::Failure::Usage(Usage(m))) => (2, Some(m)),
+        Err(client_cmd::Failure::Refused(m)) => (1, Some(m)),
+        Err(client_cmd::Failure::Unreachable(m)) => (3, Some(m)),
+    };
+    if let Some(m) = message {
+        let _ = writeln!(std::io::stderr(), "canon: {m}");
     }
+    ExitCode::from(code)
 }
 
 /// Reads a file, or stdin for `-` / nothing.

@@ -301,3 +301,86 @@ fn usage_errors_exit_2() {
     let (code, _, _) = canon(&["catalog", "frobnicate"], "");
     assert_eq!(code, 2);
 }
+
+/// `canon serve` as a process, driven by the client commands, stopped with SIGTERM.
+#[test]
+fn serve_and_the_client_commands() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = std::env::temp_dir().join(format!("canon-cli-serve-{}-{port}", std::process::id()));
+    let server = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(["serve", "--catalog", "examples/catalogs/coach.yaml", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let remote = ["--server", server.as_str()];
+    let run = |args: &[&str], stdin: &str| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&remote);
+        canon(&all, stdin)
+    };
+    let (code, out, err) = run(&["publish", "examples/events/coach.json", "--batch-size", "1"], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "8 stored, 0 duplicate, 0 rejected, 0 not stored\n");
+    let (code, out, _) = run(&["publish", "examples/events/coach.json", "--batch-size", "1"], "");
+    assert_eq!((code, out.as_str()), (0, "0 stored, 8 duplicate, 0 rejected, 0 not stored\n"));
+    let bad = r#"{"specversion":"1.0","id":"x","source":"/s","type":"post.generated","data":{}}"#;
+    let (code, out, _) = run(&["publish", "-"], bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("payload-required"), "{out}");
+    let (code, _, err) = run(&["publish", "-"], "{}");
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid-event"), "{err}");
+    let (code, out, err) = run(
+        &["sub", "create", "watch", "--topic", "post.generated", "--max-attempts", "2"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "subscription watch on post.generated\n");
+    let (code, out, _) = run(&["sub", "list"], "");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME   TOPIC           MODE  CONSUMER  PENDING  IN FLIGHT  DLQ\n"), "{out}");
+    assert!(out.contains("watch  post.generated  pull  -         1"), "{out}");
+    let (code, out, _) = run(&["sub", "list", "--format", "json"], "");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["retry"]["max_attempts"], 2);
+    let (code, out, _) = run(&["dlq", "ls", "watch"], "");
+    assert_eq!((code, out.as_str()), (0, "SEQ  ID  TYPE  REASON  ATTEMPTS  AT  LAST ERROR\n"));
+    let (code, out, _) = run(&["dlq", "redrive", "watch", "--dry-run"], "");
+    assert_eq!((code, out.as_str()), (0, "0 matched, 0 redriven (dry run)\n"));
+    let (code, out, _) = run(&["events", "chain", "bdd640fb-0667-4ad1-9c80-317fa3b1799d"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("event   post.generated"), "{out}");
+    assert!(out.contains("effect"), "{out}");
+    let (code, _, err) = run(&["events", "get", "nope"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("404 not-found"), "{err}");
+    let (code, out, _) = run(&["replay", "watch", "--from", "earliest"], "");
+    assert_eq!((code, out.as_str()), (0, "watch replays from earliest\n"));
+    let (code, out, _) = run(&["sub", "delete", "watch"], "");
+    assert_eq!((code, out.as_str()), (0, "deleted watch\n"));
+    // SIGTERM: a graceful shutdown, exit 0.
+    let killed = Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Unreachable now: exit 3.
+    let (code, _, err) = run(&["sub", "list"], "");
+    assert_eq!(code, 3, "{err}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -13,6 +13,8 @@
     reason = "a report tool: its output is the point"
 )]
 
+mod http;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use futures_util::StreamExt;
 
 /// Measure Canon's embedded backend beside NATS JetStream under one workload.
 #[derive(Debug, Parser)]
-struct Args {
+pub(crate) struct Args {
     /// Events to publish and consume in the throughput phases.
     #[arg(long, default_value_t = 200_000)]
     events: usize,
@@ -54,9 +56,16 @@ struct Args {
     /// The JetStream server; empty to skip the peer.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Also run the workload through `canon serve` over HTTP (batch publish, single publish
+    /// latency, pull consume, push delivery).
+    #[arg(long)]
+    http: bool,
+    /// Skip the embedded backend's own phases.
+    #[arg(long)]
+    no_embedded: bool,
 }
 
-fn event(i: usize, size: usize) -> CloudEvent {
+pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
     let mut ev = CloudEvent::new(format!("ev-{i}"), "/canon-load", "load.tick");
     let empty = ev.to_json().len() + r#","data":{"pad":""}"#.len();
     let pad = "x".repeat(size.saturating_sub(empty));
@@ -64,7 +73,7 @@ fn event(i: usize, size: usize) -> CloudEvent {
     ev
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -227,7 +236,7 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
 
 /// Calls `publish(i)` at `args.rate` per second for `args.latency_secs`, each call on its own
 /// task so a slow one does not hold back the schedule.
-async fn paced<F, Fut>(args: &Args, publish: F) -> Result<()>
+pub(crate) async fn paced<F, Fut>(args: &Args, publish: F) -> Result<()>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -385,26 +394,48 @@ async fn main() -> Result<()> {
         "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s",
         args.events, args.size, args.batch, args.publishers, args.rate, args.latency_secs
     );
-    let c = canon(&args, durability).await?;
-    report(&format!("canon embedded ({})", args.durability), &c);
-    println!("canon peak RSS: {:.0} MB", peak_rss_mb());
-    let started = Instant::now();
-    let reopened = EmbeddedBackend::open(&args.dir, durability)?;
-    println!(
-        "canon open with {} events stored: {:.0} ms",
-        args.events + (args.rate * args.latency_secs) as usize,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    drop(reopened);
+    let c = if args.no_embedded {
+        None
+    } else {
+        let c = canon(&args, durability).await?;
+        report(&format!("canon embedded ({})", args.durability), &c);
+        println!("canon peak RSS: {:.0} MB", peak_rss_mb());
+        let started = Instant::now();
+        let reopened = EmbeddedBackend::open(&args.dir, durability)?;
+        println!(
+            "canon open with {} events stored: {:.0} ms",
+            args.events + (args.rate * args.latency_secs) as usize,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        drop(reopened);
+        Some(c)
+    };
+    let h = if args.http {
+        let h = http::run(&args).await?;
+        http::report(&h);
+        Some(h)
+    } else {
+        None
+    };
     if !args.nats.is_empty() {
         let j = jetstream(&args).await?;
         report("nats jetstream (file)", &j);
-        println!(
-            "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
-            c.publish_eps / j.publish_eps,
-            c.consume_eps / j.consume_eps,
-            c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
-        );
+        if let Some(c) = &c {
+            println!(
+                "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
+                c.publish_eps / j.publish_eps,
+                c.consume_eps / j.consume_eps,
+                c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
+            );
+        }
+        if let Some(h) = &h {
+            println!(
+                "ratios canon http/jetstream: publish {:.2}x, pull+ack {:.2}x, push {:.2}x (jetstream consume)",
+                h.publish_eps / j.publish_eps,
+                h.pull_eps / j.consume_eps,
+                h.push_eps / j.consume_eps
+            );
+        }
     }
     Ok(())
 }

@@ -313,7 +313,12 @@ fn serve_and_the_client_commands() {
     let data = std::env::temp_dir().join(format!("canon-cli-serve-{}-{port}", std::process::id()));
     let server = format!("http://127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
-        .args(["serve", "--catalog", "examples/catalogs/coach.yaml", "--listen"])
+        .args([
+            "serve",
+            "--catalog",
+            "examples/catalogs/coach.yaml",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(&data)
@@ -324,7 +329,10 @@ fn serve_and_the_client_commands() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let remote = ["--server", server.as_str()];
@@ -333,11 +341,20 @@ fn serve_and_the_client_commands() {
         all.extend_from_slice(&remote);
         canon(&all, stdin)
     };
-    let (code, out, err) = run(&["publish", "examples/events/coach.json", "--batch-size", "1"], "");
+    let (code, out, err) = run(
+        &["publish", "examples/events/coach.json", "--batch-size", "1"],
+        "",
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "8 stored, 0 duplicate, 0 rejected, 0 not stored\n");
-    let (code, out, _) = run(&["publish", "examples/events/coach.json", "--batch-size", "1"], "");
-    assert_eq!((code, out.as_str()), (0, "0 stored, 8 duplicate, 0 rejected, 0 not stored\n"));
+    let (code, out, _) = run(
+        &["publish", "examples/events/coach.json", "--batch-size", "1"],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0 stored, 8 duplicate, 0 rejected, 0 not stored\n")
+    );
     let bad = r#"{"specversion":"1.0","id":"x","source":"/s","type":"post.generated","data":{}}"#;
     let (code, out, _) = run(&["publish", "-"], bad);
     assert_eq!(code, 1, "{out}");
@@ -346,24 +363,47 @@ fn serve_and_the_client_commands() {
     assert_eq!(code, 1);
     assert!(err.contains("invalid-event"), "{err}");
     let (code, out, err) = run(
-        &["sub", "create", "watch", "--topic", "post.generated", "--max-attempts", "2"],
+        &[
+            "sub",
+            "create",
+            "watch",
+            "--topic",
+            "post.generated",
+            "--max-attempts",
+            "2",
+        ],
         "",
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "subscription watch on post.generated\n");
     let (code, out, _) = run(&["sub", "list"], "");
     assert_eq!(code, 0);
-    assert!(out.starts_with("NAME   TOPIC           MODE  CONSUMER  PENDING  IN FLIGHT  DLQ\n"), "{out}");
-    assert!(out.contains("watch  post.generated  pull  -         1"), "{out}");
+    assert!(
+        out.starts_with("NAME   TOPIC           MODE  CONSUMER  PENDING  IN FLIGHT  DLQ\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("watch  post.generated  pull  -         1"),
+        "{out}"
+    );
     let (code, out, _) = run(&["sub", "list", "--format", "json"], "");
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["retry"]["max_attempts"], 2);
     let (code, out, _) = run(&["dlq", "ls", "watch"], "");
-    assert_eq!((code, out.as_str()), (0, "SEQ  ID  TYPE  REASON  ATTEMPTS  AT  LAST ERROR\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "SEQ  ID  TYPE  REASON  ATTEMPTS  AT  LAST ERROR\n")
+    );
     let (code, out, _) = run(&["dlq", "redrive", "watch", "--dry-run"], "");
-    assert_eq!((code, out.as_str()), (0, "0 matched, 0 redriven (dry run)\n"));
-    let (code, out, _) = run(&["events", "chain", "bdd640fb-0667-4ad1-9c80-317fa3b1799d"], "");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0 matched, 0 redriven (dry run)\n")
+    );
+    let (code, out, _) = run(
+        &["events", "chain", "bdd640fb-0667-4ad1-9c80-317fa3b1799d"],
+        "",
+    );
     assert_eq!(code, 0);
     assert!(out.contains("event   post.generated"), "{out}");
     assert!(out.contains("effect"), "{out}");
@@ -375,7 +415,10 @@ fn serve_and_the_client_commands() {
     let (code, out, _) = run(&["sub", "delete", "watch"], "");
     assert_eq!((code, out.as_str()), (0, "deleted watch\n"));
     // SIGTERM: a graceful shutdown, exit 0.
-    let killed = Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    let killed = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));

@@ -1,0 +1,218 @@
+//! The HTTP modes: the same workload through `canon serve` (started in this process, on a
+//! loopback port, schema-less topic `bench`): batch publish, single-event publish latency at a
+//! fixed rate, pull consume with acks, and push delivery to a local subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use canon_server::config::{Config, DurabilitySetting};
+use serde_json::{Value, json};
+
+use crate::{Args, event, percentile};
+
+/// What the HTTP modes measured.
+#[derive(Debug, Default)]
+pub(crate) struct HttpFigures {
+    pub(crate) publish_eps: f64,
+    pub(crate) single_p50: Duration,
+    pub(crate) single_p99: Duration,
+    pub(crate) pull_eps: f64,
+    pub(crate) push_eps: f64,
+}
+
+pub(crate) fn report(f: &HttpFigures) {
+    println!(
+        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | push {:>9.0} ev/s",
+        f.publish_eps,
+        f.single_p50.as_secs_f64() * 1e3,
+        f.single_p99.as_secs_f64() * 1e3,
+        f.pull_eps,
+        f.push_eps
+    );
+}
+
+async fn post(http: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> Result<Value> {
+    let res = http
+        .post(url)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await?;
+    let status = res.status();
+    let bytes = res.bytes().await?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)?
+    })
+}
+
+pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
+    let dir = format!("{}-http", args.dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config {
+        listen: "127.0.0.1:0".to_owned(),
+        data_dir: dir.clone().into(),
+        durability: if args.durability == "sync" {
+            DurabilitySetting::Sync
+        } else {
+            DurabilitySetting::LoseRecentOnOsCrash
+        },
+        schemaless_topics: vec!["bench".to_owned()],
+        body_limit: 64 * 1024 * 1024,
+        ..Config::default()
+    };
+    let server = canon_server::start(config).await?;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let mut f = HttpFigures::default();
+    let publish_url = format!("{base}/v1/topics/bench/events");
+
+    // Subscriptions first, so they see every event.
+    post(
+        &http,
+        &format!("{base}/v1/subscriptions"),
+        "application/json",
+        serde_json::to_vec(&json!({"name": "pull", "topic": "bench", "max_in_flight": 10000}))?,
+    )
+    .await?;
+
+    // Batch publish.
+    let per = args.events / args.publishers;
+    let total = per * args.publishers;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.publishers {
+        let (http, url, batch, size) = (http.clone(), publish_url.clone(), args.batch, args.size);
+        tasks.spawn(async move {
+            let mut i = p * per;
+            while i < (p + 1) * per {
+                let n = batch.min((p + 1) * per - i);
+                let events: Vec<Vec<u8>> = (i..i + n).map(|k| event(k, size).to_json()).collect();
+                let mut body = Vec::with_capacity(n * (size + 2));
+                body.push(b'[');
+                for (j, e) in events.iter().enumerate() {
+                    if j > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(e);
+                }
+                body.push(b']');
+                post(&http, &url, "application/cloudevents-batch+json", body).await?;
+                i += n;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    f.publish_eps = total as f64 / started.elapsed().as_secs_f64();
+
+    // Pull consume with one ack request per pull.
+    let started = Instant::now();
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.publishers.clamp(1, 8) {
+        let (http, base, consumed) = (http.clone(), base.clone(), Arc::clone(&consumed));
+        tasks.spawn(async move {
+            loop {
+                let v = post(
+                    &http,
+                    &format!("{base}/v1/subscriptions/pull/pull"),
+                    "application/json",
+                    br#"{"max": 500, "wait_ms": 200}"#.to_vec(),
+                )
+                .await?;
+                let ids: Vec<Value> = v["deliveries"]
+                    .as_array()
+                    .context("deliveries")?
+                    .iter()
+                    .map(|d| d["ack_id"].clone())
+                    .collect();
+                if ids.is_empty() {
+                    return anyhow::Ok(());
+                }
+                consumed.fetch_add(ids.len(), Ordering::Relaxed);
+                post(
+                    &http,
+                    &format!("{base}/v1/subscriptions/pull/ack"),
+                    "application/json",
+                    serde_json::to_vec(&json!({ "ack_ids": ids }))?,
+                )
+                .await?;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    f.pull_eps = consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // Push delivery to a local subscriber that answers 200 with an empty body.
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async {}
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sub_addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = Instant::now();
+    post(
+        &http,
+        &format!("{base}/v1/subscriptions"),
+        "application/json",
+        serde_json::to_vec(
+            &json!({"name": "push", "topic": "bench", "max_in_flight": 10000,
+            "push": {"url": format!("http://{sub_addr}/events"), "concurrency": 64}}),
+        )?,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.push_eps = received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // Single-event publish latency at a fixed rate.
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let lat = Arc::clone(&lat);
+        crate::paced(args, move |i| {
+            let (http, url, lat, size) = (
+                http.clone(),
+                publish_url.clone(),
+                Arc::clone(&lat),
+                args.size,
+            );
+            async move {
+                let body = event(2_000_000_000 + i, size).to_json();
+                let t = Instant::now();
+                post(&http, &url, "application/cloudevents+json", body).await?;
+                lat.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(t.elapsed());
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let mut lat = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    lat.sort_unstable();
+    f.single_p50 = percentile(&lat, 0.5);
+    f.single_p99 = percentile(&lat, 0.99);
+    server.shutdown().await?;
+    Ok(f)
+}

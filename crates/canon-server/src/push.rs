@@ -85,6 +85,11 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         .unwrap_or(app.config.push.concurrency)
         .max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
+    // Settling (an ack, a nack) waits for its commit; a delivery gives its request permit back
+    // as soon as the subscriber answered, so requests do not wait on syncs. Every delivery
+    // holds one of these until it is settled.
+    const UNSETTLED: u32 = 1 << 20;
+    let unsettled = Arc::new(Semaphore::new(UNSETTLED as usize));
     let consumer = format!("push:{}", app.instance);
     let mut failures = 0u32;
     loop {
@@ -125,18 +130,19 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
                     },
                 },
             };
+            let Ok(settling) = unsettled.clone().acquire_owned().await else {
+                break;
+            };
             let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
             let format = spec.format;
             tokio::spawn(async move {
-                deliver(&app, &sub, &url, format, d).await;
-                drop(permit);
+                deliver(&app, &sub, &url, format, d, permit).await;
+                drop(settling);
             });
         }
     }
     // Drain: every permit back means every request answered and settled.
-    let _ = permits
-        .acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX))
-        .await;
+    let _ = unsettled.acquire_many(UNSETTLED).await;
 }
 
 /// Sends one delivery and settles it.
@@ -146,6 +152,7 @@ async fn deliver<B: Backend>(
     url: &str,
     format: PushFormat,
     d: Delivery,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
     let ev = &d.event.event;
@@ -246,6 +253,7 @@ async fn deliver<B: Backend>(
             .get_or_create(&label)
             .observe(age.as_secs_f64());
     }
+    drop(permit);
     match settle(app.engine.backend(), &d.token, outcome, error).await {
         Ok(()) => {
             app.metrics

@@ -595,20 +595,21 @@ pub(crate) async fn filtered_pull<B: Backend>(
         let Some(filter) = &filter else {
             return Ok(got);
         };
-        let mut keep = Vec::with_capacity(got.len());
-        for d in got {
-            if filter.contains(app.base_type(&d.event.event.ty)) {
-                keep.push(d);
-            } else {
-                app.engine.backend().ack(&d.token).await?;
-                app.metrics
-                    .delivered
-                    .get_or_create(&SubOutcome {
-                        subscription: sub.name.clone(),
-                        outcome: "filtered",
-                    })
-                    .inc();
+        let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = got
+            .into_iter()
+            .partition(|d| filter.contains(app.base_type(&d.event.event.ty)));
+        if !skip.is_empty() {
+            let acks = skip.iter().map(|d| app.engine.backend().ack(&d.token));
+            for r in futures_util::future::join_all(acks).await {
+                r?;
             }
+            app.metrics
+                .delivered
+                .get_or_create(&SubOutcome {
+                    subscription: sub.name.clone(),
+                    outcome: "filtered",
+                })
+                .inc_by(u64::try_from(skip.len()).unwrap_or(u64::MAX));
         }
         if !keep.is_empty() || Instant::now() >= deadline {
             return Ok(keep);
@@ -668,8 +669,8 @@ async fn settle<B: Backend>(
             ))
         })?;
         let backend = app.engine.backend();
-        let mut results = Vec::with_capacity(req.ack_ids.len());
-        for ack_id in req.ack_ids {
+        // Every id at once: the backend commits them together (one sync for the request).
+        let settles = req.ack_ids.iter().map(|ack_id| {
             let token = ack_id.split_once('.').and_then(|(s, h)| {
                 Some(LeaseToken {
                     topic: sub.topic.clone(),
@@ -678,53 +679,55 @@ async fn settle<B: Backend>(
                     handle: h.parse().ok()?,
                 })
             });
-            let Some(token) = token else {
-                results.push(SettleResult {
-                    ack_id,
-                    status: "invalid",
-                });
-                continue;
-            };
-            let r = match how {
-                Settle::Ack => backend.ack(&token).await,
-                Settle::Nack => {
-                    backend
-                        .nack(
-                            &token,
-                            req.delay_ms.map(Duration::from_millis),
-                            req.error.clone(),
-                        )
-                        .await
-                }
-                Settle::Extend => {
-                    let by = req.delay_ms.unwrap_or(sub.lease_ms.unwrap_or(30_000));
-                    backend.extend(&token, Duration::from_millis(by)).await
-                }
-                Settle::Reject => backend.dead_letter(&token, req.error.clone()).await,
-            };
-            let status = match r {
-                Ok(()) => {
-                    let outcome = match how {
-                        Settle::Ack => Some("success"),
-                        Settle::Nack => Some("retry"),
-                        Settle::Reject => Some("dead-letter"),
-                        Settle::Extend => None,
-                    };
-                    if let Some(outcome) = outcome {
-                        app.metrics
-                            .delivered
-                            .get_or_create(&SubOutcome {
-                                subscription: sub.name.clone(),
-                                outcome,
-                            })
-                            .inc();
+            let (delay, error) = (req.delay_ms, req.error.clone());
+            let lease = sub.lease_ms.unwrap_or(30_000);
+            async move {
+                let token = token?;
+                Some(match how {
+                    Settle::Ack => backend.ack(&token).await,
+                    Settle::Nack => {
+                        backend
+                            .nack(&token, delay.map(Duration::from_millis), error)
+                            .await
                     }
+                    Settle::Extend => {
+                        backend
+                            .extend(&token, Duration::from_millis(delay.unwrap_or(lease)))
+                            .await
+                    }
+                    Settle::Reject => backend.dead_letter(&token, error).await,
+                })
+            }
+        });
+        let outcomes = futures_util::future::join_all(settles).await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        let mut settled = 0u64;
+        for (ack_id, r) in req.ack_ids.into_iter().zip(outcomes) {
+            let status = match r {
+                None => "invalid",
+                Some(Ok(())) => {
+                    settled += 1;
                     "ok"
                 }
-                Err(canon_backend::BackendError::LeaseLost) => "lease-lost",
-                Err(e) => return Err(fail(e.into())),
+                Some(Err(canon_backend::BackendError::LeaseLost)) => "lease-lost",
+                Some(Err(e)) => return Err(fail(e.into())),
             };
             results.push(SettleResult { ack_id, status });
+        }
+        let outcome = match how {
+            Settle::Ack => Some("success"),
+            Settle::Nack => Some("retry"),
+            Settle::Reject => Some("dead-letter"),
+            Settle::Extend => None,
+        };
+        if let Some(outcome) = outcome {
+            app.metrics
+                .delivered
+                .get_or_create(&SubOutcome {
+                    subscription: sub.name.clone(),
+                    outcome,
+                })
+                .inc_by(settled);
         }
         Ok(Json(SettleResponse { results }).into_response())
     };

@@ -339,7 +339,7 @@ impl Drop for EmbeddedBackend {
     /// next open starts fast.
     fn drop(&mut self) {
         self.writer.stop();
-        self.store.flush(Duration::from_secs(10));
+        self.store.flush(Duration::from_secs(5));
     }
 }
 

@@ -269,15 +269,18 @@ pub(crate) async fn correlation<B: Backend>(
         async {
             let who = app.identify(&headers)?;
             let backend = app.engine.backend();
-            let mut out = Vec::new();
+            let mut found = Vec::new();
             for t in backend.topics().await? {
                 for e in backend.events_by_correlation(&t, &id).await? {
                     if may_read(&app, &who, &e.event.ty) {
-                        out.push(event_body(&t, &e));
+                        found.push((e.published_at, t.clone(), e));
                     }
                 }
             }
-            out.sort_by(|a, b| a.published_at.cmp(&b.published_at));
+            // By storage time (then topic and sequence): the times, not their text, which
+            // omits a zero fraction and so does not sort.
+            found.sort_by(|a, b| (a.0, &a.1, a.2.seq).cmp(&(b.0, &b.1, b.2.seq)));
+            let out: Vec<EventBody> = found.iter().map(|(_, t, e)| event_body(t, e)).collect();
             Ok(out)
         }
         .await,

@@ -20,16 +20,18 @@ pub(crate) struct HttpFigures {
     pub(crate) single_p99: Duration,
     pub(crate) pull_eps: f64,
     pub(crate) push_eps: f64,
+    pub(crate) push_batch: usize,
 }
 
 pub(crate) fn report(f: &HttpFigures) {
     println!(
-        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | push {:>9.0} ev/s",
+        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | push {:>9.0} ev/s ({} per request)",
         f.publish_eps,
         f.single_p50.as_secs_f64() * 1e3,
         f.single_p99.as_secs_f64() * 1e3,
         f.pull_eps,
-        f.push_eps
+        f.push_eps,
+        f.push_batch
     );
 }
 
@@ -72,7 +74,10 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let mut f = HttpFigures::default();
+    let mut f = HttpFigures {
+        push_batch: args.push_batch,
+        ..HttpFigures::default()
+    };
     let publish_url = format!("{base}/v1/topics/bench/events");
 
     // Subscriptions first, so they see every event.
@@ -159,10 +164,18 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     // Push delivery to a local subscriber that answers 200 with an empty body.
     let received = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&received);
+    let batched = args.push_batch > 1;
     let app = axum::Router::new().route(
         "/events",
-        axum::routing::post(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
+        axum::routing::post(move |body: axum::body::Bytes| {
+            // A batch: count its events (a JSON array of objects), answer 200 empty: all done.
+            let n = if batched {
+                serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&body)
+                    .map_or(0, |v| v.len())
+            } else {
+                1
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
             async {}
         }),
     );
@@ -176,7 +189,7 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         "application/json",
         serde_json::to_vec(
             &json!({"name": "push", "topic": "bench", "max_in_flight": 10000,
-            "push": {"url": format!("http://{sub_addr}/events"), "concurrency": 64}}),
+            "push": {"url": format!("http://{sub_addr}/events"), "concurrency": 64, "batch": args.push_batch}}),
         )?,
     )
     .await?;

@@ -60,6 +60,9 @@ pub(crate) struct Args {
     /// latency, pull consume, push delivery).
     #[arg(long)]
     http: bool,
+    /// Events per push request in the HTTP mode (1: one event per request).
+    #[arg(long, default_value_t = 1)]
+    push_batch: usize,
     /// Skip the embedded backend's own phases.
     #[arg(long)]
     no_embedded: bool,

@@ -91,6 +91,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     const UNSETTLED: u32 = 1 << 20;
     let unsettled = Arc::new(Semaphore::new(UNSETTLED as usize));
     let consumer = format!("push:{}", app.instance);
+    let batch = spec.batch.unwrap_or(1).max(1);
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -101,7 +102,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let room = permits.available_permits() + 1;
+        let room = (permits.available_permits() + 1) * batch;
         let pulled = tokio::select! {
             r = crate::subs::filtered_pull(&app, &sub, &consumer, room, Duration::from_secs(5)) => r,
             _ = stop.wait_for(|s| *s) => break,
@@ -119,7 +120,9 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             }
         };
         let mut first = Some(first);
-        for d in deliveries {
+        let mut deliveries = deliveries.into_iter().peekable();
+        while deliveries.peek().is_some() {
+            let chunk: Vec<Delivery> = deliveries.by_ref().take(batch).collect();
             let permit = match first.take() {
                 Some(p) => p,
                 None => match permits.clone().try_acquire_owned() {
@@ -130,13 +133,18 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
                     },
                 },
             };
-            let Ok(settling) = unsettled.clone().acquire_owned().await else {
+            let n = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let Ok(settling) = unsettled.clone().acquire_many_owned(n).await else {
                 break;
             };
             let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
             let format = spec.format;
             tokio::spawn(async move {
-                deliver(&app, &sub, &url, format, d, permit).await;
+                if batch > 1 {
+                    deliver_batch(&app, &sub, &url, chunk, permit).await;
+                } else if let Some(d) = chunk.into_iter().next() {
+                    deliver(&app, &sub, &url, format, d, permit).await;
+                }
                 drop(settling);
             });
         }
@@ -239,6 +247,121 @@ async fn deliver<B: Backend>(
             }
         }
     };
+    drop(permit);
+    settle_and_count(app, sub, &label, &d, outcome, error).await;
+}
+
+/// Sends deliveries as one `application/cloudevents-batch+json` request and settles each by
+/// the answer: `{"statuses":[{"entryId":"<event id>","status":"SUCCESS|RETRY|DROP"}]}`, an
+/// entry left out counting as RETRY (Dapr's bulk contract); a 2xx without `statuses` is
+/// success for all, and a failed request applies to all.
+async fn deliver_batch<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    url: &str,
+    chunk: Vec<Delivery>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let mut body = Vec::with_capacity(chunk.len() * 600);
+    body.push(b'[');
+    for (i, d) in chunk.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&d.event.event.to_json());
+    }
+    body.push(b']');
+    let answer = app
+        .http
+        .post(url)
+        .header(CONTENT_TYPE, "application/cloudevents-batch+json")
+        .body(body)
+        .send()
+        .await;
+    let label = SubLabel {
+        subscription: sub.name.clone(),
+    };
+    app.metrics
+        .push_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    let outcomes: Vec<(Outcome, Option<String>)> = match answer {
+        Err(e) => vec![
+            (
+                Outcome::Retry(None),
+                Some(format!("push to {url} failed: {e}"))
+            );
+            chunk.len()
+        ],
+        Ok(res) => {
+            let status = res.status();
+            let retry_after = res
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            if status.is_success() {
+                let body = res.bytes().await.unwrap_or_default();
+                let statuses = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("statuses").and_then(|s| s.as_array()).cloned());
+                match statuses {
+                    None => vec![(Outcome::Success, None); chunk.len()],
+                    Some(list) => chunk
+                        .iter()
+                        .map(|d| {
+                            let entry = list.iter().find(|e| {
+                                e.get("entryId").and_then(|x| x.as_str())
+                                    == Some(d.event.event.id.as_str())
+                            });
+                            match entry {
+                                None => (
+                                    Outcome::Retry(retry_after),
+                                    Some("subscriber left the entry out".to_owned()),
+                                ),
+                                Some(e) => interpret(e.to_string().as_bytes(), retry_after),
+                            }
+                        })
+                        .collect(),
+                }
+            } else if status == reqwest::StatusCode::NOT_FOUND {
+                vec![
+                    (
+                        Outcome::DeadLetter,
+                        Some(format!("subscriber answered 404 at {url}"))
+                    );
+                    chunk.len()
+                ]
+            } else {
+                vec![
+                    (
+                        Outcome::Retry(retry_after),
+                        Some(format!("subscriber answered {status}"))
+                    );
+                    chunk.len()
+                ]
+            }
+        }
+    };
+    drop(permit);
+    let settles = chunk
+        .iter()
+        .zip(outcomes)
+        .map(|(d, (outcome, error))| settle_and_count(app, sub, &label, d, outcome, error));
+    futures_util::future::join_all(settles).await;
+}
+
+/// Settles one delivery and counts it.
+async fn settle_and_count<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    label: &SubLabel,
+    d: &Delivery,
+    outcome: Outcome,
+    error: Option<String>,
+) {
     let name = match outcome {
         Outcome::Success => "success",
         Outcome::Retry(_) => "retry",
@@ -250,10 +373,9 @@ async fn deliver<B: Backend>(
     {
         app.metrics
             .end_to_end_seconds
-            .get_or_create(&label)
+            .get_or_create(label)
             .observe(age.as_secs_f64());
     }
-    drop(permit);
     match settle(app.engine.backend(), &d.token, outcome, error).await {
         Ok(()) => {
             app.metrics

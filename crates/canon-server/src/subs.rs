@@ -49,6 +49,10 @@ pub struct PushSpec {
     pub format: PushFormat,
     /// Requests in flight at once (default: the server's `push.concurrency`).
     pub concurrency: Option<usize>,
+    /// Events per request (default 1). Above 1 the body is a JSON array of events
+    /// (`application/cloudevents-batch+json`, structured format only) and the subscriber may
+    /// answer per event: `{"statuses":[{"entryId":"<event id>","status":"SUCCESS|RETRY|DROP"}]}`.
+    pub batch: Option<usize>,
 }
 
 /// How failed deliveries are retried. Unset fields come from the catalog's `delivery` defaults,
@@ -301,6 +305,15 @@ async fn create_inner<B: Backend>(
                 .with("rule", "declared-consumer"),
             ));
         }
+    }
+    if let Some(p) = &sub.push
+        && (p.batch.unwrap_or(1) > 1000
+            || (p.batch.unwrap_or(1) > 1 && p.format != PushFormat::Structured))
+    {
+        return Err(fail(Problem::new(
+            "invalid-request",
+            "push.batch is 1 to 1000, and above 1 only with the structured format",
+        )));
     }
     if let Some(p) = &sub.push
         && !(p.url.starts_with("http://"))

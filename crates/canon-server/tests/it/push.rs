@@ -271,3 +271,108 @@ async fn a_graceful_shutdown_mid_delivery_loses_nothing() {
     );
     s.stop().await;
 }
+
+/// Batched push: arrays of events, settled per entry by `statuses` (an entry left out is
+/// RETRY, DROP goes to the DLQ).
+#[tokio::test]
+async fn batched_push_is_settled_per_entry() {
+    let requests = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let state = Arc::clone(&requests);
+    let app = axum::Router::new().route(
+        "/bulk",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = Arc::clone(&state);
+            async move {
+                assert_eq!(
+                    headers["content-type"],
+                    "application/cloudevents-batch+json"
+                );
+                let events: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                let drafts: Vec<String> = events
+                    .iter()
+                    .map(|e| e["data"]["draftId"].as_str().unwrap().to_owned())
+                    .collect();
+                let first_time = {
+                    let mut seen = state.lock().unwrap();
+                    let first = !seen.iter().flatten().any(|d| d == "left-out");
+                    seen.push(drafts);
+                    first
+                };
+                let statuses: Vec<Value> = events
+                    .iter()
+                    .filter_map(|e| {
+                        let draft = e["data"]["draftId"].as_str().unwrap();
+                        let id = e["id"].clone();
+                        match draft {
+                            "left-out" if first_time => None,
+                            "drop" => Some(json!({"entryId": id, "status": "DROP"})),
+                            _ => Some(json!({"entryId": id, "status": "SUCCESS"})),
+                        }
+                    })
+                    .collect();
+                axum::Json(json!({ "statuses": statuses }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/bulk", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = Server::start().await;
+    let (status, v) = s
+        .post("/v1/subscriptions", &json!({"name": "b", "topic": "post.generated", "push": {"url": url, "batch": 3, "format": "binary"}}))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid-request")),
+        "batches are structured"
+    );
+    subscribe(
+        &s,
+        "bulk",
+        "post.generated",
+        json!({"push": {"url": url, "batch": 10, "concurrency": 1}}),
+    )
+    .await;
+    let drafts = ["a", "b", "left-out", "drop", "c"];
+    let batch: Vec<_> = drafts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| generated(&format!("k{i}"), d))
+        .collect();
+    s.publish(&batch).await;
+    wait_for(|| {
+        requests
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .filter(|d| *d == "left-out")
+            .count()
+            == 2
+    })
+    .await;
+    let mut dlq = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/subscriptions/bulk").await;
+        if v["pending"] == 0 {
+            dlq = s
+                .get("/v1/subscriptions/bulk/dlq")
+                .await
+                .1
+                .as_array()
+                .unwrap()
+                .clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["event"]["data"]["draftId"], "drop");
+    let requests = requests.lock().unwrap().clone();
+    assert!(
+        requests[0].len() > 1,
+        "events travel together: {requests:?}"
+    );
+    assert_eq!(requests.iter().flatten().filter(|d| *d == "a").count(), 1);
+    s.stop().await;
+}

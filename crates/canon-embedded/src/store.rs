@@ -64,8 +64,10 @@ impl Store {
             .open()
             .map_err(BackendError::storage)?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(BackendError::storage)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024)
+            })
+            .map_err(BackendError::storage)
         };
         Ok(Store {
             log: ks("log")?,

@@ -161,6 +161,34 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     }
     f.pull_eps = consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
 
+    // Single-event publish latency at a fixed rate.
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let lat = Arc::clone(&lat);
+        let (http, publish_url) = (http.clone(), publish_url.clone());
+        crate::paced(args, move |i| {
+            let (http, url, lat, size) = (
+                http.clone(),
+                publish_url.clone(),
+                Arc::clone(&lat),
+                args.size,
+            );
+            async move {
+                let body = event(2_000_000_000 + i, size).to_json();
+                let t = Instant::now();
+                post(&http, &url, "application/cloudevents+json", body).await?;
+                lat.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(t.elapsed());
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let mut lat = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    lat.sort_unstable();
+    f.single_p50 = percentile(&lat, 0.5);
+    f.single_p99 = percentile(&lat, 0.99);
     // Push delivery to a local subscriber that answers 200 with an empty body.
     let received = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&received);
@@ -199,33 +227,6 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     }
     f.push_eps = received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
 
-    // Single-event publish latency at a fixed rate.
-    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let lat = Arc::clone(&lat);
-        crate::paced(args, move |i| {
-            let (http, url, lat, size) = (
-                http.clone(),
-                publish_url.clone(),
-                Arc::clone(&lat),
-                args.size,
-            );
-            async move {
-                let body = event(2_000_000_000 + i, size).to_json();
-                let t = Instant::now();
-                post(&http, &url, "application/cloudevents+json", body).await?;
-                lat.lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push(t.elapsed());
-                Ok(())
-            }
-        })
-        .await?;
-    }
-    let mut lat = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    lat.sort_unstable();
-    f.single_p50 = percentile(&lat, 0.5);
-    f.single_p99 = percentile(&lat, 0.99);
     server.shutdown().await?;
     Ok(f)
 }

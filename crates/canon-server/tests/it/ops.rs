@@ -102,3 +102,76 @@ fn error_codes_are_documented_both_ways() {
     coded.sort();
     assert_eq!(documented, coded);
 }
+
+/// A request slower than `request_timeout_ms` gets 408 as a problem document, and stores
+/// nothing.
+#[tokio::test]
+async fn slow_requests_time_out_with_a_problem() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.request_timeout_ms = 300;
+    let s = Server::with(c, Some(dir)).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = serde_json::to_vec(&generated("slow", "d-slow")).unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..10]).await.unwrap();
+    // The rest never comes in time.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("request-timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"request-timeout\""), "{text}");
+    assert_eq!(s.last_seq("post.generated").await, 0);
+    s.stop().await;
+}
+
+/// The tail resumes after `Last-Event-ID` and starts from a time.
+#[tokio::test]
+async fn tail_resumes_after_the_last_event_id_and_starts_from_a_time() {
+    let s = Server::start().await;
+    for i in 0..3 {
+        s.publish(&[generated(&format!("l{i}"), &format!("d{i}"))])
+            .await;
+    }
+    let read = |req: reqwest::RequestBuilder| async move {
+        let mut res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut text = String::new();
+        while !text.contains("\"l2\"") {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), res.chunk()).await {
+                Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+                _ => break,
+            }
+        }
+        text
+    };
+    let url = format!("{}/v1/topics/post.generated/tail", s.base);
+    let text = read(s.http.get(&url).header("last-event-id", "1")).await;
+    assert!(
+        !text.contains("\"l0\"") && text.contains("\"l1\"") && text.contains("\"l2\""),
+        "{text}"
+    );
+    let text = read(s.http.get(format!("{url}?from=2000-01-01T00:00:00Z"))).await;
+    assert!(text.contains("\"l0\"") && text.contains("\"l2\""), "{text}");
+    let (status, v) = s.get("/v1/topics/post.generated/tail?from=yesterday").await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid-request")));
+    s.stop().await;
+}

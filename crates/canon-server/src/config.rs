@@ -165,7 +165,7 @@ impl Config {
         let env = Env::prefixed("CANON_")
             .filter(|k| {
                 let top = k.as_str().split("__").next().unwrap_or("");
-                SETTINGS.contains(&top)
+                SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(top))
             })
             .split("__");
         f.merge(env)

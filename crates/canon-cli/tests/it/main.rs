@@ -313,16 +313,13 @@ fn serve_and_the_client_commands() {
     let data = std::env::temp_dir().join(format!("canon-cli-serve-{}-{port}", std::process::id()));
     let server = format!("http://127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
-        .args([
-            "serve",
-            "--catalog",
-            "examples/catalogs/coach.yaml",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
+        .args(["serve", "--catalog", "examples/catalogs/coach.yaml"])
         .arg("--data-dir")
         .arg(&data)
         .current_dir(repo())
+        // The address comes from the environment; an unrelated CANON_ variable is ignored.
+        .env("CANON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CANON_CRASH_ROUNDS", "3")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -224,38 +224,54 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, KvEntry)>, BackendError>> + Send;
 }
 
-/// The causation chain of an event (L4): the events that caused it, nearest first, following
-/// `causationid`, and every event it caused, directly or not, in breadth-first order.
+/// An event with the topic it was found on.
+pub type Located = (String, StoredEvent);
+
+/// The first retained event with this id on any of `topics`.
+async fn find<B: Backend>(
+    backend: &B,
+    topics: &[String],
+    id: &str,
+) -> Result<Option<Located>, BackendError> {
+    for t in topics {
+        if let Some(e) = backend.events_by_id(t, id).await?.into_iter().next() {
+            return Ok(Some((t.clone(), e)));
+        }
+    }
+    Ok(None)
+}
+
+/// The causation chain of an event across `topics` (L4): the events that caused it, nearest
+/// first, following `causationid`, and every event it caused, directly or not, in
+/// breadth-first order.
 pub async fn causation_chain<B: Backend>(
     backend: &B,
-    topic: &str,
+    topics: &[String],
     id: &str,
-) -> Result<(Vec<StoredEvent>, Vec<StoredEvent>), BackendError> {
+) -> Result<(Vec<Located>, Vec<Located>), BackendError> {
     let mut seen = std::collections::HashSet::new();
     seen.insert(id.to_owned());
     let mut causes = Vec::new();
-    let mut current = backend.events_by_id(topic, id).await?.into_iter().next();
+    let mut current = find(backend, topics, id).await?;
     while let Some(cause) = current
         .as_ref()
-        .and_then(|e| e.event.causation_id().map(str::to_owned))
+        .and_then(|(_, e)| e.event.causation_id().map(str::to_owned))
     {
         if !seen.insert(cause.clone()) {
             break;
         }
-        current = backend
-            .events_by_id(topic, &cause)
-            .await?
-            .into_iter()
-            .next();
+        current = find(backend, topics, &cause).await?;
         causes.extend(current.clone());
     }
     let mut effects = Vec::new();
     let mut frontier = std::collections::VecDeque::from([id.to_owned()]);
     while let Some(next) = frontier.pop_front() {
-        for e in backend.effects_of(topic, &next).await? {
-            if seen.insert(e.event.id.clone()) {
-                frontier.push_back(e.event.id.clone());
-                effects.push(e);
+        for t in topics {
+            for e in backend.effects_of(t, &next).await? {
+                if seen.insert(e.event.id.clone()) {
+                    frontier.push_back(e.event.id.clone());
+                    effects.push((t.clone(), e));
+                }
             }
         }
     }

@@ -981,11 +981,13 @@ pub async fn l3_l4_events_are_found_by_id_correlation_and_causation<H: Harness>(
         ["root", "child", "grandchild"],
         "L4: correlation"
     );
-    let (causes, effects) = causation_chain(&b, TOPIC, "child").await.expect("chain");
+    let (causes, effects) = causation_chain(&b, &[TOPIC.to_owned()], "child")
+        .await
+        .expect("chain");
     assert_eq!(
         causes
             .iter()
-            .map(|e| e.event.id.as_str())
+            .map(|(_, e)| e.event.id.as_str())
             .collect::<Vec<_>>(),
         ["root"],
         "L4: causes"
@@ -993,16 +995,18 @@ pub async fn l3_l4_events_are_found_by_id_correlation_and_causation<H: Harness>(
     assert_eq!(
         effects
             .iter()
-            .map(|e| e.event.id.as_str())
+            .map(|(_, e)| e.event.id.as_str())
             .collect::<Vec<_>>(),
         ["grandchild"],
         "L4: effects"
     );
-    let (_, all_effects) = causation_chain(&b, TOPIC, "root").await.expect("chain");
+    let (_, all_effects) = causation_chain(&b, &[TOPIC.to_owned()], "root")
+        .await
+        .expect("chain");
     assert_eq!(
         all_effects
             .iter()
-            .map(|e| e.event.id.as_str())
+            .map(|(_, e)| e.event.id.as_str())
             .collect::<Vec<_>>(),
         ["child", "grandchild"],
         "L4: effects, transitively"

@@ -280,9 +280,6 @@ async fn problem_for_plain_errors(res: Response) -> Response {
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     if is_problem || !(status.is_client_error() || status.is_server_error()) {
-        if is_problem {
-            return res;
-        }
         return res;
     }
     let code = match status {
@@ -515,6 +512,13 @@ pub async fn serve(
     app.stop().await;
     drop(app);
     Ok(())
+}
+
+/// An event's JSON format as a raw value, to embed in answers without parsing it again.
+pub(crate) fn raw_event(e: &canon_envelope::CloudEvent) -> Box<serde_json::value::RawValue> {
+    // `to_json` writes valid UTF-8 JSON; the fallbacks are never taken.
+    let json = String::from_utf8(e.to_json()).unwrap_or_default();
+    serde_json::value::RawValue::from_string(json).unwrap_or_default()
 }
 
 /// Formats a time as RFC 3339.

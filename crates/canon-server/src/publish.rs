@@ -307,7 +307,7 @@ async fn publish<B: Backend>(
                 .flatten()
                 .filter(|r| r.status == "rejected")
                 .count();
-            count(&app, &prepared, "rejected", n, started);
+            count_rejected(&app, topic.as_deref(), n);
             let results: Vec<EventResult> = results.into_iter().flatten().collect();
             return with_code(
                 Problem::new(
@@ -393,36 +393,24 @@ async fn publish<B: Backend>(
             .observe(started.elapsed().as_secs_f64());
     }
     let results: Vec<EventResult> = results.into_iter().flatten().collect();
-    for r in results.iter().filter(|r| r.status == "rejected") {
-        let _ = r;
-        app.metrics
-            .published
-            .get_or_create(&TopicOutcome {
-                topic: topic.clone().unwrap_or_default(),
-                outcome: "rejected",
-            })
-            .inc();
-    }
+    count_rejected(
+        &app,
+        topic.as_deref(),
+        results.iter().filter(|r| r.status == "rejected").count(),
+    );
     (StatusCode::OK, axum::Json(PublishResponse { results })).into_response()
 }
 
-fn count<B: Backend>(
-    app: &Shared<B>,
-    prepared: &BTreeMap<String, Vec<(usize, PublishRequest)>>,
-    outcome: &'static str,
-    n: usize,
-    started: Instant,
-) {
-    let topic = prepared.keys().next().cloned().unwrap_or_default();
-    app.metrics
-        .published
-        .get_or_create(&TopicOutcome {
-            topic: topic.clone(),
-            outcome,
-        })
-        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
-    app.metrics
-        .publish_seconds
-        .get_or_create(&TopicLabel { topic })
-        .observe(started.elapsed().as_secs_f64());
+/// Counts rejected events under the topic the request named (`-`: none; a rejected event's
+/// own topic may be unknown).
+fn count_rejected<B: Backend>(app: &Shared<B>, topic: Option<&str>, n: usize) {
+    if n > 0 {
+        app.metrics
+            .published
+            .get_or_create(&TopicOutcome {
+                topic: topic.unwrap_or("-").to_owned(),
+                outcome: "rejected",
+            })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
 }

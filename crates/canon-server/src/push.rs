@@ -92,6 +92,8 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     let unsettled = Arc::new(Semaphore::new(UNSETTLED as usize));
     let consumer = format!("push:{}", app.instance);
     let batch = spec.batch.unwrap_or(1).max(1);
+    // The types delivered: fixed for the worker's life (catalogs load at start-up).
+    let filter = sub.filter(&app);
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -104,7 +106,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         };
         let room = (permits.available_permits() + 1) * batch;
         let pulled = tokio::select! {
-            r = crate::subs::filtered_pull(&app, &sub, &consumer, room, Duration::from_secs(5)) => r,
+            r = crate::subs::filtered_pull(&app, &sub, filter.as_ref(), &consumer, room, Duration::from_secs(5)) => r,
             _ = stop.wait_for(|s| *s) => break,
         };
         let deliveries = match pulled {
@@ -225,12 +227,7 @@ async fn deliver<B: Backend>(
         ),
         Ok(res) => {
             let status = res.status();
-            let retry_after = res
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(&res);
             if status.is_success() {
                 let body = res.bytes().await.unwrap_or_default();
                 interpret(&body, retry_after)
@@ -296,12 +293,7 @@ async fn deliver_batch<B: Backend>(
         ],
         Ok(res) => {
             let status = res.status();
-            let retry_after = res
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(&res);
             if status.is_success() {
                 let body = res.bytes().await.unwrap_or_default();
                 let statuses = serde_json::from_slice::<serde_json::Value>(&body)
@@ -391,6 +383,15 @@ async fn settle_and_count<B: Backend>(
             tracing::warn!(subscription = %sub.name, seq = d.event.seq, error = %e, "push: settling failed");
         }
     }
+}
+
+/// The `Retry-After` of an answer, in seconds.
+fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+    res.headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// A 2xx answer's body, by the Dapr contract.

@@ -1,7 +1,5 @@
 //! Reading: topics, events by id, causation chains, correlations, and the catalog.
 
-use std::collections::HashSet;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -126,13 +124,11 @@ pub(crate) struct EventBody {
 }
 
 pub(crate) fn event_body(topic: &str, e: &StoredEvent) -> EventBody {
-    let json = String::from_utf8(e.event.to_json()).unwrap_or_default();
     EventBody {
         topic: topic.to_owned(),
         sequence: e.seq,
         published_at: rfc3339(e.published_at),
-        event: RawValue::from_string(json)
-            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).unwrap_or_default()),
+        event: crate::raw_event(&e.event),
     }
 }
 
@@ -223,30 +219,9 @@ pub(crate) async fn chain<B: Backend>(
                 .ok_or_else(|| {
                     Problem::new("not-found", format!("no retained event has id {id}"))
                 })?;
-            let mut seen = HashSet::from([id.clone()]);
-            let mut causes = Vec::new();
-            let mut cause = root.event.causation_id().map(str::to_owned);
-            while let Some(c) = cause.take() {
-                if !seen.insert(c.clone()) {
-                    break;
-                }
-                if let Some((t, e)) = find_by_id(&app, &c).await?.into_iter().next() {
-                    cause = e.event.causation_id().map(str::to_owned);
-                    causes.push(event_body(&t, &e));
-                }
-            }
-            let mut effects = Vec::new();
-            let mut frontier = std::collections::VecDeque::from([id.clone()]);
-            while let Some(next) = frontier.pop_front() {
-                for t in &topics {
-                    for e in backend.effects_of(t, &next).await? {
-                        if seen.insert(e.event.id.clone()) {
-                            frontier.push_back(e.event.id.clone());
-                            effects.push(event_body(t, &e));
-                        }
-                    }
-                }
-            }
+            let (causes, effects) = canon_backend::causation_chain(backend, &topics, &id).await?;
+            let causes: Vec<EventBody> = causes.iter().map(|(t, e)| event_body(t, e)).collect();
+            let effects: Vec<EventBody> = effects.iter().map(|(t, e)| event_body(t, e)).collect();
             Ok(ChainBody {
                 event: event_body(&topic, &root),
                 causes,
@@ -299,6 +274,22 @@ pub(crate) struct TypeBrief {
     versions: Vec<String>,
 }
 
+fn brief(c: &canon_catalog::Catalog, t: &canon_catalog::EventType) -> TypeBrief {
+    TypeBrief {
+        name: t.name.clone(),
+        catalog: c.name.clone(),
+        topic: t.topic.clone(),
+        summary: t.summary.clone(),
+        producers: t.producers.clone(),
+        consumers: t.consumers.clone(),
+        versions: t
+            .versions
+            .iter()
+            .map(|v| v.version.as_str().to_owned())
+            .collect(),
+    }
+}
+
 /// The loaded catalogs' types.
 #[utoipa::path(get, path = "/v1/catalog", tag = "catalog", responses((status = 200, body = [TypeBrief])))]
 pub(crate) async fn catalog<B: Backend>(
@@ -313,19 +304,7 @@ pub(crate) async fn catalog<B: Backend>(
                 .catalogs()
                 .iter()
                 .flat_map(|c| c.types.values().map(move |t| (c, t)))
-                .map(|(c, t)| TypeBrief {
-                    name: t.name.clone(),
-                    catalog: c.name.clone(),
-                    topic: t.topic.clone(),
-                    summary: t.summary.clone(),
-                    producers: t.producers.clone(),
-                    consumers: t.consumers.clone(),
-                    versions: t
-                        .versions
-                        .iter()
-                        .map(|v| v.version.as_str().to_owned())
-                        .collect(),
-                })
+                .map(|(c, t)| brief(c, t))
                 .collect::<Vec<_>>())
         }
         .await,
@@ -359,19 +338,7 @@ pub(crate) async fn catalog_type<B: Backend>(
                 .and_then(|c| c.lookup(&ty).map(|(t, _)| (c, t)))
                 .ok_or_else(|| Problem::new("not-found", format!("no catalog declares {ty}")))?;
             Ok(TypeDetail {
-                brief: TypeBrief {
-                    name: t.name.clone(),
-                    catalog: c.name.clone(),
-                    topic: t.topic.clone(),
-                    summary: t.summary.clone(),
-                    producers: t.producers.clone(),
-                    consumers: t.consumers.clone(),
-                    versions: t
-                        .versions
-                        .iter()
-                        .map(|v| v.version.as_str().to_owned())
-                        .collect(),
-                },
+                brief: brief(c, t),
                 schemas: t
                     .versions
                     .iter()

@@ -515,15 +515,13 @@ pub(crate) struct DeliveryBody {
 }
 
 pub(crate) fn delivery_body(d: &Delivery) -> DeliveryBody {
-    let json = String::from_utf8(d.event.event.to_json()).unwrap_or_default();
     DeliveryBody {
         ack_id: format!("{}.{}", d.token.seq, d.token.handle),
         attempt: d.attempt,
         sequence: d.event.seq,
         published_at: rfc3339(d.event.published_at),
         leased_until: rfc3339(d.leased_until),
-        event: RawValue::from_string(json)
-            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).unwrap_or_default()),
+        event: crate::raw_event(&d.event.event),
     }
 }
 
@@ -578,7 +576,7 @@ async fn pull_inner<B: Backend>(
         .consumer
         .or(id.service.clone())
         .unwrap_or_else(|| "anonymous".to_owned());
-    let deliveries = filtered_pull(app, &sub, &consumer, max, wait)
+    let deliveries = filtered_pull(app, &sub, sub.filter(app).as_ref(), &consumer, max, wait)
         .await
         .map_err(|e| fail(e.into()))?;
     Ok(Json(PullResponse {
@@ -592,11 +590,11 @@ async fn pull_inner<B: Backend>(
 pub(crate) async fn filtered_pull<B: Backend>(
     app: &Shared<B>,
     sub: &Subscription,
+    filter: Option<&HashSet<String>>,
     consumer: &str,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Delivery>, canon_backend::BackendError> {
-    let filter = sub.filter(app);
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -605,7 +603,7 @@ pub(crate) async fn filtered_pull<B: Backend>(
             .backend()
             .pull(&sub.topic, &sub.name, consumer, max, left)
             .await?;
-        let Some(filter) = &filter else {
+        let Some(filter) = filter else {
             return Ok(got);
         };
         let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = got
@@ -965,7 +963,6 @@ pub(crate) struct DeadLetterBody {
 }
 
 fn dead_letter_body(d: &DeadLetter) -> DeadLetterBody {
-    let json = String::from_utf8(d.event.event.to_json()).unwrap_or_default();
     DeadLetterBody {
         sequence: d.event.seq,
         reason: d.reason.as_str(),
@@ -977,7 +974,7 @@ fn dead_letter_body(d: &DeadLetter) -> DeadLetterBody {
             .iter()
             .map(|a| serde_json::json!({"at": rfc3339(a.at), "consumer": a.consumer, "outcome": a.outcome, "error": a.error}))
             .collect(),
-        event: RawValue::from_string(json).unwrap_or_else(|_| RawValue::from_string("null".to_owned()).unwrap_or_default()),
+        event: crate::raw_event(&d.event.event),
     }
 }
 

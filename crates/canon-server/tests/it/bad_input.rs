@@ -62,8 +62,6 @@ fn binary(name: &'static str, drop: &str, extra: &[(&'static str, &'static str)]
 }
 
 fn cases() -> Vec<Case> {
-    let obj = |v: &mut Value| v.as_object_mut().unwrap().clone();
-    let _ = obj;
     vec![
         // 1. Not JSON, not an object, not an array.
         raw("not json", CE, b"{nope", 400, "invalid-event"),

@@ -180,6 +180,21 @@ enum CatalogCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Print code for a catalog's types: exactly what `canon_sdk::catalog!` generates.
+    Gen {
+        /// The language (only `rust`).
+        #[arg(value_enum)]
+        lang: Lang,
+        /// The catalog file.
+        file: String,
+    },
+}
+
+/// A language `canon catalog gen` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Lang {
+    /// Rust, for the canon-sdk crate.
+    Rust,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +265,10 @@ fn main() -> ExitCode {
         Command::Catalog(CatalogCommand::Diff { old, new, format }) => {
             catalog_cmd::diff(&mut out, &old, &new, format).map_err(Into::into)
         }
+        Command::Catalog(CatalogCommand::Gen {
+            lang: Lang::Rust,
+            file,
+        }) => catalog_cmd::gen_rust(&mut out, &file).map_err(client_cmd::Failure::Usage),
         Command::Catalog(CatalogCommand::Show { file, ty, format }) => {
             catalog_cmd::show(&mut out, &file, ty.as_deref(), format).map_err(Into::into)
         }

@@ -253,6 +253,24 @@ fn show_prints_a_type_with_its_schema() {
 }
 
 #[test]
+fn gen_rust_prints_what_the_sdk_compiles() {
+    let (code, out, err) = canon(
+        &["catalog", "gen", "rust", "examples/catalogs/coach.yaml"],
+        "",
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    // canon-sdk's tests compile this very file and use it beside the macro's output.
+    expect_test::expect_file!["../../../canon-sdk/tests/it/coach_generated.rs"].assert_eq(&out);
+    let broken = temp_file(
+        "broken.yaml",
+        "canon: 1\nname: x\ntypes: {a: {summary: s}}\n",
+    );
+    let (code, out, err) = canon(&["catalog", "gen", "rust", s(&broken)], "");
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("has errors"), "{err}");
+}
+
+#[test]
 fn convert_between_dialects() {
     let bme = r#"{"eventId":"e1","type":"money.TransactionCreated","payload":{"id":"t"},"metadata":{"userId":"u1","timestamp":"2025-02-24T12:00:00.000Z","correlationId":"req-1"}}"#;
     let (code, out, _) = canon(

@@ -1,0 +1,98 @@
+//! Event ids and the envelope facts a handler sees.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// An event id: a random UUID for events made here, the given text for events from elsewhere.
+/// Cloning never allocates.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Uuid(uuid::Uuid),
+    Text(Arc<str>),
+}
+
+impl EventId {
+    /// A new random (version 4) UUID.
+    pub fn random() -> EventId {
+        let bytes = fastrand::u128(..).to_le_bytes();
+        EventId(Repr::Uuid(
+            uuid::Builder::from_random_bytes(bytes).into_uuid(),
+        ))
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(s: &str) -> Self {
+        EventId(Repr::Text(s.into()))
+    }
+}
+
+impl From<String> for EventId {
+    fn from(s: String) -> Self {
+        EventId(Repr::Text(s.into()))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Uuid(u) => fmt::Display::fmt(&u.hyphenated(), f),
+            Repr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+/// The envelope facts of an event being dispatched.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// The event's id.
+    pub id: EventId,
+    /// The workflow it belongs to: a root event's own id, inherited by every event emitted
+    /// while handling it.
+    pub correlation_id: EventId,
+    /// The event whose handling emitted this one.
+    pub causation_id: Option<EventId>,
+    /// The acting user (Canon's `actor` extension), inherited by emitted events.
+    pub actor: Option<Arc<str>>,
+    /// When it happened.
+    pub time: SystemTime,
+    /// How many emits away from the event published from outside (0 for that one).
+    pub depth: u32,
+}
+
+impl Meta {
+    /// Facts for a new event published from outside any handler.
+    pub fn root() -> Meta {
+        let id = EventId::random();
+        Meta {
+            correlation_id: id.clone(),
+            id,
+            causation_id: None,
+            actor: None,
+            time: SystemTime::now(),
+            depth: 0,
+        }
+    }
+
+    /// Facts for an event emitted while handling the event `self` describes.
+    pub fn child(&self) -> Meta {
+        Meta {
+            id: EventId::random(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: Some(self.id.clone()),
+            actor: self.actor.clone(),
+            time: SystemTime::now(),
+            depth: self.depth + 1,
+        }
+    }
+}

@@ -51,10 +51,13 @@ impl Context<'_> {
     }
 
     /// Emits an event caused by the one being handled: it gets `causationid` = the handled
-    /// event's id and the same `correlationid`. Refused if the handled type's rules forbid
-    /// emitting this type. Emitted events are released only if the handler succeeds.
+    /// event's id and the same `correlationid`, and an id derived from the handled event's id,
+    /// the handler's name and the emit's position (the same on every redelivery). Refused if
+    /// the handled type's rules forbid emitting this type. Emitted events are released only if
+    /// the handler succeeds.
     pub fn emit<E: Event>(&mut self, event: E) -> Result<EventId, EmitError> {
-        let pending = check::<E>(self.inner, self.handled, self.meta, event)?;
+        let n = self.emitted.len();
+        let pending = check::<E>(self.inner, self.handled, self.meta, self.handler, n, event)?;
         let id = pending.meta.id.clone();
         self.emitted.push(pending);
         Ok(id)
@@ -98,13 +101,48 @@ impl AsyncContext {
 
     /// See [`Context::emit`].
     pub fn emit<E: Event>(&self, event: E) -> Result<EventId, EmitError> {
-        let pending = check::<E>(&self.inner, self.handled.as_ref(), &self.meta, event)?;
+        let mut emitted = self.emitted.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = emitted.len();
+        let pending = check::<E>(
+            &self.inner,
+            self.handled.as_ref(),
+            &self.meta,
+            &self.handler,
+            n,
+            event,
+        )?;
         let id = pending.meta.id.clone();
+        emitted.push(pending);
+        Ok(id)
+    }
+}
+
+impl AsyncContext {
+    /// What the handler emitted so far, as CloudEvents (the source is a placeholder: a
+    /// consumer publishes them under its own).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn pending_events(&self) -> Vec<canon_envelope::CloudEvent> {
         self.emitted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(pending);
-        Ok(id)
+            .iter()
+            .map(|p| crate::dispatch::to_cloud_event(p.event.as_ref(), &p.meta, "canon-sdk"))
+            .collect()
+    }
+
+    /// Emits again an event emitted by an earlier run of this handler, with its id and
+    /// envelope facts; no rule check (it passed when it was first emitted).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn re_emit(&self, event: canon_envelope::CloudEvent) {
+        let meta = crate::dispatch::meta_of(&event);
+        let raw = crate::raw::RawEvent::new(event, &self.inner.catalogs);
+        self.emitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Pending {
+                event: Arc::new(raw),
+                meta,
+            });
     }
 }
 
@@ -118,6 +156,8 @@ fn check<E: Event>(
     inner: &Inner,
     handled: &dyn Dyn,
     meta: &Meta,
+    handler: &str,
+    n: usize,
     event: E,
 ) -> Result<Pending, EmitError> {
     handled
@@ -128,7 +168,7 @@ fn check<E: Event>(
     }
     Ok(Pending {
         event: Arc::new(event),
-        meta: meta.child(),
+        meta: meta.child(handler, n),
     })
 }
 

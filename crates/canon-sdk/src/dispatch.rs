@@ -753,7 +753,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     format!("handler panicked: {text}")
 }
 
-fn meta_of(ce: &CloudEvent) -> Meta {
+pub(crate) fn meta_of(ce: &CloudEvent) -> Meta {
     let id = EventId::from(ce.id.as_str());
     let time = ce
         .time_value()
@@ -894,7 +894,7 @@ pub(crate) fn typed_cloud_event<E: Event>(event: &E, meta: &Meta, source: &str) 
     to_cloud_event(event, meta, source)
 }
 
-fn to_cloud_event(ev: &dyn Dyn, meta: &Meta, source: &str) -> CloudEvent {
+pub(crate) fn to_cloud_event(ev: &dyn Dyn, meta: &Meta, source: &str) -> CloudEvent {
     let mut ce = CloudEvent::new(meta.id.to_string(), source, ev.ty_str());
     ce.time = time::OffsetDateTime::from(meta.time)
         .format(&time::format_description::well_known::Rfc3339)

@@ -84,10 +84,15 @@ impl Meta {
         }
     }
 
-    /// Facts for an event emitted while handling the event `self` describes.
-    pub fn child(&self) -> Meta {
+    /// Facts for the `n`th event emitted by `handler` while handling the event `self`
+    /// describes. Its id is derived from those three (a name-based UUID), so a handler that
+    /// runs again for a redelivered event emits the same ids, and the server's dedup by id
+    /// keeps one copy of each.
+    pub fn child(&self, handler: &str, n: usize) -> Meta {
+        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1f_2c3a_9b7e_4f0a_8c55_21d4_e0b9_7a13);
+        let name = format!("{}\n{handler}\n{n}", self.id);
         Meta {
-            id: EventId::random(),
+            id: EventId(Repr::Uuid(uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()))),
             correlation_id: self.correlation_id.clone(),
             causation_id: Some(self.id.clone()),
             actor: self.actor.clone(),

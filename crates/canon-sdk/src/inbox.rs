@@ -36,6 +36,10 @@ pub enum InboxError {
     #[cfg(feature = "postgres")]
     #[error("inbox connection pool: {0}")]
     Pool(String),
+    /// The events stored with a processed key could not be read back.
+    #[cfg(feature = "postgres")]
+    #[error("events stored in the inbox are unreadable: {0}")]
+    Stored(String),
 }
 
 /// An inbox in memory.

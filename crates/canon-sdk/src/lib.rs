@@ -44,6 +44,8 @@ pub mod inbox;
 mod log;
 mod privacy;
 mod raw;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 pub use canon_catalog::{Catalog, Violation};
 pub use canon_envelope::CloudEvent;

@@ -7,16 +7,22 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, Object, Pool};
 use tokio_postgres::NoTls;
 
+use canon_envelope::CloudEvent;
+
 use super::InboxError;
+use crate::context::AsyncContext;
 
 /// The table, created at connect if missing. `consumer` separates the consumers that share a
-/// database; `expires_at` is when a key may be processed again (and when it is pruned).
+/// database; `expires_at` is when a key may be processed again (and when it is pruned);
+/// `emitted` holds the events the handler emitted, as CloudEvents, so that a redelivery after
+/// the commit publishes them again (same ids) instead of losing them.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS canon_inbox (
     consumer     text        NOT NULL,
     key          text        NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL,
+    emitted      jsonb,
     PRIMARY KEY (consumer, key)
 );
 CREATE INDEX IF NOT EXISTS canon_inbox_expires_at ON canon_inbox (expires_at);
@@ -75,12 +81,19 @@ impl PgInbox {
             .map_err(|e| InboxError::Pool(e.to_string()))
     }
 
-    /// Opens a transaction and claims `key` in it. `Ok(None)`: the key was processed within
-    /// the time-to-live, skip the work (nothing is held open). Otherwise do the work through
-    /// the returned transaction and [`PgInboxTx::commit`]: the key and the work commit
-    /// together. A concurrent delivery of the same key waits for this transaction and then
-    /// sees it processed (or, if this one rolls back, claims it).
-    pub async fn begin(&self, key: &str) -> Result<Option<PgInboxTx>, InboxError> {
+    /// Opens a transaction and claims the handled event's key (`cx.inbox_key()`) in it.
+    ///
+    /// `Ok(None)`: the key was processed within the time-to-live: skip the work. The events
+    /// that processing emitted are emitted again into `cx` with their original ids, so they
+    /// reach the server even if the earlier attempt died between its commit and their publish
+    /// (the server keeps one copy of each).
+    ///
+    /// Otherwise do the work through the returned transaction, emit, then
+    /// [`PgInboxTx::commit`]: the key, the work and the emitted events commit together. A
+    /// concurrent delivery of the same key waits for this transaction, then sees it processed
+    /// (or, if this one rolls back, claims it).
+    pub async fn begin(&self, cx: &AsyncContext) -> Result<Option<PgInboxTx>, InboxError> {
+        let key = cx.inbox_key();
         let client = self.client().await?;
         client.batch_execute("BEGIN").await?;
         let claimed = client
@@ -88,18 +101,34 @@ impl PgInbox {
                 "INSERT INTO canon_inbox (consumer, key, expires_at)
                  VALUES ($1, $2, now() + make_interval(secs => $3))
                  ON CONFLICT (consumer, key) DO UPDATE
-                    SET processed_at = now(), expires_at = EXCLUDED.expires_at
+                    SET processed_at = now(), expires_at = EXCLUDED.expires_at, emitted = NULL
                     WHERE canon_inbox.expires_at <= now()",
                 &[&self.consumer, &key, &self.ttl.as_secs_f64()],
             )
             .await;
         match claimed {
             Ok(0) => {
+                let row = client
+                    .query_opt(
+                        "SELECT emitted::text FROM canon_inbox WHERE consumer = $1 AND key = $2",
+                        &[&self.consumer, &key],
+                    )
+                    .await;
                 client.batch_execute("ROLLBACK").await?;
+                let emitted: Option<String> = row?.and_then(|r| r.get(0));
+                if let Some(json) = emitted {
+                    let events = CloudEvent::batch_from_json(json.as_bytes())
+                        .map_err(|e| InboxError::Stored(e.to_string()))?;
+                    for e in events {
+                        cx.re_emit(e);
+                    }
+                }
                 Ok(None)
             }
             Ok(_) => Ok(Some(PgInboxTx {
                 client: Some(client),
+                consumer: self.consumer.clone(),
+                key,
             })),
             Err(e) => {
                 // The connection is mid-transaction: drop it rather than return it.
@@ -132,10 +161,12 @@ impl PgInbox {
 }
 
 /// A transaction holding a claimed key. Run the handler's writes on it (it derefs to a
-/// `tokio_postgres::Client`), then [`PgInboxTx::commit`]. Dropped without commit, the
+/// `tokio_postgres::Client`), emit, then [`PgInboxTx::commit`]. Dropped without commit, the
 /// transaction rolls back and the key is free again.
 pub struct PgInboxTx {
     client: Option<Object>,
+    consumer: String,
+    key: String,
 }
 
 impl std::fmt::Debug for PgInboxTx {
@@ -156,14 +187,28 @@ impl Deref for PgInboxTx {
 }
 
 impl PgInboxTx {
-    /// Commits the work and the processed key together.
-    pub async fn commit(mut self) -> Result<(), InboxError> {
-        let client = self.client.take();
-        if let Some(client) = client {
-            if let Err(e) = client.batch_execute("COMMIT").await {
-                drop(Object::take(client));
-                return Err(e.into());
+    /// Records what the handler emitted so far and commits it with the work and the key.
+    pub async fn commit(mut self, cx: &AsyncContext) -> Result<(), InboxError> {
+        let Some(client) = self.client.take() else {
+            return Ok(());
+        };
+        let emitted = cx.pending_events();
+        let result = async {
+            if !emitted.is_empty() {
+                let json = String::from_utf8_lossy(&CloudEvent::batch_to_json(&emitted)).into_owned();
+                client
+                    .execute(
+                        "UPDATE canon_inbox SET emitted = $3::text::jsonb WHERE consumer = $1 AND key = $2",
+                        &[&self.consumer, &self.key, &json],
+                    )
+                    .await?;
             }
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(e) = result {
+            drop(Object::take(client));
+            return Err(e.into());
         }
         Ok(())
     }

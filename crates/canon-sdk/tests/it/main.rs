@@ -8,3 +8,5 @@ mod dispatch;
 #[allow(dead_code, unreachable_pub)]
 mod coach_generated;
 mod typed;
+mod lifeos;
+mod remote;

@@ -1,0 +1,13 @@
+//! Talking to `canon serve`: an HTTP client, a pull consumer that runs a [`Dispatcher`] on
+//! remote events, and an axum handler for push subscriptions.
+
+mod client;
+mod consumer;
+mod push;
+
+pub use client::{Client, Delivery, Published, PublishStatus, RemoteError};
+pub use consumer::{Consumer, ConsumerStats};
+pub use push::push_handler;
+
+#[allow(unused_imports, reason = "named in the module docs")]
+use crate::Dispatcher;

@@ -1,6 +1,7 @@
 //! The in-process dispatcher: handlers per type and version range; every compatible handler
 //! runs, isolated from the others; events emitted by handlers are dispatched in turn.
 
+use std::any::TypeId;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -75,12 +76,78 @@ enum Run {
 /// Handlers by type. Replaced whole on every change, so a dispatch reads one snapshot.
 #[derive(Default, Clone)]
 struct Registry {
-    by_type: HashMap<String, Arc<[Arc<Entry>]>>,
+    by_type: HashMap<String, Arc<[Arc<Entry>]>, Fx>,
+    /// The same lists keyed by the Rust types typed handlers were registered for: the
+    /// typed publish path finds its handlers without hashing and comparing a string.
+    by_rust_type: HashMap<TypeId, Arc<[Arc<Entry>]>, Fx>,
+    rust_types: Vec<(TypeId, &'static str)>,
 }
 
 impl Registry {
     fn entries(&self, ty: &str) -> &[Arc<Entry>] {
         self.by_type.get(ty).map_or(&[], |e| e)
+    }
+
+    fn typed_entries<E: Event>(&self) -> &[Arc<Entry>] {
+        match self.by_rust_type.get(&TypeId::of::<E>()) {
+            Some(e) => e,
+            None => self.entries(E::TYPE),
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.by_rust_type = self
+            .rust_types
+            .iter()
+            .filter_map(|(id, ty)| Some((*id, Arc::clone(self.by_type.get(*ty)?))))
+            .collect();
+    }
+}
+
+/// A multiply-rotate hash over 8-byte words (as rustc's FxHash): type names are short and
+/// registered in code, so a keyed hash buys nothing, and this one costs a few nanoseconds per
+/// lookup instead of SipHash's twenty.
+#[derive(Default, Clone, Copy)]
+struct Fx;
+
+impl std::hash::BuildHasher for Fx {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+    fn write_u64(&mut self, w: u64) {
+        self.add(w);
     }
 }
 
@@ -249,7 +316,7 @@ impl Dispatcher {
             Some(e) => f(e, cx),
             None => f(&decode::<E>(ev)?, cx),
         };
-        self.add(name, E::TYPE, versions, Run::Sync(Box::new(run)))
+        self.add_typed::<E>(name, versions, Run::Sync(Box::new(run)))
     }
 
     /// Registers a [`Handler`] implementation.
@@ -284,7 +351,7 @@ impl Dispatcher {
                 Err(err) => std::future::ready(Err(err)).boxed(),
             }
         };
-        self.add(name, E::TYPE, versions, Run::Async(Box::new(run)))
+        self.add_typed::<E>(name, versions, Run::Async(Box::new(run)))
     }
 
     /// Registers an [`AsyncHandler`] implementation.
@@ -317,6 +384,22 @@ impl Dispatcher {
             f(&payload, cx)
         };
         self.add(name, ty, versions, Run::Sync(Box::new(run)))
+    }
+
+    fn add_typed<E: Event>(
+        &self,
+        name: &str,
+        versions: &str,
+        run: Run,
+    ) -> Result<HandlerId, RegisterError> {
+        let id = self.add(name, E::TYPE, versions, run)?;
+        self.change(|reg| {
+            let key = (TypeId::of::<E>(), E::TYPE);
+            if !reg.rust_types.contains(&key) {
+                reg.rust_types.push(key);
+            }
+        });
+        Ok(id)
     }
 
     fn add(
@@ -379,6 +462,7 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = Registry::clone(&guard);
         f(&mut next);
+        next.reindex();
         *guard = Arc::new(next);
     }
 
@@ -401,14 +485,11 @@ impl Dispatcher {
     /// [`Dispatcher::publish`] with given envelope facts (an actor, a correlation id).
     pub fn publish_with<E: Event>(&self, event: E, meta: Meta) -> Report {
         let reg = self.registry();
-        let has_async = reg
-            .entries(E::TYPE)
-            .iter()
-            .any(|e| matches!(e.run, Run::Async(_)));
-        if has_async {
-            self.run_blocking(&reg, Ev::Shared(Arc::new(event)), meta)
+        let all = reg.typed_entries::<E>();
+        if all.iter().any(|e| matches!(e.run, Run::Async(_))) {
+            self.run_blocking(all, Ev::Shared(Arc::new(event)), meta)
         } else {
-            self.run_blocking(&reg, Ev::Borrowed(&event), meta)
+            self.run_blocking(all, Ev::Borrowed(&event), meta)
         }
     }
 
@@ -429,21 +510,27 @@ impl Dispatcher {
     pub fn dispatch_blocking(&self, event: RawEvent) -> Report {
         let meta = meta_of(event.cloud_event());
         let reg = self.registry();
-        self.run_blocking(&reg, Ev::Shared(Arc::new(event)), meta)
+        let all = reg.entries(&event.cloud_event().ty);
+        self.run_blocking(all, Ev::Shared(Arc::new(event)), meta)
     }
 
-    fn run_blocking(&self, reg: &Arc<Registry>, ev: Ev<'_>, meta: Meta) -> Report {
-        let mut round = self.begin(reg, ev.as_dyn(), &meta);
-        for entry in std::mem::take(&mut round.waiting) {
-            let (cx, emitted) = self.async_cx(&ev.to_arc(), &meta, &entry);
+    fn run_blocking(&self, all: &[Arc<Entry>], ev: Ev<'_>, meta: Meta) -> Report {
+        let mut round = self.round(ev.as_dyn(), &meta);
+        self.begin(&mut round, all, ev.as_dyn(), &meta);
+        let waiting = std::mem::take(&mut round.waiting);
+        for entry in &waiting {
+            let (cx, emitted) = self.async_cx(&ev.to_arc(), &meta, entry);
             let run = match &entry.run {
                 Run::Async(f) => f(ev.to_arc(), cx),
                 Run::Sync(_) => continue,
             };
             let result = futures_executor::block_on(AssertUnwindSafe(run).catch_unwind());
-            self.settle(&mut round, ev.as_dyn(), &meta, &entry, result, &emitted);
+            self.settle(&mut round, ev.as_dyn(), &meta, entry, result, &emitted);
         }
         let pending = self.finish(&mut round, ev.as_dyn(), &meta);
+        if pending.is_empty() {
+            return round.report;
+        }
         for p in pending {
             let report = self.dispatch_emitted_blocking(p.event.clone(), p.meta.clone());
             round.report.emitted.push(Emission::new(p, report));
@@ -456,14 +543,16 @@ impl Dispatcher {
             return None;
         }
         let reg = self.registry();
-        Some(self.run_blocking(&reg, Ev::Shared(event), meta))
+        let all = reg.entries(event.ty_str());
+        Some(self.run_blocking(all, Ev::Shared(event), meta))
     }
 
     fn dispatch_shared(&self, ev: Arc<dyn Dyn>, meta: Meta) -> BoxFuture<'static, Report> {
         let this = self.clone();
         async move {
             let reg = this.registry();
-            let mut round = this.begin(&reg, ev.as_ref(), &meta);
+            let mut round = this.round(ev.as_ref(), &meta);
+            this.begin(&mut round, reg.entries(ev.ty_str()), ev.as_ref(), &meta);
             let waiting = std::mem::take(&mut round.waiting);
             type Running =
                 BoxFuture<'static, (std::thread::Result<HandlerResult>, Arc<Mutex<Vec<Pending>>>)>;
@@ -515,13 +604,16 @@ impl Dispatcher {
     }
 
     /// Checks, consent, and the synchronous handlers; the async ones are left in `waiting`.
-    fn begin(&self, reg: &Registry, ev: &dyn Dyn, meta: &Meta) -> Round {
-        let mut round = Round {
+    fn round(&self, ev: &dyn Dyn, meta: &Meta) -> Round {
+        Round {
             report: Report::new(meta.id.clone(), ev.ty(), ev.version()),
             waiting: Vec::new(),
             pending: Vec::new(),
-            outcome: self.inner.log.as_ref().map(|_| LogOutcome::default()),
-        };
+            outcome: self.inner.log.as_ref().map(|_| Box::default()),
+        }
+    }
+
+    fn begin(&self, round: &mut Round, all: &[Arc<Entry>], ev: &dyn Dyn, meta: &Meta) {
         if meta.depth > self.inner.max_depth {
             round.report.failures.push(HandlerFailure {
                 handler: "canon-sdk".into(),
@@ -532,24 +624,23 @@ impl Dispatcher {
                 .into(),
                 panicked: false,
             });
-            return round;
+            return;
         }
         let version = ev.semver();
         let accepts = |e: &&Arc<Entry>| version.is_some_and(|v| e.req.matches(v));
-        let all = reg.entries(ev.ty_str());
         if !all.iter().any(|e| accepts(&e)) {
             round.report.unhandled = true;
             tracing::warn!(
                 event.id = %meta.id, event.r#type = ev.ty_str(), version = %ev.version(),
                 "no handler's version range accepts this event"
             );
-            return round;
+            return;
         }
         if self.inner.validate
             && let Some(typed_invalid) = self.validate(ev)
         {
             round.report.invalid = Some(typed_invalid);
-            return round;
+            return;
         }
         if let (Some(purpose), Some(provider)) = (ev.consent(), &self.inner.consent)
             && !provider.allows(purpose, &EventView { meta, event: ev })
@@ -565,7 +656,7 @@ impl Dispatcher {
                     },
                 );
             }
-            return round;
+            return;
         }
         for entry in all.iter().filter(accepts) {
             let f = match &entry.run {
@@ -586,9 +677,8 @@ impl Dispatcher {
                 };
                 f(ev, &mut cx)
             }));
-            self.record(&mut round, ev, meta, entry, result, emitted);
+            self.record(round, ev, meta, entry, result, emitted);
         }
-        round
     }
 
     fn validate(&self, ev: &dyn Dyn) -> Option<Invalid> {
@@ -663,6 +753,7 @@ impl Dispatcher {
         }
     }
 
+    #[inline]
     fn audit(&self, ev: &dyn Dyn, meta: &Meta, entry: &Entry, outcome: AuditOutcome) {
         if let Some(sink) = &self.inner.audit
             && ev.personal_data()
@@ -682,7 +773,7 @@ impl Dispatcher {
     /// Logs the event and hands back what its handlers emitted.
     fn finish(&self, round: &mut Round, ev: &dyn Dyn, meta: &Meta) -> Vec<Pending> {
         if let Some(log) = &self.inner.log {
-            let mut outcome = round.outcome.take().unwrap_or_default();
+            let mut outcome = *round.outcome.take().unwrap_or_default();
             outcome.unhandled = round.report.unhandled;
             outcome.skipped.clone_from(&round.report.skipped);
             log.push(LogEntry {
@@ -728,7 +819,7 @@ struct Round {
     report: Report,
     waiting: Vec<Arc<Entry>>,
     pending: Vec<Pending>,
-    outcome: Option<LogOutcome>,
+    outcome: Option<Box<LogOutcome>>,
 }
 
 fn decode<E: Event>(ev: &dyn Dyn) -> Result<E, HandlerError> {
@@ -755,10 +846,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 
 pub(crate) fn meta_of(ce: &CloudEvent) -> Meta {
     let id = EventId::from(ce.id.as_str());
-    let time = ce
-        .time_value()
-        .map(SystemTime::from)
-        .unwrap_or_else(SystemTime::now);
+    let time = ce.time_value().map(SystemTime::from);
     Meta {
         correlation_id: ce
             .correlation_id()
@@ -896,7 +984,7 @@ pub(crate) fn typed_cloud_event<E: Event>(event: &E, meta: &Meta, source: &str) 
 
 pub(crate) fn to_cloud_event(ev: &dyn Dyn, meta: &Meta, source: &str) -> CloudEvent {
     let mut ce = CloudEvent::new(meta.id.to_string(), source, ev.ty_str());
-    ce.time = time::OffsetDateTime::from(meta.time)
+    ce.time = time::OffsetDateTime::from(meta.time.unwrap_or_else(SystemTime::now))
         .format(&time::format_description::well_known::Rfc3339)
         .ok();
     ce.data = ev.payload_json().ok().and_then(|s| Data::json(s).ok());

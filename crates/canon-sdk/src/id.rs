@@ -64,8 +64,10 @@ pub struct Meta {
     pub causation_id: Option<EventId>,
     /// The acting user (Canon's `actor` extension), inherited by emitted events.
     pub actor: Option<Arc<str>>,
-    /// When it happened.
-    pub time: SystemTime,
+    /// When it happened, as the event states it. Events made in this process state none until
+    /// they leave it (a CloudEvent made from them is stamped with the current time): reading
+    /// the clock for every in-process dispatch would cost more than the dispatch.
+    pub time: Option<SystemTime>,
     /// How many emits away from the event published from outside (0 for that one).
     pub depth: u32,
 }
@@ -79,7 +81,7 @@ impl Meta {
             id,
             causation_id: None,
             actor: None,
-            time: SystemTime::now(),
+            time: None,
             depth: 0,
         }
     }
@@ -96,7 +98,7 @@ impl Meta {
             correlation_id: self.correlation_id.clone(),
             causation_id: Some(self.id.clone()),
             actor: self.actor.clone(),
-            time: SystemTime::now(),
+            time: None,
             depth: self.depth + 1,
         }
     }

@@ -19,17 +19,20 @@ pub(crate) struct HttpFigures {
     pub(crate) single_p50: Duration,
     pub(crate) single_p99: Duration,
     pub(crate) pull_eps: f64,
+    pub(crate) sdk_eps: f64,
     pub(crate) push_eps: f64,
     pub(crate) push_batch: usize,
 }
 
 pub(crate) fn report(f: &HttpFigures) {
     println!(
-        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | push {:>9.0} ev/s ({} per request)",
+        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | sdk consumer {:>9.0} ev/s ({:.2}x pull+ack) | push {:>9.0} ev/s ({} per request)",
         f.publish_eps,
         f.single_p50.as_secs_f64() * 1e3,
         f.single_p99.as_secs_f64() * 1e3,
         f.pull_eps,
+        f.sdk_eps,
+        f.sdk_eps / f.pull_eps.max(1.0),
         f.push_eps,
         f.push_batch
     );
@@ -86,6 +89,13 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         &format!("{base}/v1/subscriptions"),
         "application/json",
         serde_json::to_vec(&json!({"name": "pull", "topic": "bench", "max_in_flight": 10000}))?,
+    )
+    .await?;
+    post(
+        &http,
+        &format!("{base}/v1/subscriptions"),
+        "application/json",
+        serde_json::to_vec(&json!({"name": "sdk", "topic": "bench", "max_in_flight": 10000}))?,
     )
     .await?;
 
@@ -160,6 +170,27 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         r??;
     }
     f.pull_eps = consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // The SDK's consumer runner on the same events: a no-op handler through the dispatcher.
+    let d = canon_sdk::Dispatcher::builder()
+        .dispatch_emitted(false)
+        .build();
+    d.on_json("count", "load.tick", "*", |_, _| Ok(()))?;
+    let consumer = canon_sdk::remote::Consumer::new(canon_sdk::remote::Client::new(&base), "sdk", d)
+        .batch(500)
+        .concurrency(64)
+        .pullers(args.publishers.clamp(1, 8))
+        .wait(Duration::from_millis(200));
+    let started = Instant::now();
+    let watch = consumer.clone();
+    let stats = consumer
+        .run(async move {
+            while watch.stats().acked < total as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await?;
+    f.sdk_eps = stats.acked as f64 / started.elapsed().as_secs_f64();
 
     // Single-event publish latency at a fixed rate.
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -214,10 +214,8 @@ fn derive(input: &DeriveInput) -> syn::Result<Tokens> {
 
 fn parse_version(v: &str) -> Option<[u64; 3]> {
     let mut parts = [0u64; 3];
-    let mut n = 0;
-    for piece in v.split('.') {
+    for (n, piece) in v.split('.').enumerate() {
         *parts.get_mut(n)? = piece.parse().ok()?;
-        n += 1;
     }
     Some(parts)
 }

@@ -90,10 +90,8 @@ pub(crate) fn parse_version(v: &str) -> Option<semver::Version> {
         return Some(s);
     }
     let mut parts = [0u64; 3];
-    let mut n = 0;
-    for piece in v.split('.') {
+    for (n, piece) in v.split('.').enumerate() {
         *parts.get_mut(n)? = piece.parse().ok()?;
-        n += 1;
     }
     Some(semver::Version::new(parts[0], parts[1], parts[2]))
 }

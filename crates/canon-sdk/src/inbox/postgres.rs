@@ -215,11 +215,11 @@ impl PgInboxTx {
 
     /// Rolls back the work and releases the key.
     pub async fn rollback(mut self) -> Result<(), InboxError> {
-        if let Some(client) = self.client.take() {
-            if let Err(e) = client.batch_execute("ROLLBACK").await {
-                drop(Object::take(client));
-                return Err(e.into());
-            }
+        if let Some(client) = self.client.take()
+            && let Err(e) = client.batch_execute("ROLLBACK").await
+        {
+            drop(Object::take(client));
+            return Err(e.into());
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use canon_envelope::CloudEvent;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::client::{Client, Delivery, RemoteError};
 use crate::dispatch::{Dispatcher, Report};
@@ -37,6 +37,7 @@ pub struct Consumer {
     batch: usize,
     wait: Duration,
     concurrency: usize,
+    pullers: usize,
     stats: Arc<Stats>,
 }
 
@@ -86,6 +87,7 @@ impl Consumer {
             batch: 100,
             wait: Duration::from_secs(1),
             concurrency: 16,
+            pullers: 1,
             stats: Arc::default(),
         }
     }
@@ -107,6 +109,13 @@ impl Consumer {
     /// regardless: the server leases one event per key at a time.
     pub fn concurrency(mut self, n: usize) -> Consumer {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Pulls in flight at once (default 1): more keep a fast server busy while handlers work
+    /// on what the previous pull brought.
+    pub fn pullers(mut self, n: usize) -> Consumer {
+        self.pullers = n.max(1);
         self
     }
 
@@ -137,12 +146,22 @@ impl Consumer {
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<ConsumerStats, RemoteError> {
-        let mut shutdown = std::pin::pin!(shutdown);
+        let stop = shutdown.boxed().shared();
+        let loops = (0..self.pullers).map(|_| self.pull_loop(stop.clone()));
+        futures_util::future::try_join_all(loops).await?;
+        Ok(self.stats())
+    }
+
+    async fn pull_loop(
+        &self,
+        stop: futures_util::future::Shared<futures_util::future::BoxFuture<'_, ()>>,
+    ) -> Result<(), RemoteError> {
+        let mut stop = std::pin::pin!(stop);
         let mut backoff = Duration::from_millis(100);
         loop {
             let pulled = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
+                () = &mut stop => return Ok(()),
                 pulled = self.client.pull(&self.subscription, self.batch, self.wait, &self.name) => pulled,
             };
             let deliveries = match pulled {
@@ -160,7 +179,6 @@ impl Consumer {
             };
             self.handle(deliveries).await;
         }
-        Ok(self.stats())
     }
 
     /// Handles one pull's deliveries and settles them.

@@ -10,3 +10,4 @@ mod coach_generated;
 mod typed;
 mod lifeos;
 mod remote;
+mod inbox;

@@ -17,7 +17,7 @@ use crate::catalogs::coach;
 /// The PostgreSQL the tests use (`CANON_TEST_POSTGRES`, default the local trust-auth server).
 pub(crate) fn postgres_url() -> String {
     std::env::var("CANON_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned())
 }
 
 pub(crate) struct Server {
@@ -343,5 +343,54 @@ async fn push_deliveries_reach_the_axum_handler() {
     })
     .await;
     assert_eq!(status["dead_letters"], 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_lease_and_shutdown_waits_for_it() {
+    let server = Server::start().await;
+    let streaks = server.client("streak-service");
+    streaks
+        .subscribe(&json!({"name": "slow", "topic": "challenge.completed", "lease_ms": 400}))
+        .await
+        .expect("subscribe");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let d = Dispatcher::builder().dispatch_emitted(false).build();
+    let a = attempts.clone();
+    d.on_async::<coach::ChallengeCompleted, _, _>("slow", "^1", move |_, _| {
+        let a = a.clone();
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            // Three times the lease: the runner extends it meanwhile.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            Ok(())
+        }
+    })
+    .expect("register");
+    server
+        .client("challenge-service")
+        .publish(&completed("u-slow"))
+        .await
+        .expect("publish");
+    let consumer = Consumer::new(streaks.clone(), "slow", d).wait(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    // Shutdown is asked for while the handler works; the run ends only after it settles.
+    let stats = consumer
+        .run(tokio::time::sleep(Duration::from_millis(300)))
+        .await
+        .expect("run");
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    assert_eq!((stats.delivered, stats.acked), (1, 1));
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "no redelivery while extended");
+    let s: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions/slow", server.base))
+        .bearer_auth("streak-service-key")
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((s["pending"].as_u64(), s["in_flight"].as_u64()), (Some(0), Some(0)), "{s}");
     server.stop().await;
 }

@@ -22,7 +22,7 @@ fn generated_types_carry_the_catalog_facts() {
     assert_eq!(T::TYPE, "challenge.completed");
     assert_eq!(T::VERSION, "1");
     assert_eq!(T::TOPIC, Some("challenge.completed"));
-    assert!(T::PERSONAL_DATA);
+    const { assert!(T::PERSONAL_DATA) };
     assert_eq!(
         coach::StreakIncremented::RULES.must_not_emit,
         &["streak.incremented", "streak.missed"]

@@ -10,7 +10,7 @@
 //!
 //! | schema | Rust |
 //! |---|---|
-//! | object with `properties` | a struct (`deny_unknown_fields` when closed) |
+//! | object with `properties` | a struct (unknown fields are ignored when read; `validate()` refuses them) |
 //! | object with an `additionalProperties` schema | `BTreeMap<String, T>` |
 //! | other objects, `{}`, anything unrecognised | `serde_json::Value` |
 //! | string with `enum` | an enum, one variant per value |
@@ -62,12 +62,13 @@ pub fn generate(catalog: &Catalog, file_name: &str, source: Source<'_>) -> Token
         }
     });
     for ty in catalog.types.values() {
+        let mut newest = None;
         for pv in &ty.versions {
-            g.event(ty, pv);
+            newest = Some(g.event(ty, pv));
         }
-        if let Some(latest) = ty.latest() {
+        if let Some(newest) = newest {
             let alias = ident(&base_name(&ty.name));
-            let target = ident(&struct_name(ty, latest));
+            let target = ident(&newest);
             let doc = format!(" The newest version of `{}`.", ty.name);
             if alias != target && g.used.insert(alias.to_string()) {
                 g.items
@@ -144,7 +145,8 @@ impl Gen {
         name
     }
 
-    fn event(&mut self, ty: &EventType, pv: &PayloadVersion) {
+    /// The struct of one version; returns its name.
+    fn event(&mut self, ty: &EventType, pv: &PayloadVersion) -> String {
         let name = self.unique(struct_name(ty, pv));
         let mut doc = vec![format!(" {}", ty.summary), String::new()];
         doc.push(format!(
@@ -219,6 +221,7 @@ impl Gen {
                 }
             }
         });
+        name
     }
 
     /// A struct for an object schema with properties; `None` (and a `Value` alias-free
@@ -241,7 +244,6 @@ impl Gen {
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
         let mut fields = Vec::new();
         let mut members = Vec::new();
         let mut taken = BTreeSet::new();
@@ -251,12 +253,13 @@ impl Gen {
                 rust.push('_');
             }
             let f = ident(&rust);
+            let wire = f.to_string();
             let hint = format!("{name}{}", json.to_upper_camel_case());
             let mut ty = self.rust_type(sub, &hint);
             let (nullable, _) = nullable_inner(sub);
             let is_required = required.contains(json.as_str());
             let mut attrs = Vec::new();
-            if rust.trim_start_matches("r#") != json {
+            if wire.trim_start_matches("r#") != json {
                 attrs.push(quote!(#[serde(rename = #json)]));
             }
             if !is_required {
@@ -276,11 +279,12 @@ impl Gen {
                 ident: f,
             });
         }
-        let deny = closed.then(|| quote!(, deny_unknown_fields));
+        // Tolerant when reading: a handler of 1.0 whose range accepts 1.1 reads 1.1 events that
+        // carry a field it does not know. `validate()` applies the closed schema.
         self.items.push(quote! {
             #(#[doc = #doc])*
             #[derive(Debug, Clone, PartialEq, ::canon_sdk::__private::serde::Serialize, ::canon_sdk::__private::serde::Deserialize)]
-            #[serde(crate = "::canon_sdk::__private::serde" #deny)]
+            #[serde(crate = "::canon_sdk::__private::serde")]
             pub struct #struct_ident { #(#members,)* }
         });
         Some(fields)

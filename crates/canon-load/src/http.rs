@@ -176,11 +176,12 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         .dispatch_emitted(false)
         .build();
     d.on_json("count", "load.tick", "*", |_, _| Ok(()))?;
-    let consumer = canon_sdk::remote::Consumer::new(canon_sdk::remote::Client::new(&base), "sdk", d)
-        .batch(500)
-        .concurrency(64)
-        .pullers(args.publishers.clamp(1, 8))
-        .wait(Duration::from_millis(200));
+    let consumer =
+        canon_sdk::remote::Consumer::new(canon_sdk::remote::Client::new(&base), "sdk", d)
+            .batch(500)
+            .concurrency(64)
+            .pullers(args.publishers.clamp(1, 8))
+            .wait(Duration::from_millis(200));
     let started = Instant::now();
     let watch = consumer.clone();
     let stats = consumer

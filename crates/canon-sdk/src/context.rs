@@ -44,10 +44,11 @@ impl Context<'_> {
         self.handler
     }
 
-    /// The key an inbox should record for this event: its idempotency key when its type
-    /// declares one (so a re-published duplicate with a new id is caught too), else its id.
+    /// The key an inbox should record for this event and this handler: the handler's name and
+    /// the event's idempotency key when its type declares one (so a re-published duplicate
+    /// with a new id is caught too), else its id. Each handler of an event has its own key.
     pub fn inbox_key(&self) -> String {
-        inbox_key(self.handled, self.meta)
+        inbox_key(self.handled, self.meta, self.handler)
     }
 
     /// Emits an event caused by the one being handled: it gets `causationid` = the handled
@@ -96,7 +97,7 @@ impl AsyncContext {
 
     /// See [`Context::inbox_key`].
     pub fn inbox_key(&self) -> String {
-        inbox_key(self.handled.as_ref(), &self.meta)
+        inbox_key(self.handled.as_ref(), &self.meta, &self.handler)
     }
 
     /// See [`Context::emit`].
@@ -146,10 +147,11 @@ impl AsyncContext {
     }
 }
 
-fn inbox_key(handled: &dyn Dyn, meta: &Meta) -> String {
-    handled
+fn inbox_key(handled: &dyn Dyn, meta: &Meta, handler: &str) -> String {
+    let key = handled
         .idempotency_key()
-        .unwrap_or_else(|| meta.id.to_string())
+        .unwrap_or_else(|| meta.id.to_string());
+    format!("{handler} {key}")
 }
 
 fn check<E: Event>(
@@ -164,7 +166,11 @@ fn check<E: Event>(
         .may_emit(E::TYPE, &inner.catalogs)
         .map_err(EmitError::Forbidden)?;
     if inner.validate {
-        event.validate().map_err(EmitError::Invalid)?;
+        // The catalogs first (they also know derived types), else the type's own check.
+        match crate::dispatch::validate_dyn(&inner.catalogs, &event) {
+            Some(invalid) => return Err(EmitError::Invalid(invalid)),
+            None => event.validate().map_err(EmitError::Invalid)?,
+        }
     }
     Ok(Pending {
         event: Arc::new(event),

@@ -45,6 +45,15 @@ pub struct HandlerId(u64);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegisterError {
+    /// Another handler of the same type has this name. Names identify handlers in reports,
+    /// audit records, inbox keys and emitted event ids: give each its own.
+    #[error("a handler named {handler} is already registered for {ty}")]
+    DuplicateName {
+        /// The handler's name.
+        handler: String,
+        /// The type.
+        ty: String,
+    },
     /// The version range does not parse. Use Cargo's syntax: `>=1.0, <2.0`, `^1`, `*`.
     #[error("version range {range:?} of handler {handler}: {source}")]
     Range {
@@ -81,6 +90,16 @@ struct Registry {
     /// typed publish path finds its handlers without hashing and comparing a string.
     by_rust_type: HashMap<TypeId, Arc<[Arc<Entry>]>, Fx>,
     rust_types: Vec<(TypeId, &'static str)>,
+    /// What the first typed handler of each type knows about it.
+    facts: HashMap<String, TypeFacts, Fx>,
+}
+
+/// A type's consent purpose, personal data and handler rules, from its `Event` constants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TypeFacts {
+    pub(crate) consent: Option<&'static str>,
+    pub(crate) personal_data: bool,
+    pub(crate) rules: crate::event::HandlerRules,
 }
 
 impl Registry {
@@ -224,6 +243,8 @@ impl Builder {
     }
 
     /// Consults `provider` before running handlers of a type that declares a consent purpose.
+    /// Without a provider, handlers of such types never run (their events are reported as
+    /// skipped): consent cannot be assumed.
     pub fn consent(mut self, provider: impl ConsentProvider) -> Self {
         self.inner.consent = Some(Box::new(provider));
         self
@@ -398,6 +419,13 @@ impl Dispatcher {
             if !reg.rust_types.contains(&key) {
                 reg.rust_types.push(key);
             }
+            reg.facts
+                .entry(E::TYPE.to_owned())
+                .or_insert_with(|| TypeFacts {
+                    consent: E::CONSENT,
+                    personal_data: E::PERSONAL_DATA,
+                    rules: E::RULES,
+                });
         });
         Ok(id)
     }
@@ -414,6 +442,12 @@ impl Dispatcher {
             range: versions.to_owned(),
             source,
         })?;
+        if self.registry().entries(ty).iter().any(|e| &*e.name == name) {
+            return Err(RegisterError::DuplicateName {
+                handler: name.to_owned(),
+                ty: ty.to_owned(),
+            });
+        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             id,
@@ -495,22 +529,45 @@ impl Dispatcher {
 
     /// Dispatches an event published here; the async handlers of each event run concurrently.
     pub async fn publish_async<E: Event>(&self, event: E) -> Report {
-        self.dispatch_shared(Arc::new(event), Meta::root()).await
+        let local = self.inner.dispatch_emitted;
+        self.dispatch_shared(Arc::new(event), Meta::root(), local)
+            .await
     }
 
     /// Dispatches an event that arrived from elsewhere (a server, a broker). Its envelope
     /// facts come from the CloudEvent: id, `correlationid` (else the id), `causationid`,
     /// `actor`, `time`.
     pub async fn dispatch(&self, event: RawEvent) -> Report {
+        let local = self.inner.dispatch_emitted;
+        self.dispatch_raw(event, local).await
+    }
+
+    /// Dispatches a raw event; its emits are dispatched here too only if `local` (remote
+    /// runners publish them to the server instead, whatever the builder said).
+    pub(crate) async fn dispatch_raw(&self, event: RawEvent, local: bool) -> Report {
         let meta = meta_of(event.cloud_event());
-        self.dispatch_shared(Arc::new(event), meta).await
+        let event = self.with_facts(&self.registry(), event);
+        self.dispatch_shared(Arc::new(event), meta, local).await
+    }
+
+    /// A raw event whose type no catalog declares takes its consent purpose, personal data
+    /// and handler rules from the typed handlers registered for it, so that privacy and
+    /// rules hold for remote events even without a catalog.
+    fn with_facts(&self, reg: &Registry, mut event: RawEvent) -> RawEvent {
+        if !event.known()
+            && let Some(facts) = reg.facts.get(event.dispatch_type())
+        {
+            event.adopt(facts);
+        }
+        event
     }
 
     /// [`Dispatcher::dispatch`], synchronously.
     pub fn dispatch_blocking(&self, event: RawEvent) -> Report {
         let meta = meta_of(event.cloud_event());
         let reg = self.registry();
-        let all = reg.entries(&event.cloud_event().ty);
+        let event = self.with_facts(&reg, event);
+        let all = reg.entries(event.dispatch_type());
         self.run_blocking(all, Ev::Shared(Arc::new(event)), meta)
     }
 
@@ -521,7 +578,7 @@ impl Dispatcher {
         for entry in &waiting {
             let (cx, emitted) = self.async_cx(&ev.to_arc(), &meta, entry);
             let run = match &entry.run {
-                Run::Async(f) => f(ev.to_arc(), cx),
+                Run::Async(f) => start_async(f, ev.to_arc(), cx),
                 Run::Sync(_) => continue,
             };
             let result = futures_executor::block_on(AssertUnwindSafe(run).catch_unwind());
@@ -543,16 +600,26 @@ impl Dispatcher {
             return None;
         }
         let reg = self.registry();
-        let all = reg.entries(event.ty_str());
+        let all = reg.entries(event.dispatch_ty());
         Some(self.run_blocking(all, Ev::Shared(event), meta))
     }
 
-    fn dispatch_shared(&self, ev: Arc<dyn Dyn>, meta: Meta) -> BoxFuture<'static, Report> {
+    fn dispatch_shared(
+        &self,
+        ev: Arc<dyn Dyn>,
+        meta: Meta,
+        local: bool,
+    ) -> BoxFuture<'static, Report> {
         let this = self.clone();
         async move {
             let reg = this.registry();
             let mut round = this.round(ev.as_ref(), &meta);
-            this.begin(&mut round, reg.entries(ev.ty_str()), ev.as_ref(), &meta);
+            this.begin(
+                &mut round,
+                reg.entries(ev.dispatch_ty()),
+                ev.as_ref(),
+                &meta,
+            );
             let waiting = std::mem::take(&mut round.waiting);
             type Running =
                 BoxFuture<'static, (std::thread::Result<HandlerResult>, Arc<Mutex<Vec<Pending>>>)>;
@@ -561,7 +628,7 @@ impl Dispatcher {
                 let (cx, emitted) = this.async_cx(&ev, &meta, entry);
                 if let Run::Async(f) = &entry.run {
                     runs.push(
-                        AssertUnwindSafe(f(Arc::clone(&ev), cx))
+                        AssertUnwindSafe(start_async(f, Arc::clone(&ev), cx))
                             .catch_unwind()
                             .map(move |r| (r, emitted))
                             .boxed(),
@@ -574,8 +641,11 @@ impl Dispatcher {
             }
             let pending = this.finish(&mut round, ev.as_ref(), &meta);
             for p in pending {
-                let report = if this.inner.dispatch_emitted {
-                    Some(this.dispatch_shared(p.event.clone(), p.meta.clone()).await)
+                let report = if local {
+                    Some(
+                        this.dispatch_shared(p.event.clone(), p.meta.clone(), true)
+                            .await,
+                    )
                 } else {
                     None
                 };
@@ -642,8 +712,13 @@ impl Dispatcher {
             round.report.invalid = Some(typed_invalid);
             return;
         }
-        if let (Some(purpose), Some(provider)) = (ev.consent(), &self.inner.consent)
-            && !provider.allows(purpose, &EventView { meta, event: ev })
+        // Without a provider nobody can have consented: handlers of such a type do not run.
+        if let Some(purpose) = ev.consent()
+            && !self
+                .inner
+                .consent
+                .as_ref()
+                .is_some_and(|p| p.allows(purpose, &EventView { meta, event: ev }))
         {
             round.report.skipped = Some(purpose.to_owned());
             for entry in all.iter().filter(accepts) {
@@ -682,19 +757,7 @@ impl Dispatcher {
     }
 
     fn validate(&self, ev: &dyn Dyn) -> Option<Invalid> {
-        let catalog = self
-            .inner
-            .catalogs
-            .iter()
-            .find(|c| c.lookup(ev.ty_str()).is_some())?;
-        let mut ce = CloudEvent::new("validation", "canon-sdk", ev.ty_str());
-        ce.data = ev.payload_json().ok().and_then(|s| Data::json(s).ok());
-        ce.extensions.insert(
-            ext::DATA_VERSION.to_owned(),
-            ExtValue::String(ev.version().into_owned()),
-        );
-        let violations = catalog.validate(&ce);
-        (!violations.is_empty()).then_some(Invalid(violations))
+        validate_dyn(&self.inner.catalogs, ev)
     }
 
     fn settle(
@@ -820,6 +883,32 @@ struct Round {
     waiting: Vec<Arc<Entry>>,
     pending: Vec<Pending>,
     outcome: Option<Box<LogOutcome>>,
+}
+
+/// Checks an event against the catalog that declares its type, if one does.
+pub(crate) fn validate_dyn(catalogs: &[Catalog], ev: &dyn Dyn) -> Option<Invalid> {
+    let catalog = catalogs.iter().find(|c| c.lookup(ev.ty_str()).is_some())?;
+    let mut ce = CloudEvent::new("validation", "canon-sdk", ev.ty_str());
+    ce.data = ev.payload_json().ok().and_then(|s| Data::json(s).ok());
+    ce.extensions.insert(
+        ext::DATA_VERSION.to_owned(),
+        ExtValue::String(ev.version().into_owned()),
+    );
+    let violations = catalog.validate(&ce);
+    (!violations.is_empty()).then_some(Invalid(violations))
+}
+
+/// Calls an async handler's closure; a panic in its synchronous part becomes a future that
+/// panics when polled, so it is caught and reported like any other.
+fn start_async(
+    f: &AsyncFn,
+    ev: Arc<dyn Dyn>,
+    cx: AsyncContext,
+) -> BoxFuture<'static, HandlerResult> {
+    match catch_unwind(AssertUnwindSafe(|| f(ev, cx))) {
+        Ok(fut) => fut,
+        Err(panic) => async move { std::panic::resume_unwind(panic) }.boxed(),
+    }
 }
 
 fn decode<E: Event>(ev: &dyn Dyn) -> Result<E, HandlerError> {

@@ -91,7 +91,8 @@ impl Meta {
     /// runs again for a redelivered event emits the same ids, and the server's dedup by id
     /// keeps one copy of each.
     pub fn child(&self, handler: &str, n: usize) -> Meta {
-        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1f_2c3a_9b7e_4f0a_8c55_21d4_e0b9_7a13);
+        const NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x6d1f_2c3a_9b7e_4f0a_8c55_21d4_e0b9_7a13);
         let name = format!("{}\n{handler}\n{n}", self.id);
         Meta {
             id: EventId(Repr::Uuid(uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()))),

@@ -17,6 +17,8 @@ use crate::event::Event;
 #[derive(Debug, Clone)]
 pub struct RawEvent {
     event: CloudEvent,
+    /// The declared type name when the event's type carries a `.vN` suffix.
+    base: Option<String>,
     version: String,
     semver: Option<semver::Version>,
     info: TypeInfo,
@@ -31,6 +33,8 @@ pub(crate) struct TypeInfo {
     pub(crate) handlers: Option<HandlersModel>,
     pub(crate) aggregate: Option<String>,
     pub(crate) idempotency: Option<String>,
+    /// Whether a catalog declared the type.
+    pub(crate) known: bool,
 }
 
 impl RawEvent {
@@ -41,7 +45,12 @@ impl RawEvent {
     pub fn new(event: CloudEvent, catalogs: &[Catalog]) -> RawEvent {
         let mut info = TypeInfo::default();
         let mut version = event.data_version().map(str::to_owned);
+        let mut base = None;
         if let Some((ty, suffix)) = catalogs.iter().find_map(|c| c.lookup(&event.ty)) {
+            info.known = true;
+            if ty.name != event.ty {
+                base = Some(ty.name.clone());
+            }
             version = version
                 .or(suffix)
                 .or_else(|| ty.versions.first().map(|v| v.version.as_str().to_owned()));
@@ -57,6 +66,7 @@ impl RawEvent {
         }
         let version = version.unwrap_or_else(|| "1.0.0".to_owned());
         RawEvent {
+            base,
             semver: parse_version(&version),
             version,
             info,
@@ -73,6 +83,34 @@ impl RawEvent {
     /// The payload version.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The type name handlers are registered under: the declared name of a `.vN` type.
+    pub fn dispatch_type(&self) -> &str {
+        self.base.as_deref().unwrap_or(&self.event.ty)
+    }
+
+    pub(crate) fn known(&self) -> bool {
+        self.info.known
+    }
+
+    /// Takes the consent purpose, personal data and rules of the typed handlers' type.
+    pub(crate) fn adopt(&mut self, facts: &crate::dispatch::TypeFacts) {
+        self.info.consent = facts.consent.map(str::to_owned);
+        self.info.personal_data = facts.personal_data;
+        self.info.handlers = Some(HandlersModel {
+            may_emit: facts
+                .rules
+                .may_emit
+                .map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
+            must_not_emit: facts
+                .rules
+                .must_not_emit
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            note: facts.rules.note.map(str::to_owned),
+        });
     }
 
     /// The payload as JSON (`Null` when it is absent or not JSON).
@@ -100,6 +138,10 @@ pub(crate) fn parse_version(v: &str) -> Option<semver::Version> {
 pub(crate) trait Dyn: Send + Sync + 'static {
     fn ty(&self) -> Cow<'static, str>;
     fn ty_str(&self) -> &str;
+    /// The name handlers are registered under.
+    fn dispatch_ty(&self) -> &str {
+        self.ty_str()
+    }
     fn version(&self) -> Cow<'static, str>;
     fn semver(&self) -> Option<&semver::Version>;
     fn as_any(&self) -> &dyn Any;
@@ -175,6 +217,9 @@ impl Dyn for RawEvent {
     }
     fn ty_str(&self) -> &str {
         &self.event.ty
+    }
+    fn dispatch_ty(&self) -> &str {
+        self.dispatch_type()
     }
     fn version(&self) -> Cow<'static, str> {
         Cow::Owned(self.version.clone())

@@ -5,7 +5,7 @@ mod client;
 mod consumer;
 mod push;
 
-pub use client::{Client, Delivery, Published, PublishStatus, RemoteError};
+pub use client::{Client, Delivery, PublishStatus, Published, RemoteError};
 pub use consumer::{Consumer, ConsumerStats};
 pub use push::push_handler;
 

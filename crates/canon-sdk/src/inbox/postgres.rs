@@ -150,8 +150,8 @@ impl PgInbox {
         Ok(row.is_some())
     }
 
-    /// Deletes expired keys of every consumer; returns how many. Run it now and then (a
-    /// consumer runner does, every minute).
+    /// Deletes expired keys of every consumer; returns how many. Run it now and then: expired
+    /// keys are already ignored by `begin`, this only keeps the table small.
     pub async fn prune(&self) -> Result<u64, InboxError> {
         let client = self.client().await?;
         Ok(client

@@ -199,7 +199,11 @@ impl Client {
     }
 
     /// Acknowledges deliveries; returns the ids whose lease was lost (redelivered or expired).
-    pub async fn ack(&self, subscription: &str, ack_ids: &[&str]) -> Result<Vec<String>, RemoteError> {
+    pub async fn ack(
+        &self,
+        subscription: &str,
+        ack_ids: &[&str],
+    ) -> Result<Vec<String>, RemoteError> {
         self.settle(subscription, "ack", ack_ids, None, None).await
     }
 

@@ -20,14 +20,17 @@ use crate::raw::RawEvent;
 ///
 /// | outcome | settle |
 /// |---|---|
-/// | every handler succeeded | the events they emitted are published (one batch), then ack |
+/// | every handler succeeded | the events they emitted are published, then ack |
 /// | consent refused (`skipped`) | ack; counted and logged, the report names the purpose |
 /// | a handler failed or panicked | nack: the subscription's retry policy, then its DLQ |
 /// | a handler returned [`crate::Reject`], the event is invalid, or no handler accepts it | reject: to the DLQ now, redrivable |
 /// | emitted events could not be published | nack |
 ///
-/// Acknowledgements of one pull go in one request. [`Consumer::run`] stops pulling when its
-/// shutdown future completes, finishes and settles what it holds, and returns.
+/// Emitted events are published to the server (never dispatched locally: the server delivers
+/// them to their subscribers). Acknowledgements of one pull go in one request. Leases of a
+/// pull's deliveries are extended together until they are settled. [`Consumer::run`] stops
+/// pulling when its shutdown future completes (a pull under way finishes first), finishes and
+/// settles what it holds, and returns.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     client: Client,
@@ -75,9 +78,9 @@ enum Settle {
 }
 
 impl Consumer {
-    /// A consumer of `subscription`. The dispatcher should be built with
-    /// `dispatch_emitted(false)`: emitted events go to the server, which delivers them to their
-    /// own subscribers (this one included, if it subscribes to them).
+    /// A consumer of `subscription`. Give the dispatcher the catalogs of the events it
+    /// consumes: raw events take their consent purpose, personal data, handler rules and keys
+    /// from them.
     pub fn new(client: Client, subscription: &str, dispatcher: Dispatcher) -> Consumer {
         Consumer {
             name: format!("{}-{}", client.source(), std::process::id()),
@@ -105,8 +108,9 @@ impl Consumer {
         self
     }
 
-    /// Deliveries handled at once (default 16). Ordered subscriptions keep per-key order
-    /// regardless: the server leases one event per key at a time.
+    /// Deliveries of one pull handled at once (default 16; with several pullers, up to
+    /// `pullers × n` in all). Ordered subscriptions keep per-key order regardless: the server
+    /// leases one event per key at a time.
     pub fn concurrency(mut self, n: usize) -> Consumer {
         self.concurrency = n.max(1);
         self
@@ -147,29 +151,44 @@ impl Consumer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<ConsumerStats, RemoteError> {
         let stop = shutdown.boxed().shared();
-        let loops = (0..self.pullers).map(|_| self.pull_loop(stop.clone()));
-        futures_util::future::try_join_all(loops).await?;
+        let (failed_tx, failed_rx) = tokio::sync::watch::channel(false);
+        let loops = (0..self.pullers).map(|_| {
+            let (stop, failed_tx, failed_rx) = (stop.clone(), &failed_tx, failed_rx.clone());
+            async move {
+                let result = self.pull_loop(stop, failed_rx).await;
+                if result.is_err() {
+                    // One loop failed for good: the others finish what they hold and stop.
+                    let _ = failed_tx.send(true);
+                }
+                result
+            }
+        });
+        let results = futures_util::future::join_all(loops).await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(self.stats())
     }
 
     async fn pull_loop(
         &self,
         stop: futures_util::future::Shared<futures_util::future::BoxFuture<'_, ()>>,
+        failed: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), RemoteError> {
-        let mut stop = std::pin::pin!(stop);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let pulled = tokio::select! {
-                biased;
-                () = &mut stop => return Ok(()),
-                pulled = self.client.pull(&self.subscription, self.batch, self.wait, &self.name) => pulled,
-            };
+            // A pull is never abandoned half way: what it leases is handled and settled.
+            if stop.clone().now_or_never().is_some() || *failed.borrow() {
+                return Ok(());
+            }
+            let pulled = self
+                .client
+                .pull(&self.subscription, self.batch, self.wait, &self.name)
+                .await;
             let deliveries = match pulled {
                 Ok(d) => {
                     backoff = Duration::from_millis(100);
                     d
                 }
-                Err(RemoteError::Unreachable(e)) => {
+                Err(e) if transient(&e) => {
                     tracing::warn!(subscription = %self.subscription, error = %e, "pull failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -181,7 +200,9 @@ impl Consumer {
         }
     }
 
-    /// Handles one pull's deliveries and settles them.
+    /// Handles one pull's deliveries and settles them. Until they are settled, one request
+    /// per half lease extends the leases of all of them: those handled, those being handled
+    /// and those waiting their turn.
     async fn handle(&self, deliveries: Vec<Delivery>) {
         if deliveries.is_empty() {
             return;
@@ -189,16 +210,34 @@ impl Consumer {
         self.stats
             .delivered
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-        let outcomes: Vec<(String, Settle)> = futures_util::stream::iter(deliveries)
+        let interval = lease_interval(&deliveries[0]);
+        let ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
+        let work = futures_util::stream::iter(deliveries)
             .map(|d| async move {
                 let settle = self.one(&d).await;
                 (d.ack_id, settle)
             })
             .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<(String, Settle)>>();
+        let mut work = std::pin::pin!(work);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut work => break outcomes,
+                _ = ticker.tick() => {
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    if let Err(e) = self.client.extend(&self.subscription, &ids, None).await {
+                        tracing::warn!(subscription = %self.subscription, error = %e, "lease extension failed");
+                    }
+                }
+            }
+        };
+        self.settle(&outcomes).await;
+    }
+
+    async fn settle(&self, outcomes: &[(String, Settle)]) {
         let mut acks = Vec::new();
-        for (ack_id, settle) in &outcomes {
+        for (ack_id, settle) in outcomes {
             let result = match settle {
                 Settle::Ack => {
                     acks.push(ack_id.as_str());
@@ -246,35 +285,8 @@ impl Consumer {
             Err(e) => return Settle::Reject(format!("not a valid CloudEvent: {e}")),
         };
         let raw = RawEvent::new(event, self.dispatcher.catalogs());
-        let lease = self.lease_interval(d);
-        let work = self.dispatcher.dispatch(raw);
-        let mut work = std::pin::pin!(work);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + lease, lease);
-        let report = loop {
-            tokio::select! {
-                report = &mut work => break report,
-                _ = ticker.tick() => {
-                    if let Err(e) = self.client.extend(&self.subscription, &[&d.ack_id], None).await {
-                        tracing::warn!(subscription = %self.subscription, error = %e, "lease extension failed");
-                    }
-                }
-            }
-        };
+        let report = self.dispatcher.dispatch_raw(raw, false).await;
         self.decide(report).await
-    }
-
-    /// Half the time left on the lease (at least 100 ms): when to extend it.
-    fn lease_interval(&self, d: &Delivery) -> Duration {
-        let until = time::OffsetDateTime::parse(
-            &d.leased_until,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok();
-        let left = until
-            .map(|u| u - time::OffsetDateTime::now_utc())
-            .and_then(|l| Duration::try_from(l).ok())
-            .unwrap_or(Duration::from_secs(30));
-        (left / 2).max(Duration::from_millis(100))
     }
 
     async fn decide(&self, report: Report) -> Settle {
@@ -323,6 +335,28 @@ impl Consumer {
             self.client.publish_event(e).await?;
         }
         Ok(())
+    }
+}
+
+/// Half the time left on the lease (at least 100 ms; 15 s if the server's time is unreadable):
+/// how often to extend it.
+fn lease_interval(d: &Delivery) -> Duration {
+    let Ok(until) = time::OffsetDateTime::parse(
+        &d.leased_until,
+        &time::format_description::well_known::Rfc3339,
+    ) else {
+        return Duration::from_secs(15);
+    };
+    let left = Duration::try_from(until - time::OffsetDateTime::now_utc()).unwrap_or_default();
+    (left / 2).max(Duration::from_millis(100))
+}
+
+/// Whether a failed pull is worth retrying: the server unreachable, overloaded or failing.
+fn transient(e: &RemoteError) -> bool {
+    match e {
+        RemoteError::Unreachable(_) => true,
+        RemoteError::Problem { status, .. } => matches!(status, 408 | 429 | 500..=599),
+        RemoteError::Answer(_) => false,
     }
 }
 

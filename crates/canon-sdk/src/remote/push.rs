@@ -8,29 +8,35 @@ use axum::routing::{MethodRouter, post};
 use canon_envelope::{CloudEvent, HttpMode};
 use serde_json::json;
 
+use super::client::Client;
 use crate::dispatch::{Dispatcher, Report};
 use crate::raw::RawEvent;
 
-/// A `POST` route that dispatches pushed events and answers as Canon (and Dapr) expect:
-/// `{"status":"SUCCESS"}` when every handler succeeded or consent skipped the event,
-/// `{"status":"RETRY"}` when a handler failed, `{"status":"DROP"}` (to the DLQ) when a handler
-/// rejected the event, it is invalid, or no handler accepts it. A batch gets
-/// `{"statuses":[{"entryId":"<id>","status":...}]}`. A body that is not a CloudEvent is
-/// answered 400 and counts as a failed attempt.
+/// A `POST` route that dispatches pushed events and answers as Canon (and Dapr) expect, by
+/// the consumer's table: `{"status":"SUCCESS"}` when every handler succeeded (after the events
+/// they emitted were published through `client`) or consent skipped the event,
+/// `{"status":"RETRY"}` when a handler failed or the emitted events could not be published,
+/// `{"status":"DROP"}` (to the DLQ) when a handler rejected the event, it is invalid or not a
+/// CloudEvent, or no handler accepts it. A batch gets
+/// `{"statuses":[{"entryId":"<id>","status":...}]}`.
 ///
 /// ```no_run
 /// # let dispatcher = canon_sdk::Dispatcher::new();
+/// let client = canon_sdk::remote::Client::new("http://127.0.0.1:8480").with_source("billing");
 /// let app: axum::Router = axum::Router::new()
-///     .route("/events", canon_sdk::remote::push_handler(dispatcher));
+///     .route("/events", canon_sdk::remote::push_handler(dispatcher, client));
 /// ```
-pub fn push_handler<S: Clone + Send + Sync + 'static>(dispatcher: Dispatcher) -> MethodRouter<S> {
+pub fn push_handler<S: Clone + Send + Sync + 'static>(
+    dispatcher: Dispatcher,
+    client: Client,
+) -> MethodRouter<S> {
     post(move |headers: HeaderMap, body: Bytes| {
-        let d = dispatcher.clone();
-        async move { receive(&d, &headers, &body).await }
+        let (d, c) = (dispatcher.clone(), client.clone());
+        async move { receive(&d, &c, &headers, &body).await }
     })
 }
 
-async fn receive(d: &Dispatcher, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn receive(d: &Dispatcher, client: &Client, headers: &HeaderMap, body: &[u8]) -> Response {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -49,26 +55,42 @@ async fn receive(d: &Dispatcher, headers: &HeaderMap, body: &[u8]) -> Response {
     let events = match events {
         Ok(e) => e,
         Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                [(header::CONTENT_TYPE, "application/json")],
-                json!({"status": "RETRY", "error": e.to_string()}).to_string(),
-            )
-                .into_response();
+            // Retrying cannot make it a CloudEvent: to the DLQ, with the reason in the log.
+            tracing::warn!(error = %e, "pushed body is not a CloudEvent; answering DROP");
+            return answer(json!({"status": "DROP", "error": e.to_string()}));
         }
     };
     let batch = matches!(HttpMode::detect(ct, has_ce), Ok(HttpMode::Batched));
     let mut statuses = Vec::with_capacity(events.len());
     for event in events {
         let id = event.id.clone();
-        let report = d.dispatch(RawEvent::new(event, d.catalogs())).await;
-        statuses.push((id, status(&report)));
+        let report = d
+            .dispatch_raw(RawEvent::new(event, d.catalogs()), false)
+            .await;
+        let mut status = status(&report);
+        if status == "SUCCESS" && !report.emitted.is_empty() {
+            for e in &report.emitted {
+                if let Err(err) = client
+                    .publish_event(&e.to_cloud_event(client.source()))
+                    .await
+                {
+                    tracing::warn!(error = %err, "publishing an emitted event failed; answering RETRY");
+                    status = "RETRY";
+                    break;
+                }
+            }
+        }
+        statuses.push((id, status));
     }
     let body = if batch {
         json!({"statuses": statuses.iter().map(|(id, s)| json!({"entryId": id, "status": s})).collect::<Vec<_>>()})
     } else {
         json!({"status": statuses.first().map_or("SUCCESS", |(_, s)| *s)})
     };
+    answer(body)
+}
+
+fn answer(body: serde_json::Value) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

@@ -21,7 +21,7 @@ pub fn catalog() -> &'static ::canon_sdk::Catalog {
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct ChallengeAssignedV1 {
     /// `assignedAt`
     #[serde(rename = "assignedAt")]
@@ -107,7 +107,7 @@ pub enum ChallengeCompletedV1Result {
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct ChallengeCompletedV1 {
     /// `challengeId`
     #[serde(rename = "challengeId")]
@@ -171,7 +171,7 @@ pub type ChallengeCompleted = ChallengeCompletedV1;
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct CoachFeedbackGeneratedV1 {
     /// `draftId`
     #[serde(rename = "draftId")]
@@ -228,7 +228,7 @@ pub type CoachFeedbackGenerated = CoachFeedbackGeneratedV1;
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct PostGeneratedV1 {
     /// `archetype`
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,7 +290,7 @@ pub type PostGenerated = PostGeneratedV1;
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct PostPostedV1 {
     /// `contentRef`
     #[serde(rename = "contentRef")]
@@ -349,7 +349,7 @@ pub type PostPosted = PostPostedV1;
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct PostScheduledV1 {
     /// `contentRef`
     #[serde(rename = "contentRef")]
@@ -435,7 +435,7 @@ pub enum StreakIncrementedV1Reason {
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct StreakIncrementedV1 {
     /// `protectionUsed`
     #[serde(rename = "protectionUsed")]
@@ -493,7 +493,7 @@ pub type StreakIncremented = StreakIncrementedV1;
     ::canon_sdk::__private::serde::Serialize,
     ::canon_sdk::__private::serde::Deserialize
 )]
-#[serde(crate = "::canon_sdk::__private::serde", deny_unknown_fields)]
+#[serde(crate = "::canon_sdk::__private::serde")]
 pub struct StreakMissedV1 {
     /// `missedDay`
     #[serde(rename = "missedDay")]

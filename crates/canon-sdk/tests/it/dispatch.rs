@@ -333,13 +333,13 @@ async fn async_handlers_run_concurrently_and_beside_sync_ones() {
     // Four handlers that each wait for all four: run one after another, they would never
     // finish.
     let barrier = Arc::new(tokio::sync::Barrier::new(4));
-    for _ in 0..4 {
+    for i in 0..4 {
         let b = barrier.clone();
-        d.on_async::<OrderPlacedV1, _, _>("meet", "*", move |_, cx| {
+        d.on_async::<OrderPlacedV1, _, _>(&format!("meet-{i}"), "*", move |_, cx| {
             let b = b.clone();
             async move {
                 b.wait().await;
-                assert_eq!(cx.handler(), "meet");
+                assert!(cx.handler().starts_with("meet-"));
                 Ok(())
             }
         })
@@ -476,4 +476,161 @@ async fn handlers_can_be_types_implementing_the_handler_traits() {
         .await;
     assert_eq!(r.handled, 2);
     assert_eq!(*totals.0.lock().expect("lock"), 3003);
+}
+
+#[test]
+fn an_emit_outside_may_emit_is_refused_naming_the_rule() {
+    use crate::catalogs::lifeos;
+    let d = Dispatcher::new();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let s = seen.clone();
+    d.on::<lifeos::QuestCompleted, _>("cheat", "*", move |q, cx| {
+        let err = cx
+            .emit(lifeos::LevelUpV1_0_0 {
+                user_id: q.user_id,
+                previous_level: 1,
+                new_level: 2,
+                total_experience: 100,
+                leveled_up_at: q.completion_timestamp.clone(),
+            })
+            .expect_err("LevelUp is not in QuestCompleted's may_emit");
+        if let EmitError::Forbidden(b) = &err {
+            assert_eq!(b.rule, Rule::MayEmit);
+        }
+        *s.lock().expect("lock") = err.to_string();
+        Ok(())
+    })
+    .expect("register");
+    let _ = d.publish(lifeos::QuestCompletedV1_0_0 {
+        user_id: 1,
+        quest_id: 2,
+        quest_type: lifeos::QuestCompletedV1_0_0QuestType::Side,
+        experience_reward: 5,
+        completion_timestamp: "2026-11-22T09:00:00Z".into(),
+        auto_completed: true,
+    });
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .starts_with("a handler of QuestCompleted may not emit LevelUp: it is not in handlers.may_emit of QuestCompleted"),
+        "{}",
+        seen.lock().expect("lock")
+    );
+}
+
+#[test]
+fn with_validation_an_invalid_emit_is_refused_even_for_a_derived_type() {
+    #[derive(Debug, Serialize, Deserialize, Event)]
+    #[canon(type = "streak.incremented", version = "1")]
+    struct HandMade {
+        #[serde(rename = "userId")]
+        user_id: String,
+        #[serde(rename = "streakDay")]
+        streak_day: String,
+        reason: String,
+    }
+    let d = Dispatcher::builder()
+        .catalog(coach::catalog().clone())
+        .validate(true)
+        .build();
+    d.on::<coach::ChallengeCompleted, _>("streak", "*", |c, cx| {
+        let err = cx
+            .emit(HandMade {
+                user_id: c.user_id.clone(),
+                streak_day: "not a date".into(),
+                reason: "luck".into(),
+            })
+            .expect_err("invalid");
+        let EmitError::Invalid(invalid) = err else {
+            panic!("expected a validation error, got {err}");
+        };
+        let codes: Vec<&str> = invalid.0.iter().map(|v| v.code).collect();
+        assert_eq!(codes, vec!["payload-enum", "payload-format"]);
+        Ok(())
+    })
+    .expect("register");
+    assert!(d.publish(completed()).is_ok());
+}
+
+#[test]
+fn without_a_consent_provider_handlers_needing_consent_do_not_run() {
+    #[derive(Debug, Serialize, Deserialize, Event)]
+    #[canon(
+        type = "diary.written",
+        version = "1",
+        consent = "journaling",
+        personal_data
+    )]
+    struct DiaryWritten {
+        text: String,
+    }
+    let audit = canon_sdk::MemoryAudit::new();
+    let d = Dispatcher::builder().audit(audit.clone()).build();
+    d.on::<DiaryWritten, _>("insights", "*", |_, _| Ok(()))
+        .expect("register");
+    let r = d.publish(DiaryWritten {
+        text: "dear diary".into(),
+    });
+    assert_eq!((r.handled, r.skipped.as_deref()), (0, Some("journaling")));
+    // The same for the event arriving raw, with no catalog: the typed handler's facts apply.
+    let ce = canon_sdk::CloudEvent::from_json(
+        br#"{"specversion":"1.0","id":"d-1","source":"s","type":"diary.written","data":{"text":"x"}}"#,
+    )
+    .expect("event");
+    let r = d.dispatch_blocking(RawEvent::new(ce, &[]));
+    assert_eq!((r.handled, r.skipped.as_deref()), (0, Some("journaling")));
+    assert_eq!(audit.records().len(), 2);
+}
+
+#[test]
+fn a_failed_handler_is_audited_with_its_error() {
+    let audit = canon_sdk::MemoryAudit::new();
+    let d = Dispatcher::builder().audit(audit.clone()).build();
+    d.on::<coach::ChallengeCompleted, _>("award", "*", |_, _| Err("db down".into()))
+        .expect("register");
+    let _ = d.publish(completed());
+    let records = audit.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(&*records[0].handler, "award");
+    assert_eq!(
+        records[0].outcome,
+        canon_sdk::AuditOutcome::Failed("db down".into())
+    );
+}
+
+#[test]
+fn a_type_with_a_version_suffix_reaches_the_handlers_of_its_declared_name() {
+    use crate::catalogs::bme;
+    let d = Dispatcher::builder()
+        .catalog(bme::catalog().clone())
+        .build();
+    let got = Arc::new(std::sync::Mutex::new(None));
+    let g = got.clone();
+    d.on::<bme::MoneyTransactionCreated, _>("insights", "^1", move |t, _| {
+        *g.lock().expect("lock") = Some(t.amount);
+        Ok(())
+    })
+    .expect("register");
+    let ce = canon_sdk::CloudEvent::from_json(
+        br#"{"specversion":"1.0","id":"t-1","source":"money-service","type":"money.TransactionCreated.v1",
+            "data":{"id":"tx-1","date":"2026-11-22","type":"expense","amount":12.5,"currency":"EUR","category":"food"}}"#,
+    )
+    .expect("event");
+    let r = d.dispatch_blocking(RawEvent::new(ce, d.catalogs()));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(*got.lock().expect("lock"), Some(12.5));
+}
+
+#[test]
+fn two_handlers_of_a_type_may_not_share_a_name() {
+    let d = Dispatcher::new();
+    d.on::<OrderPlacedV1, _>("same", "*", |_, _| Ok(()))
+        .expect("register");
+    let err = d
+        .on::<OrderPlacedV2, _>("same", "*", |_, _| Ok(()))
+        .expect_err("duplicate");
+    assert_eq!(
+        err.to_string(),
+        "a handler named same is already registered for order.placed"
+    );
 }

@@ -89,10 +89,8 @@ async fn rows(db: &tokio_postgres::Client, table: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deliveries_of_one_key_do_the_work_once() {
     let (d, db, table, _) = setup(Duration::from_secs(60)).await;
-    let reports = futures_util::future::join_all(
-        (0..4).map(|_| d.publish_async(completion("c-1"))),
-    )
-    .await;
+    let reports =
+        futures_util::future::join_all((0..4).map(|_| d.publish_async(completion("c-1")))).await;
     assert!(reports.iter().all(canon_sdk::Report::is_ok));
     assert_eq!(rows(&db, &table).await, 1);
 }
@@ -103,7 +101,11 @@ async fn a_rolled_back_attempt_frees_the_key_for_the_next_delivery() {
     fail.store(true, Ordering::SeqCst);
     let r = d.publish_async(completion("c-2")).await;
     assert_eq!(r.failures.len(), 1);
-    assert_eq!(rows(&db, &table).await, 0, "the write rolled back with the key");
+    assert_eq!(
+        rows(&db, &table).await,
+        0,
+        "the write rolled back with the key"
+    );
     fail.store(false, Ordering::SeqCst);
     assert!(d.publish_async(completion("c-2")).await.is_ok());
     assert!(d.publish_async(completion("c-2")).await.is_ok());
@@ -119,4 +121,47 @@ async fn a_key_may_be_processed_again_after_its_time_to_live() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(d.publish_async(completion("c-3")).await.is_ok());
     assert_eq!(rows(&db, &table).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handler_of_an_event_has_its_own_key() {
+    let db = db().await;
+    let table = name("effects");
+    db.batch_execute(&format!("CREATE TABLE {table} (handler text)"))
+        .await
+        .expect("table");
+    let inbox = PgInbox::connect(&postgres_url(), &name("shared"), Duration::from_secs(60), 4)
+        .await
+        .expect("inbox");
+    let d = Dispatcher::new();
+    for handler in ["streaks", "momentum"] {
+        let (inbox, table) = (inbox.clone(), table.clone());
+        d.on_async::<coach::ChallengeCompleted, _, _>(handler, "^1", move |_, cx| {
+            let (inbox, table) = (inbox.clone(), table.clone());
+            async move {
+                let Some(tx) = inbox.begin(&cx).await? else {
+                    return Ok(());
+                };
+                tx.execute(
+                    &format!("INSERT INTO {table} VALUES ($1)"),
+                    &[&cx.handler()],
+                )
+                .await?;
+                tx.commit(&cx).await?;
+                Ok(())
+            }
+        })
+        .expect("register");
+    }
+    assert!(d.publish_async(completion("c-4")).await.is_ok());
+    assert!(d.publish_async(completion("c-4")).await.is_ok());
+    let mut done: Vec<String> = db
+        .query(&format!("SELECT handler FROM {table}"), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    done.sort();
+    assert_eq!(done, vec!["momentum", "streaks"]);
 }

@@ -42,27 +42,31 @@ fn life_os(log: &EventLog, audit: &MemoryAudit, consented: Arc<Mutex<Vec<i64>>>)
 
     // core: a completed quest awards its experience exactly once, and may level the user up.
     let c = Arc::clone(&core);
-    d.on::<QuestCompleted, _>("core.award_quest_experience", ">=1.0.0, <2.0.0", move |q, cx| {
-        let Some(claim) = inbox.claim(&cx.inbox_key())? else {
-            return Ok(()); // already awarded for this completion
-        };
-        let total = {
-            let mut totals = c.totals.lock().expect("lock");
-            let t = totals.entry(q.user_id).or_default();
-            *t += q.experience_reward;
-            *t
-        };
-        cx.emit(ExperienceAwardedV1_0_0 {
-            user_id: q.user_id,
-            amount: q.experience_reward,
-            source: ExperienceAwardedV1_0_0Source::Quest,
-            source_id: q.quest_id,
-            total_experience: total,
-            awarded_at: q.completion_timestamp.clone(),
-        })?;
-        claim.commit();
-        Ok(())
-    })
+    d.on::<QuestCompleted, _>(
+        "core.award_quest_experience",
+        ">=1.0.0, <2.0.0",
+        move |q, cx| {
+            let Some(claim) = inbox.claim(&cx.inbox_key())? else {
+                return Ok(()); // already awarded for this completion
+            };
+            let total = {
+                let mut totals = c.totals.lock().expect("lock");
+                let t = totals.entry(q.user_id).or_default();
+                *t += q.experience_reward;
+                *t
+            };
+            cx.emit(ExperienceAwardedV1_0_0 {
+                user_id: q.user_id,
+                amount: q.experience_reward,
+                source: ExperienceAwardedV1_0_0Source::Quest,
+                source_id: q.quest_id,
+                total_experience: total,
+                awarded_at: q.completion_timestamp.clone(),
+            })?;
+            claim.commit();
+            Ok(())
+        },
+    )
     .expect("register");
 
     // core: experience crossing a level threshold levels up.
@@ -151,7 +155,12 @@ fn a_completed_quest_awards_experience_levels_up_and_unlocks_achievements() {
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(
         &log.types()[3..],
-        &["QuestCompleted", "ExperienceAwarded", "LevelUp", "TitleUnlocked"]
+        &[
+            "QuestCompleted",
+            "ExperienceAwarded",
+            "LevelUp",
+            "TitleUnlocked"
+        ]
     );
     let levels = log.of_type::<LevelUp>();
     assert_eq!((levels[0].previous_level, levels[0].new_level), (1, 2));
@@ -163,9 +172,18 @@ fn a_completed_quest_awards_experience_levels_up_and_unlocks_achievements() {
     for pair in second.windows(2) {
         assert_eq!(pair[1].meta.correlation_id, second[0].meta.id);
     }
-    assert_eq!(second[1].meta.causation_id.as_ref(), Some(&second[0].meta.id));
-    assert_eq!(second[2].meta.causation_id.as_ref(), Some(&second[1].meta.id));
-    assert_eq!(second[3].meta.causation_id.as_ref(), Some(&second[2].meta.id));
+    assert_eq!(
+        second[1].meta.causation_id.as_ref(),
+        Some(&second[0].meta.id)
+    );
+    assert_eq!(
+        second[2].meta.causation_id.as_ref(),
+        Some(&second[1].meta.id)
+    );
+    assert_eq!(
+        second[3].meta.causation_id.as_ref(),
+        Some(&second[2].meta.id)
+    );
     // The actor travels down the chain.
     assert_eq!(entries[2].meta.actor.as_deref(), Some("user:123"));
 

@@ -7,7 +7,7 @@ mod dispatch;
 #[rustfmt::skip]
 #[allow(dead_code, unreachable_pub)]
 mod coach_generated;
-mod typed;
+mod inbox;
 mod lifeos;
 mod remote;
-mod inbox;
+mod typed;

@@ -185,7 +185,8 @@ async fn a_retried_challenge_completion_awards_the_streak_exactly_once() {
         }
     })
     .expect("register");
-    let consumer = Consumer::new(streaks.clone(), "streak-awards", d).wait(Duration::from_millis(200));
+    let consumer =
+        Consumer::new(streaks.clone(), "streak-awards", d).wait(Duration::from_millis(200));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let runner = {
         let consumer = consumer.clone();
@@ -199,20 +200,29 @@ async fn a_retried_challenge_completion_awards_the_streak_exactly_once() {
     };
 
     // The challenge service publishes the completion, then retries it (a new event id).
-    let first = challenges.publish(&completed("u-1")).await.expect("publish");
+    let first = challenges
+        .publish(&completed("u-1"))
+        .await
+        .expect("publish");
     assert_eq!(first.status, PublishStatus::Stored);
     let retry = challenges.publish(&completed("u-1")).await.expect("retry");
     assert_eq!(retry.status, PublishStatus::Duplicate);
     assert_eq!(retry.sequence, first.sequence);
 
-    eventually("the completion is acknowledged", async || consumer.stats().acked == 1).await;
+    eventually("the completion is acknowledged", async || {
+        consumer.stats().acked == 1
+    })
+    .await;
     stop_tx.send(()).expect("stop");
     let stats = runner.await.expect("join").expect("run");
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!((stats.delivered, stats.acked, stats.nacked), (2, 1, 1));
 
     let awards: i32 = db
-        .query_one(&format!("SELECT awards FROM {table} WHERE user_id = 'u-1'"), &[])
+        .query_one(
+            &format!("SELECT awards FROM {table} WHERE user_id = 'u-1'"),
+            &[],
+        )
         .await
         .expect("row")
         .get(0);
@@ -255,8 +265,14 @@ async fn rejected_and_unhandled_events_go_to_the_dlq_and_refusals_are_problems()
     })
     .expect("register");
     let consumer = Consumer::new(streaks.clone(), "strict", d).wait(Duration::from_millis(100));
-    challenges.publish(&completed("banned")).await.expect("publish");
-    challenges.publish(&completed("fine")).await.expect("publish");
+    challenges
+        .publish(&completed("banned"))
+        .await
+        .expect("publish");
+    challenges
+        .publish(&completed("fine"))
+        .await
+        .expect("publish");
     let run = consumer.run(tokio::time::sleep(Duration::from_millis(800)));
     let stats = run.await.expect("run");
     assert_eq!((stats.acked, stats.rejected), (1, 1));
@@ -294,19 +310,33 @@ async fn push_deliveries_reach_the_axum_handler() {
     let handled = Arc::new(AtomicUsize::new(0));
     let d = Dispatcher::builder().dispatch_emitted(false).build();
     let h = handled.clone();
-    d.on::<coach::ChallengeCompleted, _>("push", "^1", move |c, _| {
+    d.on::<coach::ChallengeCompleted, _>("push", "^1", move |c, cx| {
         if c.user_id == "flaky" && h.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err("first try fails".into());
         }
+        cx.emit(coach::StreakIncrementedV1 {
+            user_id: c.user_id.clone(),
+            streak_day: "2026-11-22".into(),
+            reason: coach::StreakIncrementedV1Reason::Challenge,
+            protection_used: None,
+        })?;
         h.fetch_add(1, Ordering::SeqCst);
         Ok(())
     })
     .expect("register");
-    let app: axum::Router = axum::Router::new().route("/events", push_handler(d));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app: axum::Router =
+        axum::Router::new().route("/events", push_handler(d, server.client("streak-service")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let analytics = server.client("analytics");
+    analytics
+        .subscribe(&json!({"name": "pushed-streaks", "topic": "streak.incremented"}))
+        .await
+        .expect("subscribe");
     let streaks = server.client("streak-service");
     streaks
         .subscribe(&json!({"name": "pushed", "topic": "challenge.completed",
@@ -315,7 +345,10 @@ async fn push_deliveries_reach_the_axum_handler() {
         .await
         .expect("subscribe");
     let challenges = server.client("challenge-service");
-    challenges.publish(&completed("flaky")).await.expect("publish");
+    challenges
+        .publish(&completed("flaky"))
+        .await
+        .expect("publish");
     eventually("the retried push succeeds", async || {
         handled.load(Ordering::SeqCst) >= 2
     })
@@ -343,6 +376,12 @@ async fn push_deliveries_reach_the_axum_handler() {
     })
     .await;
     assert_eq!(status["dead_letters"], 0);
+    // What the handler emitted was published by the push handler, once.
+    let got = analytics
+        .pull("pushed-streaks", 10, Duration::from_secs(2), "a")
+        .await
+        .expect("pull");
+    assert_eq!(got.len(), 1);
     server.stop().await;
 }
 
@@ -381,7 +420,11 @@ async fn a_slow_handler_keeps_its_lease_and_shutdown_waits_for_it() {
         .expect("run");
     assert!(started.elapsed() >= Duration::from_millis(1200));
     assert_eq!((stats.delivered, stats.acked), (1, 1));
-    assert_eq!(attempts.load(Ordering::SeqCst), 1, "no redelivery while extended");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "no redelivery while extended"
+    );
     let s: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/v1/subscriptions/slow", server.base))
         .bearer_auth("streak-service-key")
@@ -391,6 +434,10 @@ async fn a_slow_handler_keeps_its_lease_and_shutdown_waits_for_it() {
         .json()
         .await
         .expect("json");
-    assert_eq!((s["pending"].as_u64(), s["in_flight"].as_u64()), (Some(0), Some(0)), "{s}");
+    assert_eq!(
+        (s["pending"].as_u64(), s["in_flight"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
     server.stop().await;
 }

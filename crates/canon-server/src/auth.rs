@@ -154,15 +154,29 @@ impl Authenticator {
         let unauthenticated = |why: &str| {
             Problem::new("unauthenticated", why.to_owned()).with("rule", "credentials-required")
         };
-        let value = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("send Authorization: Bearer <api key or JWT>"))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthenticated("the Authorization header must be Bearer <token>"))?;
+        // Apps written for a Dapr sidecar send their token as `dapr-api-token`.
+        let token = match (
+            headers.get(axum::http::header::AUTHORIZATION),
+            headers.get("dapr-api-token"),
+        ) {
+            (Some(value), _) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    unauthenticated("the Authorization header must be Bearer <token>")
+                })?,
+            (None, Some(value)) => value
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| unauthenticated("dapr-api-token is not text"))?,
+            (None, None) => {
+                return Err(unauthenticated(
+                    "send Authorization: Bearer <api key or JWT> (or dapr-api-token)",
+                ));
+            }
+        };
         let service = self.service_of(token).ok_or_else(|| {
             unauthenticated("the bearer token is neither a configured API key nor a valid JWT")
         })?;

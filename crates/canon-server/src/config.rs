@@ -32,6 +32,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Who may call the API.
     pub auth: AuthConfig,
+    /// The Dapr sidecar API (docs/dapr.md).
+    pub dapr: DaprConfig,
 }
 
 impl Default for Config {
@@ -47,8 +49,76 @@ impl Default for Config {
             schemaless_topics: Vec::new(),
             push: PushConfig::default(),
             auth: AuthConfig::default(),
+            dapr: DaprConfig::default(),
         }
     }
+}
+
+/// What the Dapr-compatible API serves: pub/sub components, state stores, secret stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaprConfig {
+    /// Pub/sub component names apps publish through, all on this server's backend.
+    pub pubsubs: Vec<PubsubConfig>,
+    /// State store names (each a key-value bucket of the backend).
+    pub state_stores: Vec<String>,
+    /// Secret stores.
+    pub secret_stores: Vec<SecretStoreConfig>,
+}
+
+impl Default for DaprConfig {
+    fn default() -> Self {
+        DaprConfig {
+            pubsubs: vec![PubsubConfig {
+                name: "pubsub".to_owned(),
+                catalogs: true,
+            }],
+            state_stores: vec!["statestore".to_owned()],
+            secret_stores: Vec::new(),
+        }
+    }
+}
+
+/// One pub/sub component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubConfig {
+    /// The component name in `/v1.0/publish/{name}/...`.
+    pub name: String,
+    /// Whether the server's catalogs are enforced on it (declared producers, schemas, topics).
+    /// Without, it takes any topic and type, as Dapr does.
+    #[serde(default = "yes")]
+    pub catalogs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One secret store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretStoreConfig {
+    /// The store name in `/v1.0/secrets/{name}/...`.
+    pub name: String,
+    /// `env` (environment variables) or `file` (a JSON file).
+    pub kind: SecretStoreKind,
+    /// `env`: only variables with this prefix, which the secret name leaves out.
+    #[serde(default)]
+    pub prefix: String,
+    /// `file`: the JSON file (an object; nested objects flatten with `:`). It must not be
+    /// readable or writable by group or others.
+    pub path: Option<PathBuf>,
+}
+
+/// Where a secret store reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretStoreKind {
+    /// Environment variables.
+    Env,
+    /// A JSON file.
+    File,
 }
 
 /// How durable an acknowledged write is.
@@ -144,6 +214,7 @@ const SETTINGS: &[&str] = &[
     "schemaless_topics",
     "push",
     "auth",
+    "dapr",
 ];
 
 /// A configuration that cannot be used.

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dapr;
 mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -89,6 +90,8 @@ pub struct App<B: Backend> {
     /// Names this server's consumers (`<host>-<pid>`).
     pub(crate) instance: String,
     pub(crate) http: reqwest::Client,
+    /// The Dapr API's secret stores.
+    pub(crate) secrets: dapr::SecretStores,
 }
 
 impl<B: Backend> std::fmt::Debug for App<B> {
@@ -126,7 +129,10 @@ impl<B: Backend> App<B> {
             .pool_max_idle_per_host(config.push.concurrency.max(1) * 2)
             .build()
             .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
+        let secrets =
+            dapr::SecretStores::open(&config.dapr.secret_stores).map_err(ServeError::Config)?;
         let app = Arc::new(App {
+            secrets,
             engine,
             config,
             auth,
@@ -251,6 +257,7 @@ pub fn router<B: Backend>(app: Shared<B>) -> Router {
         )
         .merge(query::routes::<B>())
         .merge(subs::routes::<B>())
+        .merge(dapr::routes::<B>())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -262,7 +269,7 @@ pub fn router<B: Backend>(app: Shared<B>) -> Router {
     api.merge(long)
         .fallback(|| async { Problem::new("not-found", "no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::map_response(problem_for_plain_errors))
+        .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             count_refusals::<B>,
@@ -273,14 +280,35 @@ pub fn router<B: Backend>(app: Shared<B>) -> Router {
 
 /// Errors axum produces itself (413 from the body limit, 408, 405, extractor rejections) become
 /// problem+json too.
-async fn problem_for_plain_errors(res: Response) -> Response {
+async fn problem_for_plain_errors(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let dapr = req.uri().path().starts_with("/v1.0");
+    let res = next.run(req).await;
     let status = res.status();
-    let is_problem = res
+    let shaped = res
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/problem+json")
+                || v.as_bytes().starts_with(b"application/json")
+        });
+    if shaped || !(status.is_client_error() || status.is_server_error()) {
         return res;
+    }
+    // The Dapr API answers in Dapr's shape.
+    if dapr {
+        let (code, message) = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                "ERR_BODY_TOO_LARGE",
+                "the request body is larger than the configured body_limit",
+            ),
+            _ => ("ERR_MALFORMED_REQUEST", "the request cannot be read"),
+        };
+        let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return dapr::DaprError::new(status, code, message).into_response();
     }
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",

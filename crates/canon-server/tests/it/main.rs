@@ -6,6 +6,7 @@
 mod access;
 mod bad_input;
 mod consume;
+mod dapr;
 mod ops;
 mod publish;
 mod push;

@@ -1,0 +1,537 @@
+//! The Dapr sidecar API: publish and bulk publish (with metadata, on catalog-enforced and open
+//! components), state with etags, secrets, healthz, and Dapr-shaped errors that store nothing.
+
+use canon_server::config::{PubsubConfig, SecretStoreConfig, SecretStoreKind};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{Server, config, generated, with_keys};
+
+/// A server with the coach catalog, API keys, the enforced component `pubsub`, an open one
+/// `open`, the state store `statestore`, an env secret store and a file secret store.
+async fn dapr_server(secrets_file: Option<std::path::PathBuf>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = with_keys(config(dir.path()));
+    c.dapr.pubsubs.push(PubsubConfig {
+        name: "open".to_owned(),
+        catalogs: false,
+    });
+    c.dapr.secret_stores.push(SecretStoreConfig {
+        name: "env".to_owned(),
+        kind: SecretStoreKind::Env,
+        prefix: "CARGO_PKG_".to_owned(),
+        path: None,
+    });
+    if let Some(path) = secrets_file {
+        c.dapr.secret_stores.push(SecretStoreConfig {
+            name: "files".to_owned(),
+            kind: SecretStoreKind::File,
+            prefix: String::new(),
+            path: Some(path),
+        });
+    }
+    Server::with(c, Some(dir)).await.as_owner("backend-key")
+}
+
+impl Server {
+    /// The same server, calling with `token` as a Dapr app does (`dapr-api-token`).
+    fn as_owner(mut self, token: &str) -> Server {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    async fn dapr(
+        &self,
+        method: Method,
+        path: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut headers = Vec::new();
+        if let Some(ct) = ct {
+            headers.push(("content-type", ct));
+        }
+        self.send(method, path, &headers, body.to_vec()).await
+    }
+}
+
+/// The stored event with this id, read by the operator.
+async fn event(s: &Server, id: &str) -> Value {
+    let (status, v) = s.as_token("ops-key").get(&format!("/v1/events/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    v[0]["event"].clone()
+}
+
+#[tokio::test]
+async fn healthz_answers_204() {
+    let s = dapr_server(None).await;
+    let (status, _, body) = s.dapr(Method::GET, "/v1.0/healthz", None, b"").await;
+    assert_eq!((status, body), (204, Value::Null));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_body_is_wrapped_as_dapr_does_with_its_metadata() {
+    let s = dapr_server(None).await;
+    let (status, _, body) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/orders/eu?metadata.cloudevent.id=w-1&metadata.ttlInSeconds=60&metadata.partitionKey=o-1&metadata.cloudevent.subject=order",
+            Some("application/json"),
+            br#"{"orderId":"o-1"}"#,
+        )
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let ev = event(&s, "w-1").await;
+    assert_eq!(ev["type"], "com.dapr.event.sent");
+    assert_eq!(ev["source"], "backend");
+    assert_eq!(ev["topic"], "orders/eu");
+    assert_eq!(ev["pubsubname"], "open");
+    assert_eq!(ev["subject"], "order");
+    assert_eq!(ev["partitionkey"], "o-1");
+    assert_eq!(ev["datacontenttype"], "application/json");
+    assert_eq!(ev["data"], json!({"orderId": "o-1"}));
+    assert!(
+        ev["expiration"].as_str().is_some_and(|e| e.ends_with('Z')),
+        "{ev}"
+    );
+    // Text without a content type is text/plain data; bytes go as data_base64.
+    let (status, ..) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/notes?metadata.cloudevent.id=t-1",
+            None,
+            b"hello",
+        )
+        .await;
+    assert_eq!(status, 204);
+    let ev = event(&s, "t-1").await;
+    assert_eq!(
+        (ev["datacontenttype"].as_str(), ev["data"].as_str()),
+        (Some("text/plain"), Some("hello"))
+    );
+    let (status, ..) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/blobs?metadata.cloudevent.id=b-1",
+            Some("application/octet-stream"),
+            &[0, 159, 146, 150],
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(event(&s, "b-1").await["data_base64"], "AJ+Slg==");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_cloudevent_on_the_enforced_component_meets_the_catalog() {
+    let s = dapr_server(None).await;
+    let ok = serde_json::to_vec(&generated("g-1", "d-1")).unwrap();
+    let (status, ..) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/cloudevents+json"),
+            &ok,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let ev = event(&s, "g-1").await;
+    assert_eq!(
+        (ev["topic"].as_str(), ev["pubsubname"].as_str()),
+        (Some("post.generated"), Some("pubsub"))
+    );
+
+    // Not a declared producer: 403, nothing stored.
+    let other = s.as_token("analytics-key");
+    let doc = serde_json::to_vec(&generated("g-2", "d-2")).unwrap();
+    let (status, _, body) = other
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/cloudevents+json"),
+            &doc,
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (403, Some("ERR_PUBSUB_FORBIDDEN")),
+        "{body}"
+    );
+    // A payload that breaks the schema, and a wrapped body of an undeclared type: 400.
+    let mut bad = generated("g-3", "d-3");
+    bad["data"]["platform"] = json!(7);
+    let (status, _, body) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/cloudevents+json"),
+            &serde_json::to_vec(&bad).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (400, Some("ERR_PUBSUB_CATALOG")),
+        "{body}"
+    );
+    let (status, _, body) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/json"),
+            b"{}",
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (400, Some("ERR_PUBSUB_CATALOG")),
+        "{body}"
+    );
+    // An invalid CloudEvent: 400 with the envelope's reasons.
+    let (status, _, body) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/cloudevents+json"),
+            br#"{"specversion":"1.0","id":""}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (400, Some("ERR_PUBSUB_CLOUD_EVENTS_SER")),
+        "{body}"
+    );
+    for id in ["g-2", "g-3"] {
+        assert_eq!(
+            s.as_token("ops-key")
+                .get(&format!("/v1/events/{id}"))
+                .await
+                .0,
+            404
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_publishes_get_dapr_errors_and_store_nothing() {
+    let s = dapr_server(None).await;
+    let cases: &[(&str, Option<&str>, &[u8], u16, &str)] = &[
+        (
+            "/v1.0/publish/nope/t",
+            Some("application/json"),
+            b"{}",
+            404,
+            "ERR_PUBSUB_NOT_FOUND",
+        ),
+        (
+            "/v1.0/publish/open/t?metadata.ttlInSeconds=soon",
+            Some("application/json"),
+            b"{}",
+            400,
+            "ERR_PUBSUB_REQUEST_METADATA",
+        ),
+        (
+            "/v1.0/publish/open/t?metadata.rawPayload=maybe",
+            Some("application/json"),
+            b"{}",
+            400,
+            "ERR_PUBSUB_REQUEST_METADATA",
+        ),
+        (
+            "/v1.0/publish/open/t",
+            Some("application/cloudevents+json"),
+            b"not json",
+            400,
+            "ERR_PUBSUB_CLOUD_EVENTS_SER",
+        ),
+        (
+            "/v1.0-alpha1/publish/bulk/open/t",
+            Some("application/json"),
+            br#"[{"event":1}]"#,
+            400,
+            "ERR_PUBSUB_EVENTS_SER",
+        ),
+        (
+            "/v1.0-alpha1/publish/bulk/open/t",
+            Some("application/json"),
+            br#"[{"entryId":"a","event":1},{"entryId":"a","event":2}]"#,
+            400,
+            "ERR_PUBSUB_EVENTS_SER",
+        ),
+        (
+            "/v1.0-alpha1/publish/bulk/open/t",
+            Some("application/json"),
+            b"{}",
+            400,
+            "ERR_PUBSUB_EVENTS_SER",
+        ),
+    ];
+    for (path, ct, body, want, code) in cases {
+        let (status, headers, v) = s.dapr(Method::POST, path, *ct, body).await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (*want, Some(*code)),
+            "{path}: {v}"
+        );
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Nothing reached topic t.
+    assert_eq!(s.as_token("ops-key").get("/v1/topics/t").await.0, 404);
+    // Oversize bodies are Dapr-shaped too.
+    let big = vec![b'x'; 70 * 1024];
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/t",
+            Some("text/plain"),
+            &big,
+        )
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (413, Some("ERR_BODY_TOO_LARGE")),
+        "{v}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_publish_reports_the_entries_that_failed() {
+    let s = dapr_server(None).await;
+    let ok = json!([
+        {"entryId": "1", "event": {"n": 1}, "contentType": "application/json", "metadata": {"cloudevent.id": "bulk-1"}},
+        {"entryId": "2", "event": "two", "contentType": "text/plain", "metadata": {"cloudevent.id": "bulk-2"}}
+    ]);
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0-alpha1/publish/bulk/open/bulky",
+            Some("application/json"),
+            &serde_json::to_vec(&ok).unwrap(),
+        )
+        .await;
+    assert_eq!((status, v), (204, Value::Null));
+    assert_eq!(event(&s, "bulk-1").await["data"], json!({"n": 1}));
+    assert_eq!(event(&s, "bulk-2").await["data"], json!("two"));
+    let mixed = json!([
+        {"entryId": "good", "event": {"n": 3}, "metadata": {"cloudevent.id": "bulk-3"}},
+        {"entryId": "bad", "event": {"specversion": "1.0"}, "contentType": "application/cloudevents+json"}
+    ]);
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/bulk/open/bulky",
+            Some("application/json"),
+            &serde_json::to_vec(&mixed).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (500, Some("ERR_PUBSUB_PUBLISH_MESSAGE")),
+        "{v}"
+    );
+    let failed = v["failedEntries"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["entryId"], "bad");
+    assert_eq!(event(&s, "bulk-3").await["data"], json!({"n": 3}));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn state_keeps_values_with_etags_and_concurrency() {
+    let s = dapr_server(None).await;
+    let save = |body: Value| {
+        let s = &s;
+        async move {
+            s.dapr(
+                Method::POST,
+                "/v1.0/state/statestore",
+                Some("application/json"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, ..) =
+        save(json!([{"key": "task-1", "value": {"title": "buy milk"}}, {"key": "n", "value": 3}]))
+            .await;
+    assert_eq!(status, 204);
+    let (status, headers, v) = s
+        .dapr(Method::GET, "/v1.0/state/statestore/task-1", None, b"")
+        .await;
+    assert_eq!((status, v), (200, json!({"title": "buy milk"})));
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+
+    // first-write: only a key nobody wrote.
+    let (status, _, v) =
+        save(json!([{"key": "task-1", "value": 1, "options": {"concurrency": "first-write"}}]))
+            .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (409, Some("ERR_STATE_SAVE")),
+        "{v}"
+    );
+    // An etag must be the current one.
+    let (status, ..) =
+        save(json!([{"key": "task-1", "value": {"title": "buy oat milk"}, "etag": etag}])).await;
+    assert_eq!(status, 204);
+    let (status, _, v) = save(json!([{"key": "task-1", "value": 2, "etag": etag}])).await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (409, Some("ERR_STATE_SAVE")),
+        "{v}"
+    );
+    let (_, headers, v) = s
+        .dapr(Method::GET, "/v1.0/state/statestore/task-1", None, b"")
+        .await;
+    assert_eq!(v, json!({"title": "buy oat milk"}));
+    let current = headers["etag"].to_str().unwrap().to_owned();
+
+    // A malformed item anywhere: nothing of the request is stored.
+    let (status, _, v) = save(json!([{"key": "x", "value": 1}, {"key": "", "value": 2}])).await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (400, Some("ERR_MALFORMED_REQUEST")),
+        "{v}"
+    );
+    assert_eq!(
+        s.dapr(Method::GET, "/v1.0/state/statestore/x", None, b"")
+            .await
+            .0,
+        204
+    );
+
+    // Delete with a stale If-Match is refused; then without.
+    let (status, _, v) = s
+        .send(
+            Method::DELETE,
+            "/v1.0/state/statestore/task-1",
+            &[("if-match", etag.as_str())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (409, Some("ERR_STATE_DELETE")),
+        "{v}"
+    );
+    let (status, ..) = s
+        .send(
+            Method::DELETE,
+            "/v1.0/state/statestore/task-1",
+            &[("if-match", current.as_str())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        s.dapr(Method::GET, "/v1.0/state/statestore/task-1", None, b"")
+            .await
+            .0,
+        204
+    );
+    // An unknown store.
+    let (status, _, v) = s.dapr(Method::GET, "/v1.0/state/nope/k", None, b"").await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (400, Some("ERR_STATE_STORE_NOT_FOUND"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_come_from_the_environment_and_from_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.json");
+    std::fs::write(&file, r#"{"db": {"password": "s3cret"}, "token": "t0k"}"#).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = dapr_server(Some(file.clone())).await;
+    let (status, _, v) = s
+        .dapr(Method::GET, "/v1.0/secrets/env/NAME", None, b"")
+        .await;
+    assert_eq!((status, v), (200, json!({"NAME": "canon-server"})));
+    let (status, _, v) = s
+        .dapr(Method::GET, "/v1.0/secrets/files/db:password", None, b"")
+        .await;
+    assert_eq!((status, v), (200, json!({"db:password": "s3cret"})));
+    let (status, _, v) = s
+        .dapr(Method::GET, "/v1.0/secrets/files/missing", None, b"")
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (404, Some("ERR_SECRET_GET"))
+    );
+    let (status, _, v) = s
+        .dapr(Method::GET, "/v1.0/secrets/vault/x", None, b"")
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (400, Some("ERR_SECRET_STORE_NOT_FOUND"))
+    );
+    s.stop().await;
+
+    // A file others may read keeps the server from starting, and the error shows no secret.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut c = config(data.path());
+    c.dapr.secret_stores.push(SecretStoreConfig {
+        name: "files".to_owned(),
+        kind: SecretStoreKind::File,
+        prefix: String::new(),
+        path: Some(file),
+    });
+    let err = canon_server::start(c).await.unwrap_err().to_string();
+    assert!(err.contains("mode 644") && !err.contains("s3cret"), "{err}");
+}
+
+#[tokio::test]
+async fn apps_may_authenticate_with_dapr_api_token() {
+    let s = dapr_server(None).await;
+    let mut anonymous = s.as_token("");
+    anonymous.token = None;
+    let (status, _, v) = anonymous
+        .send(
+            Method::GET,
+            "/v1.0/state/statestore/k",
+            &[("dapr-api-token", "backend-key")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!((status, v), (204, Value::Null));
+    let (status, _, v) = anonymous
+        .send(Method::GET, "/v1.0/state/statestore/k", &[], Vec::new())
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (401, Some("ERR_UNAUTHENTICATED"))
+    );
+    s.stop().await;
+}
+
+/// docs/dapr.md's error table and `dapr::CODES` list the same codes with the same status.
+#[test]
+fn dapr_error_codes_are_documented_both_ways() {
+    let doc = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/dapr.md"),
+    )
+    .unwrap();
+    let section = doc.split("## Errors").nth(1).unwrap();
+    let mut documented: Vec<(String, u16)> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code.to_owned(), cells.get(2)?.parse().ok()?))
+        })
+        .collect();
+    let mut coded: Vec<(String, u16)> = canon_server::dapr::CODES
+        .iter()
+        .map(|(c, s)| ((*c).to_owned(), *s))
+        .collect();
+    documented.sort();
+    coded.sort();
+    assert_eq!(documented, coded);
+}

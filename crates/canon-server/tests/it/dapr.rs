@@ -30,12 +30,12 @@ async fn dapr_server(secrets_file: Option<std::path::PathBuf>) -> Server {
             path: Some(path),
         });
     }
-    Server::with(c, Some(dir)).await.as_owner("backend-key")
+    Server::with(c, Some(dir)).await.calling_with("backend-key")
 }
 
 impl Server {
     /// The same server, calling with `token` as a Dapr app does (`dapr-api-token`).
-    fn as_owner(mut self, token: &str) -> Server {
+    fn calling_with(mut self, token: &str) -> Server {
         self.token = Some(token.to_owned());
         self
     }
@@ -216,7 +216,9 @@ async fn a_cloudevent_on_the_enforced_component_meets_the_catalog() {
 #[tokio::test]
 async fn bad_publishes_get_dapr_errors_and_store_nothing() {
     let s = dapr_server(None).await;
-    let cases: &[(&str, Option<&str>, &[u8], u16, &str)] = &[
+    // (path, content type, body, status, errorCode)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [u8], u16, &'a str);
+    let cases: &[Case<'_>] = &[
         (
             "/v1.0/publish/nope/t",
             Some("application/json"),

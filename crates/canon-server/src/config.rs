@@ -64,6 +64,22 @@ pub struct DaprConfig {
     pub state_stores: Vec<String>,
     /// Secret stores.
     pub secret_stores: Vec<SecretStoreConfig>,
+    /// Apps Canon delivers to as their sidecar would: subscriptions come from each app's
+    /// `GET /dapr/subscribe` and from `resources`.
+    pub apps: Vec<DaprApp>,
+    /// Dapr resource files (or directories of `*.yaml`): `Subscription` (v1alpha1, v2alpha1)
+    /// and `Component` documents (pubsub and state components register their names).
+    pub resources: Vec<PathBuf>,
+}
+
+/// An app Canon delivers to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaprApp {
+    /// The app id (`scopes` of declarative subscriptions name it).
+    pub id: String,
+    /// Its base URL (`http://127.0.0.1:8000`).
+    pub url: String,
 }
 
 impl Default for DaprConfig {
@@ -75,6 +91,8 @@ impl Default for DaprConfig {
             }],
             state_stores: vec!["statestore".to_owned()],
             secret_stores: Vec::new(),
+            apps: Vec::new(),
+            resources: Vec::new(),
         }
     }
 }

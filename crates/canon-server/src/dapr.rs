@@ -2,7 +2,10 @@
 //! 004 uses them, so that an app written for a Dapr sidecar talks to Canon unchanged. Errors
 //! are Dapr's: `application/json` with `{"errorCode","message"}`.
 
+pub(crate) mod apps;
+pub(crate) mod deliver;
 mod publish;
+pub(crate) mod rules;
 mod secrets;
 mod state;
 
@@ -39,6 +42,7 @@ pub(crate) fn routes<B: Backend>() -> Router<Shared<B>> {
             get(state::get::<B>).delete(state::delete::<B>),
         )
         .route("/v1.0/secrets/{store}/{name}", get(secrets::get::<B>))
+        .route("/v1/dapr/apps/{id}/subscribe", post(apps::rediscover::<B>))
 }
 
 /// A Dapr-shaped error.

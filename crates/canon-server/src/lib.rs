@@ -92,6 +92,8 @@ pub struct App<B: Backend> {
     pub(crate) http: reqwest::Client,
     /// The Dapr API's secret stores.
     pub(crate) secrets: dapr::SecretStores,
+    /// Dapr resources read at start-up (declarative subscriptions).
+    pub(crate) dapr_resources: dapr::apps::Resources,
 }
 
 impl<B: Backend> std::fmt::Debug for App<B> {
@@ -106,8 +108,24 @@ type Shared<B> = Arc<App<B>>;
 
 impl<B: Backend> App<B> {
     /// A server over an engine.
-    pub async fn new(engine: Engine<B>, config: Config) -> Result<Shared<B>, ServeError> {
+    pub async fn new(engine: Engine<B>, mut config: Config) -> Result<Shared<B>, ServeError> {
         let auth = Authenticator::new(&config.auth).map_err(ServeError::Config)?;
+        // Dapr resources: their components add pub/sub and state store names.
+        let dapr_resources =
+            dapr::apps::load(&config.dapr.resources).map_err(ServeError::Config)?;
+        for name in &dapr_resources.pubsubs {
+            if !config.dapr.pubsubs.iter().any(|p| &p.name == name) {
+                config.dapr.pubsubs.push(config::PubsubConfig {
+                    name: name.clone(),
+                    catalogs: true,
+                });
+            }
+        }
+        for name in &dapr_resources.state_stores {
+            if !config.dapr.state_stores.contains(name) {
+                config.dapr.state_stores.push(name.clone());
+            }
+        }
         for t in &config.schemaless_topics {
             engine
                 .backend()
@@ -133,6 +151,7 @@ impl<B: Backend> App<B> {
             dapr::SecretStores::open(&config.dapr.secret_stores).map_err(ServeError::Config)?;
         let app = Arc::new(App {
             secrets,
+            dapr_resources,
             engine,
             config,
             auth,
@@ -151,6 +170,7 @@ impl<B: Backend> App<B> {
         for s in names {
             push::ensure(&app, &s);
         }
+        dapr::apps::start(&app);
         Ok(app)
     }
 

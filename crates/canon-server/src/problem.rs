@@ -39,6 +39,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("rejected", 422),
     ("unsupported-capability", 422),
     ("storage-unavailable", 503),
+    ("app-unreachable", 502),
     ("shutting-down", 503),
     ("internal", 500),
 ];

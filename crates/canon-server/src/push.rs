@@ -141,8 +141,14 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             };
             let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
             let format = spec.format;
+            let dapr = spec.dapr.clone();
             tokio::spawn(async move {
-                if batch > 1 {
+                if let Some(dapr) = dapr {
+                    // Dapr subscriptions take one event per request (batch is unset).
+                    if let Some(d) = chunk.into_iter().next() {
+                        crate::dapr::deliver::deliver(&app, &sub, &url, &dapr, d, permit).await;
+                    }
+                } else if batch > 1 {
                     deliver_batch(&app, &sub, &url, chunk, permit).await;
                 } else if let Some(d) = chunk.into_iter().next() {
                     deliver(&app, &sub, &url, format, d, permit).await;
@@ -346,7 +352,7 @@ async fn deliver_batch<B: Backend>(
 }
 
 /// Settles one delivery and counts it.
-async fn settle_and_count<B: Backend>(
+pub(crate) async fn settle_and_count<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
     label: &SubLabel,
@@ -386,7 +392,7 @@ async fn settle_and_count<B: Backend>(
 }
 
 /// The `Retry-After` of an answer, in seconds.
-fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(res: &reqwest::Response) -> Option<Duration> {
     res.headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -395,7 +401,7 @@ fn retry_after(res: &reqwest::Response) -> Option<Duration> {
 }
 
 /// A 2xx answer's body, by the Dapr contract.
-fn interpret(body: &[u8], retry_after: Option<Duration>) -> (Outcome, Option<String>) {
+pub(crate) fn interpret(body: &[u8], retry_after: Option<Duration>) -> (Outcome, Option<String>) {
     let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return (Outcome::Success, None);
     };

@@ -53,6 +53,41 @@ pub struct PushSpec {
     /// (`application/cloudevents-batch+json`, structured format only) and the subscriber may
     /// answer per event: `{"statuses":[{"entryId":"<event id>","status":"SUCCESS|RETRY|DROP"}]}`.
     pub batch: Option<usize>,
+    /// Set for subscriptions of Dapr apps: where and how each event goes (docs/dapr.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dapr: Option<DaprDelivery>,
+}
+
+/// Delivery to a Dapr app: the route of each event, the dead-letter topic, raw payloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaprDelivery {
+    /// The app's id.
+    pub app_id: String,
+    /// The pub/sub component.
+    pub pubsub: String,
+    /// Routing rules, tried in order: the first whose `match` holds gives the path.
+    #[serde(default)]
+    pub rules: Vec<DaprRule>,
+    /// The path when no rule matches; without one, such events are dropped (to the
+    /// dead-letter topic if set).
+    pub default_path: Option<String>,
+    /// Where an event goes after its last failed attempt (or a DROP, or no route).
+    pub dead_letter_topic: Option<String>,
+    /// Deliver the stored bytes wrapped as Dapr does for `rawPayload` subscriptions.
+    #[serde(default)]
+    pub raw_payload: bool,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaprRule {
+    /// A CEL expression in the supported subset.
+    #[serde(rename = "match")]
+    pub when: String,
+    /// The app path.
+    pub path: String,
 }
 
 /// How failed deliveries are retried. Unset fields come from the catalog's `delivery` defaults,
@@ -306,6 +341,17 @@ async fn create_inner<B: Backend>(
             ));
         }
     }
+    install(app, sub)
+        .await
+        .map(|(status, sub)| (status, Json(sub)).into_response())
+}
+
+/// Fills a checked subscription's defaults, creates its group, stores it and starts its push
+/// worker. 200 when the same subscription exists already, 409 when a different one does.
+pub(crate) async fn install<B: Backend>(
+    app: &Shared<B>,
+    mut sub: Subscription,
+) -> Answer<(StatusCode, Subscription)> {
     if let Some(p) = &sub.push
         && (p.batch.unwrap_or(1) > 1000
             || (p.batch.unwrap_or(1) > 1 && p.format != PushFormat::Structured))
@@ -350,7 +396,7 @@ async fn create_inner<B: Backend>(
     }
     if let Ok(existing) = app.subscription(&sub.name) {
         return if *existing == sub {
-            Ok((StatusCode::OK, Json(sub)).into_response())
+            Ok((StatusCode::OK, sub))
         } else {
             Err(fail(Problem::new(
                 "already-exists",
@@ -387,7 +433,57 @@ async fn create_inner<B: Backend>(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(sub.name.clone(), sub.clone());
     push::ensure(app, &sub);
-    Ok((StatusCode::CREATED, Json(sub.as_ref().clone())).into_response())
+    Ok((StatusCode::CREATED, sub.as_ref().clone()))
+}
+
+/// Replaces the push settings of an existing subscription (same topic and delivery policy),
+/// keeping its group and position; restarts its push worker.
+pub(crate) async fn replace_push<B: Backend>(
+    app: &Shared<B>,
+    existing: &Subscription,
+    push: Option<PushSpec>,
+) -> Answer<()> {
+    let mut sub = existing.clone();
+    sub.push = push;
+    if let Some(p) = &mut sub.push {
+        p.concurrency = Some(p.concurrency.unwrap_or(app.config.push.concurrency).max(1));
+    }
+    let record =
+        serde_json::to_vec(&sub).map_err(|e| fail(Problem::new("internal", e.to_string())))?;
+    app.engine
+        .backend()
+        .kv_put(SUBSCRIPTIONS, &sub.name, record, None)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    push::remove(app, &sub.name).await;
+    let sub = Arc::new(sub);
+    app.subs
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(sub.name.clone(), sub.clone());
+    push::ensure(app, &sub);
+    Ok(())
+}
+
+/// Deletes a subscription with its group state and DLQ.
+pub(crate) async fn remove_subscription<B: Backend>(
+    app: &Shared<B>,
+    sub: &Subscription,
+) -> Answer<()> {
+    push::remove(app, &sub.name).await;
+    let backend = app.engine.backend();
+    backend
+        .kv_delete(SUBSCRIPTIONS, &sub.name, None)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    app.subs
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&sub.name);
+    match backend.delete_group(&sub.topic, &sub.name).await {
+        Ok(()) | Err(canon_backend::BackendError::UnknownGroup { .. }) => Ok(()),
+        Err(e) => Err(fail(e.into())),
+    }
 }
 
 /// A subscription with where it stands.

@@ -537,3 +537,272 @@ fn dapr_error_codes_are_documented_both_ways() {
     coded.sort();
     assert_eq!(documented, coded);
 }
+
+/// A Dapr app: answers `/dapr/subscribe` with `subscriptions` and records what it receives.
+struct App {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    subscriptions: std::sync::Arc<std::sync::Mutex<Value>>,
+}
+
+async fn dapr_app(subscriptions: Value) -> App {
+    use axum::routing::{get, post};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subs = std::sync::Arc::new(std::sync::Mutex::new(subscriptions));
+    let (g, s) = (got.clone(), subs.clone());
+    let app = axum::Router::new()
+        .route(
+            "/dapr/subscribe",
+            get(move || {
+                let s = s.clone();
+                async move { axum::Json(s.lock().unwrap().clone()) }
+            }),
+        )
+        .route(
+            "/{*path}",
+            post(move |uri: axum::http::Uri, body: axum::body::Bytes| {
+                let g = g.clone();
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let fail = v["data"]["fail"] == json!(true);
+                    g.lock().unwrap().push((uri.path().to_owned(), v));
+                    if fail {
+                        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no").into_response()
+                    } else {
+                        axum::Json(json!({"status": "SUCCESS"})).into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    App {
+        url,
+        got,
+        subscriptions: subs,
+    }
+}
+
+use axum::response::IntoResponse;
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn widget(id: &str, ty: &str, data: Value) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"specversion": "1.0", "id": id, "source": "shop", "type": ty, "data": data}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topic() {
+    let app = dapr_app(json!([
+        {"pubsubname": "open", "topic": "widgets", "deadLetterTopic": "widgets-dlq",
+         "routes": {"rules": [{"match": "event.type == \"widget.v2\"", "path": "/widgets/v2"}],
+                    "default": "/widgets"}},
+        {"pubsubname": "open", "topic": "orders", "route": "orders", "metadata": {"rawPayload": "true"}},
+        {"pubsubname": "nope", "topic": "ignored", "route": "/x"},
+        {"pubsubname": "open", "topic": "bad-rule", "routes": {"rules": [{"match": "size(event) > 1", "path": "/x"}]}}
+    ]))
+    .await;
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("todo.yaml"),
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: todo-pubsub\nspec:\n  type: pubsub.kafka\n  version: v1\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: audit-task-events-sub\nspec:\n  topic: task-events\n  routes:\n    default: /events/task-events\n  pubsubname: todo-pubsub\nscopes:\n  - audit\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: other-sub\nspec:\n  topic: task-events\n  routes:\n    default: /other\n  pubsubname: todo-pubsub\nscopes:\n  - somebody-else\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.catalogs = Vec::new();
+    c.dapr.pubsubs.push(PubsubConfig {
+        name: "open".to_owned(),
+        catalogs: false,
+    });
+    c.dapr.resources = vec![resources.path().to_path_buf()];
+    c.dapr.apps = vec![canon_server::config::DaprApp {
+        id: "audit".to_owned(),
+        url: app.url.clone(),
+    }];
+    let s = Server::with(c, Some(dir)).await;
+
+    // Discovery installs the app's valid subscriptions and its declarative one, nothing else.
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/subscriptions").await;
+        names = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect();
+        if names.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "dapr:audit:open:orders",
+            "dapr:audit:open:widgets",
+            "dapr:audit:todo-pubsub:task-events"
+        ]
+    );
+
+    let publish = |topic: &'static str, body: Vec<u8>| {
+        let s = &s;
+        async move {
+            let path = if topic == "task-events" {
+                "/v1.0/publish/todo-pubsub/task-events".to_owned()
+            } else {
+                format!("/v1.0/publish/open/{topic}")
+            };
+            let (status, _, v) = s
+                .dapr(
+                    Method::POST,
+                    &path,
+                    Some("application/cloudevents+json"),
+                    &body,
+                )
+                .await;
+            assert_eq!(status, 204, "{v}");
+        }
+    };
+    publish("widgets", widget("w-2", "widget.v2", json!({}))).await;
+    publish("widgets", widget("w-1", "widget.v1", json!({}))).await;
+    publish("orders", widget("o-1", "order.placed", json!({"n": 1}))).await;
+    publish(
+        "task-events",
+        widget("t-1", "com.todo.task.created.v1", json!({"title": "x"})),
+    )
+    .await;
+    publish(
+        "widgets",
+        widget("w-bad", "widget.v1", json!({"fail": true})),
+    )
+    .await;
+
+    let got = app.got.clone();
+    eventually("every event reached its route", || {
+        let g = got.lock().unwrap();
+        ["/widgets/v2", "/orders", "/events/task-events"]
+            .iter()
+            .all(|p| g.iter().any(|(q, _)| q == p))
+            && g.iter()
+                .filter(|(q, v)| q == "/widgets" && v["id"] == "w-1")
+                .count()
+                == 1
+    })
+    .await;
+    {
+        let g = got.lock().unwrap();
+        let (_, v2) = g.iter().find(|(p, _)| p == "/widgets/v2").unwrap();
+        assert_eq!(
+            (
+                v2["id"].as_str(),
+                v2["topic"].as_str(),
+                v2["pubsubname"].as_str()
+            ),
+            (Some("w-2"), Some("widgets"), Some("open"))
+        );
+        // rawPayload: the stored event's bytes, base64, in Dapr's envelope.
+        let (_, raw) = g.iter().find(|(p, _)| p == "/orders").unwrap();
+        assert_eq!(raw["type"], "com.dapr.event.sent");
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            raw["data_base64"].as_str().unwrap(),
+        )
+        .unwrap();
+        let inner: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(inner["id"], "o-1");
+    }
+    // The always-failing event: 4 attempts, then the original goes to widgets-dlq.
+    eventually("the failing event reached the dead-letter topic", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["id"] == "w-bad")
+            .count()
+            >= 4
+    })
+    .await;
+    let mut topics = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/events/w-bad").await;
+        topics = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["topic"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if topics.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    topics.sort();
+    assert_eq!(topics, vec!["widgets", "widgets-dlq"]);
+    assert_eq!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["id"] == "w-bad")
+            .count(),
+        4
+    );
+
+    // Re-discovery: the app dropped `orders`; its subscription goes, the others stay.
+    {
+        let mut subs = app.subscriptions.lock().unwrap();
+        subs.as_array_mut().unwrap().remove(1);
+    }
+    let (status, v) = s.post("/v1/dapr/apps/audit/subscribe", &json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = s.get("/v1/subscriptions").await;
+    let mut names: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "dapr:audit:open:widgets",
+            "dapr:audit:todo-pubsub:task-events"
+        ]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_resource_outside_the_supported_subset_stops_the_start() {
+    let resources = tempfile::tempdir().unwrap();
+    let file = resources.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: s\nspec:\n  topic: t\n  pubsubname: pubsub\n  routes:\n    rules:\n      - match: event.data.count > 3\n        path: /x\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.dapr.resources = vec![file];
+    let err = canon_server::start(c).await.unwrap_err().to_string();
+    assert!(
+        err.contains("bad.yaml") && err.contains("routing rule") && err.contains("'>' at 17"),
+        "{err}"
+    );
+}

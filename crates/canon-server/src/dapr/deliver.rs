@@ -1,0 +1,190 @@
+//! Delivery to a Dapr app, as its sidecar would (../shared/specs/dapr-pubsub-jobs.md §5–6):
+//! the route of each event by its subscription's rules, the CloudEvent with `topic` and
+//! `pubsubname`, rawPayload wrapping, the app's answer by the Dapr contract, and the
+//! dead-letter topic after the last attempt.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use canon_backend::{Backend, Delivery, Outcome, PublishRequest, TopicConfig};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use serde_json::{Value, json};
+
+use super::rules;
+use crate::App;
+use crate::metrics::SubLabel;
+use crate::push::{interpret, retry_after, settle_and_count};
+use crate::subs::{DaprDelivery, Subscription};
+
+/// Sends one event to its route in the app and settles it.
+pub(crate) async fn deliver<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    base: &str,
+    dapr: &DaprDelivery,
+    d: Delivery,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let label = SubLabel {
+        subscription: sub.name.clone(),
+    };
+    let mut out = d.event.event.clone();
+    out.set_extension("topic", sub.topic.as_str());
+    out.set_extension("pubsubname", dapr.pubsub.as_str());
+    let json = out.to_json();
+    let doc: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
+    let path = dapr
+        .rules
+        .iter()
+        .find(|r| rules::parse(&r.when).is_ok_and(|e| rules::matches(&e, &doc)))
+        .map(|r| r.path.as_str())
+        .or(dapr.default_path.as_deref());
+    let Some(path) = path else {
+        drop(permit);
+        let why = "no routing rule matches and the subscription has no default route";
+        finish(
+            app,
+            sub,
+            &label,
+            dapr,
+            &d,
+            Outcome::DeadLetter,
+            Some(why.to_owned()),
+        )
+        .await;
+        return;
+    };
+    let url = format!("{base}/{}", path.trim_start_matches('/'));
+    let body = if dapr.raw_payload {
+        raw_envelope(&d, &sub.topic, &dapr.pubsub)
+    } else {
+        json
+    };
+    let mut req = app
+        .http
+        .post(&url)
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        )
+        .body(body);
+    if let Some(tp) = out
+        .traceparent()
+        .and(out.extensions.get("traceparent"))
+        .and_then(|v| v.as_str())
+    {
+        req = req.header("traceparent", tp);
+    }
+    let answer = req.send().await;
+    app.metrics
+        .push_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    let (outcome, error) = match answer {
+        Err(e) => (
+            Outcome::Retry(None),
+            Some(format!("delivery to {url} failed: {e}")),
+        ),
+        Ok(res) => {
+            let status = res.status();
+            let after = retry_after(&res);
+            if status.is_success() {
+                let body = res.bytes().await.unwrap_or_default();
+                interpret(&body, after)
+            } else if status == reqwest::StatusCode::NOT_FOUND {
+                (
+                    Outcome::DeadLetter,
+                    Some(format!("app answered 404 at {url}")),
+                )
+            } else {
+                (
+                    Outcome::Retry(after),
+                    Some(format!("app answered {status} at {url}")),
+                )
+            }
+        }
+    };
+    drop(permit);
+    finish(app, sub, &label, dapr, &d, outcome, error).await;
+}
+
+/// What Dapr sends for a rawPayload subscription: the stored bytes, base64, in a fresh
+/// envelope.
+fn raw_envelope(d: &Delivery, topic: &str, pubsub: &str) -> Vec<u8> {
+    let ev = &d.event.event;
+    let raw = match (&ev.data, ev.extensions.contains_key("rawpayload")) {
+        (Some(data), true) => data.as_bytes().to_vec(),
+        _ => ev.to_json(),
+    };
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string();
+    json!({
+        "id": id, "specversion": "1.0", "source": "Dapr", "type": "com.dapr.event.sent",
+        "datacontenttype": "application/octet-stream", "topic": topic, "pubsubname": pubsub,
+        "data_base64": base64::engine::general_purpose::STANDARD.encode(raw),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Settles, sending the original event to the dead-letter topic first when this was its end:
+/// the app dropped it (DROP, 404, no route) or its last attempt failed.
+async fn finish<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    label: &SubLabel,
+    dapr: &DaprDelivery,
+    d: &Delivery,
+    outcome: Outcome,
+    error: Option<String>,
+) {
+    let last = matches!(outcome, Outcome::Retry(_))
+        && d.attempt >= sub.retry.max_attempts.unwrap_or(u32::MAX);
+    let Some(dlt) = dapr
+        .dead_letter_topic
+        .as_deref()
+        .filter(|_| outcome == Outcome::DeadLetter || last)
+    else {
+        settle_and_count(app, sub, label, d, outcome, error).await;
+        return;
+    };
+    let backend = app.engine.backend();
+    let event = d.event.event.clone();
+    let sent = async {
+        if backend.topic_info(dlt).await.is_err() {
+            backend
+                .create_topic(TopicConfig::new(dlt.to_owned()))
+                .await?;
+        }
+        let request = PublishRequest {
+            ordering_key: event.partition_key().map(str::to_owned),
+            idempotency_key: None,
+            expected_sequence: None,
+            event,
+        };
+        backend.publish(dlt, vec![request]).await
+    }
+    .await;
+    match sent {
+        Ok(_) => {
+            tracing::warn!(subscription = %sub.name, seq = d.event.seq, topic = dlt,
+                error = error.as_deref().unwrap_or(""), "dapr: sent to the dead-letter topic");
+            settle_and_count(app, sub, label, d, Outcome::Success, error).await;
+        }
+        Err(e) => {
+            let why = format!("dead-letter topic {dlt} unavailable: {e}");
+            settle_and_count(
+                app,
+                sub,
+                label,
+                d,
+                Outcome::Retry(Some(Duration::from_secs(1))),
+                Some(why),
+            )
+            .await;
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 pub(crate) mod apps;
 pub(crate) mod deliver;
+pub(crate) mod jobs;
 mod publish;
 pub(crate) mod rules;
 mod secrets;
@@ -43,6 +44,18 @@ pub(crate) fn routes<B: Backend>() -> Router<Shared<B>> {
         )
         .route("/v1.0/secrets/{store}/{name}", get(secrets::get::<B>))
         .route("/v1/dapr/apps/{id}/subscribe", post(apps::rediscover::<B>))
+        .route(
+            "/v1.0-alpha1/jobs/{name}",
+            post(jobs::create::<B>)
+                .get(jobs::get::<B>)
+                .delete(jobs::delete::<B>),
+        )
+        .route(
+            "/v1.0/jobs/{name}",
+            post(jobs::create::<B>)
+                .get(jobs::get::<B>)
+                .delete(jobs::delete::<B>),
+        )
 }
 
 /// A Dapr-shaped error.
@@ -107,6 +120,11 @@ pub const CODES: &[(&str, u16)] = &[
     ("ERR_SECRET_GET", 404),
     ("ERR_UNAUTHENTICATED", 401),
     ("ERR_BODY_TOO_LARGE", 413),
+    ("DAPR_SCHEDULER_SCHEDULE_EMPTY", 400),
+    ("DAPR_SCHEDULER_JOB_EXISTS", 409),
+    ("DAPR_SCHEDULER_SCHEDULE_JOB", 500),
+    ("DAPR_SCHEDULER_GET_JOB", 404),
+    ("DAPR_SCHEDULER_DELETE_JOB", 500),
 ];
 
 /// The caller, or a Dapr-shaped 401.

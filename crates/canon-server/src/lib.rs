@@ -94,6 +94,8 @@ pub struct App<B: Backend> {
     pub(crate) secrets: dapr::SecretStores,
     /// Dapr resources read at start-up (declarative subscriptions).
     pub(crate) dapr_resources: dapr::apps::Resources,
+    /// The Jobs API's scheduler.
+    pub(crate) jobs: dapr::jobs::Scheduler,
 }
 
 impl<B: Backend> std::fmt::Debug for App<B> {
@@ -152,6 +154,7 @@ impl<B: Backend> App<B> {
         let app = Arc::new(App {
             secrets,
             dapr_resources,
+            jobs: dapr::jobs::Scheduler::default(),
             engine,
             config,
             auth,
@@ -171,6 +174,7 @@ impl<B: Backend> App<B> {
             push::ensure(&app, &s);
         }
         dapr::apps::start(&app);
+        dapr::jobs::start(&app).await?;
         Ok(app)
     }
 

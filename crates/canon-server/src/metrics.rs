@@ -31,6 +31,11 @@ pub(crate) struct SubLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CodeLabel {
     pub(crate) code: &'static str,
 }
@@ -60,6 +65,10 @@ pub(crate) struct Metrics {
     pub(crate) dlq_depth: Family<SubLabel, Gauge>,
     /// Requests refused, by problem code.
     pub(crate) refused: Family<CodeLabel, Counter>,
+    /// Job ticks, by outcome (`fired`, `failed`, `missed`).
+    pub(crate) job_ticks: Family<OutcomeLabel, Counter>,
+    /// How late jobs fired after their due time.
+    pub(crate) job_lateness_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +89,8 @@ impl Metrics {
             lag: Family::default(),
             dlq_depth: Family::default(),
             refused: Family::default(),
+            job_ticks: Family::default(),
+            job_lateness_seconds: latency(),
         };
         let r = &mut m.registry;
         r.register(
@@ -121,6 +132,16 @@ impl Metrics {
             "refused_requests",
             "Requests refused, by problem code",
             m.refused.clone(),
+        );
+        r.register(
+            "job_ticks",
+            "Job ticks, by outcome: fired (the app answered 2xx), failed (after the failure policy), missed (ticks that passed while the server was down, coalesced into one)",
+            m.job_ticks.clone(),
+        );
+        r.register(
+            "job_lateness_seconds",
+            "Time from a job tick's due time to its trigger request",
+            m.job_lateness_seconds.clone(),
         );
         m
     }

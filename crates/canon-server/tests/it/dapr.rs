@@ -806,3 +806,198 @@ async fn a_resource_outside_the_supported_subset_stops_the_start() {
         "{err}"
     );
 }
+
+/// A server with one Dapr app (no subscriptions) on a data directory the caller keeps.
+async fn jobs_server(data: &std::path::Path, app: &App) -> Server {
+    let mut c = config(data);
+    c.dapr.apps = vec![canon_server::config::DaprApp {
+        id: "reminders".to_owned(),
+        url: app.url.clone(),
+    }];
+    Server::with(c, None).await
+}
+
+fn job_calls(app: &App, name: &str) -> Vec<Value> {
+    app.got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == &format!("/job/{name}"))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn jobs_fire_into_their_app_with_their_data() {
+    let app = dapr_app(json!([])).await;
+    let data = tempfile::tempdir().unwrap();
+    let s = jobs_server(data.path(), &app).await;
+    let (status, v) = s
+        .post(
+            "/v1.0-alpha1/jobs/reminder-1",
+            &json!({"dueTime": "1s", "data": {"reminder_id": "r-1", "task_id": "t-1"}}),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let (status, v) = s.get("/v1.0-alpha1/jobs/reminder-1").await;
+    assert_eq!(
+        (status, v),
+        (
+            200,
+            json!({"name": "reminder-1", "dueTime": "1s", "data": {"reminder_id": "r-1", "task_id": "t-1"}})
+        )
+    );
+    // A second job, repeating, under the /v1.0 path.
+    let (status, _) = s
+        .post(
+            "/v1.0/jobs/recurring-1",
+            &json!({"schedule": "@every 1s", "repeats": 2, "data": "tick"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let calls = || {
+        (
+            job_calls(&app, "reminder-1").len(),
+            job_calls(&app, "recurring-1").len(),
+        )
+    };
+    eventually("both jobs fired", || calls() == (1, 2)).await;
+    assert_eq!(
+        job_calls(&app, "reminder-1")[0],
+        json!({"reminder_id": "r-1", "task_id": "t-1"})
+    );
+    assert_eq!(job_calls(&app, "recurring-1")[0], json!("tick"));
+    // Finished jobs are gone.
+    for name in ["reminder-1", "recurring-1"] {
+        let (status, v) = s.get(&format!("/v1.0-alpha1/jobs/{name}")).await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (404, Some("DAPR_SCHEDULER_GET_JOB"))
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(calls(), (1, 2), "no tick beyond repeats");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn overwriting_a_job_is_explicit_and_bad_jobs_are_refused() {
+    let app = dapr_app(json!([])).await;
+    let data = tempfile::tempdir().unwrap();
+    let s = jobs_server(data.path(), &app).await;
+    let (status, _) = s
+        .post("/v1.0-alpha1/jobs/j", &json!({"dueTime": "1h", "data": 1}))
+        .await;
+    assert_eq!(status, 204);
+    let (status, v) = s
+        .post("/v1.0-alpha1/jobs/j", &json!({"dueTime": "1h", "data": 2}))
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (409, Some("DAPR_SCHEDULER_JOB_EXISTS")),
+        "{v}"
+    );
+    let (status, _) = s
+        .post(
+            "/v1.0-alpha1/jobs/j",
+            &json!({"dueTime": "1h", "data": 3, "overwrite": true}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(s.get("/v1.0-alpha1/jobs/j").await.1["data"], 3);
+    for (body, code) in [
+        (json!({"data": 1}), "DAPR_SCHEDULER_SCHEDULE_EMPTY"),
+        (json!({"schedule": "* * * * *"}), "ERR_MALFORMED_REQUEST"),
+        (json!({"schedule": "@fortnightly"}), "ERR_MALFORMED_REQUEST"),
+        (json!({"dueTime": "soon"}), "ERR_MALFORMED_REQUEST"),
+        (
+            json!({"dueTime": "1s", "ttl": "forever"}),
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            json!({"dueTime": "1s", "name": "other"}),
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            json!({"dueTime": "1s", "failurePolicy": {"sometimes": {}}}),
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            json!({"dueTime": "1s", "repeats": -1}),
+            "ERR_MALFORMED_REQUEST",
+        ),
+    ] {
+        let (status, v) = s.post("/v1.0-alpha1/jobs/bad", &body).await;
+        assert_eq!(
+            (status, v["errorCode"].as_str()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(
+        s.get("/v1.0-alpha1/jobs/bad").await.0,
+        404,
+        "nothing scheduled"
+    );
+    let (status, _, _) = s
+        .send(Method::DELETE, "/v1.0-alpha1/jobs/j", &[], Vec::new())
+        .await;
+    assert_eq!(status, 204);
+    let (status, _, _) = s
+        .send(
+            Method::DELETE,
+            "/v1.0-alpha1/jobs/never-was",
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(s.get("/v1.0-alpha1/jobs/j").await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_survive_a_restart_and_missed_ticks_are_counted_once() {
+    let app = dapr_app(json!([])).await;
+    let data = tempfile::tempdir().unwrap();
+    let s = jobs_server(data.path(), &app).await;
+    s.post(
+        "/v1.0-alpha1/jobs/later",
+        &json!({"dueTime": "2s", "data": {"n": 1}}),
+    )
+    .await;
+    s.post(
+        "/v1.0-alpha1/jobs/every",
+        &json!({"schedule": "@every 500ms", "data": "e"}),
+    )
+    .await;
+    eventually("the repeating job ticked", || {
+        !job_calls(&app, "every").is_empty()
+    })
+    .await;
+    s.stop().await;
+    let before = job_calls(&app, "every").len();
+    // Down for a while: ticks of `every` pass unfired; `later` comes due.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let s = jobs_server(data.path(), &app).await;
+    eventually("the one-shot job fired after the restart", || {
+        job_calls(&app, "later").len() == 1
+    })
+    .await;
+    eventually("the repeating job fired again", || {
+        job_calls(&app, "every").len() > before
+    })
+    .await;
+    let (_, _, metrics) = s.send(Method::GET, "/metrics", &[], Vec::new()).await;
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    let missed: f64 = text
+        .lines()
+        .find(|l| l.starts_with("canon_job_ticks_total{outcome=\"missed\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(missed >= 3.0, "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(job_calls(&app, "later").len(), 1, "fired once");
+    s.stop().await;
+}

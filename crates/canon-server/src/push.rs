@@ -144,8 +144,10 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let dapr = spec.dapr.clone();
             tokio::spawn(async move {
                 if let Some(dapr) = dapr {
-                    // Dapr subscriptions take one event per request (batch is unset).
-                    if let Some(d) = chunk.into_iter().next() {
+                    if batch > 1 {
+                        crate::dapr::deliver::deliver_bulk(&app, &sub, &url, &dapr, chunk, permit)
+                            .await;
+                    } else if let Some(d) = chunk.into_iter().next() {
                         crate::dapr::deliver::deliver(&app, &sub, &url, &dapr, d, permit).await;
                     }
                 } else if batch > 1 {
@@ -289,7 +291,24 @@ async fn deliver_batch<B: Backend>(
         .push_seconds
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
-    let outcomes: Vec<(Outcome, Option<String>)> = match answer {
+    let outcomes = batch_outcomes(answer, &chunk, url).await;
+    drop(permit);
+    let settles = chunk
+        .iter()
+        .zip(outcomes)
+        .map(|(d, (outcome, error))| settle_and_count(app, sub, &label, d, outcome, error));
+    futures_util::future::join_all(settles).await;
+}
+
+/// Per delivery, the outcome of a batch request's answer: `statuses` by `entryId` (the event
+/// id; one left out is RETRY), a 2xx without `statuses` success for all, 404 drop for all,
+/// anything else retry for all.
+pub(crate) async fn batch_outcomes(
+    answer: Result<reqwest::Response, reqwest::Error>,
+    chunk: &[Delivery],
+    url: &str,
+) -> Vec<(Outcome, Option<String>)> {
+    match answer {
         Err(e) => vec![
             (
                 Outcome::Retry(None),
@@ -342,13 +361,7 @@ async fn deliver_batch<B: Backend>(
                 ]
             }
         }
-    };
-    drop(permit);
-    let settles = chunk
-        .iter()
-        .zip(outcomes)
-        .map(|(d, (outcome, error))| settle_and_count(app, sub, &label, d, outcome, error));
-    futures_util::future::join_all(settles).await;
+    }
 }
 
 /// Settles one delivery and counts it.

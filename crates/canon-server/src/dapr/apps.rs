@@ -331,24 +331,30 @@ async fn install<B: Backend>(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let bulk = s
+    // bulkSubscribe: up to maxMessagesCount events per request (default 100, at most 1,000).
+    let batch = s
         .bulk_subscribe
         .as_ref()
-        .filter(|b| b.get("enabled").and_then(Value::as_bool) == Some(true));
-    if bulk.is_some() {
-        tracing::warn!(app = %a.id, topic = %s.topic, "dapr: bulkSubscribe is not supported yet; delivering one event per request");
-    }
+        .filter(|b| b.get("enabled").and_then(Value::as_bool) == Some(true))
+        .map(|b| {
+            b.get("maxMessagesCount")
+                .and_then(Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(100)
+                .clamp(1, 1000)
+        });
     let push = PushSpec {
         url: a.url.trim_end_matches('/').to_owned(),
         format: crate::subs::PushFormat::Structured,
         concurrency: None,
-        batch: None,
+        batch,
         dapr: Some(delivery),
     };
     let name = subscription_name(&a.id, &s.pubsubname, &s.topic);
     if let Ok(existing) = app.subscription(&name) {
         if existing.push.as_ref().and_then(|p| p.dapr.as_ref()) != push.dapr.as_ref()
             || existing.push.as_ref().map(|p| &p.url) != Some(&push.url)
+            || existing.push.as_ref().and_then(|p| p.batch) != push.batch
         {
             crate::subs::replace_push(app, &existing, Some(push))
                 .await

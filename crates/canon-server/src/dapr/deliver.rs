@@ -16,6 +16,99 @@ use crate::metrics::SubLabel;
 use crate::push::{interpret, retry_after, settle_and_count};
 use crate::subs::{DaprDelivery, Subscription};
 
+/// The app path of an event: the first rule that matches, else the default route.
+fn route<'d>(dapr: &'d DaprDelivery, doc: &Value) -> Option<&'d str> {
+    dapr.rules
+        .iter()
+        .find(|r| rules::parse(&r.when).is_ok_and(|e| rules::matches(&e, doc)))
+        .map(|r| r.path.as_str())
+        .or(dapr.default_path.as_deref())
+}
+
+/// The stored event as the app receives it: with `topic` and `pubsubname`.
+fn outgoing(d: &Delivery, sub: &Subscription, dapr: &DaprDelivery) -> canon_envelope::CloudEvent {
+    let mut out = d.event.event.clone();
+    out.set_extension("topic", sub.topic.as_str());
+    out.set_extension("pubsubname", dapr.pubsub.as_str());
+    out
+}
+
+/// Bulk subscribe: the events of a chunk go in one request per route, in Dapr's bulk shape
+/// (`{"entries":[{"entryId","event","contentType"}], "topic", "pubsubname", "type":
+/// "com.dapr.event.sent.bulk"}`); the app answers per entry with `statuses`.
+pub(crate) async fn deliver_bulk<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    base: &str,
+    dapr: &DaprDelivery,
+    chunk: Vec<Delivery>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let label = SubLabel {
+        subscription: sub.name.clone(),
+    };
+    let mut by_path: Vec<(Option<String>, Vec<(Delivery, Value)>)> = Vec::new();
+    for d in chunk {
+        let doc: Value =
+            serde_json::from_slice(&outgoing(&d, sub, dapr).to_json()).unwrap_or(Value::Null);
+        let path = route(dapr, &doc).map(str::to_owned);
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, list)) => list.push((d, doc)),
+            None => by_path.push((path, vec![(d, doc)])),
+        }
+    }
+    let mut settled = Vec::new();
+    for (path, group) in by_path {
+        let Some(path) = path else {
+            let why = "no routing rule matches and the subscription has no default route";
+            settled.extend(
+                group
+                    .into_iter()
+                    .map(|(d, _)| (d, Outcome::DeadLetter, Some(why.to_owned()))),
+            );
+            continue;
+        };
+        let url = format!("{base}/{}", path.trim_start_matches('/'));
+        let entries: Vec<Value> = group
+            .iter()
+            .map(|(d, doc)| {
+                json!({"entryId": d.event.event.id, "event": doc,
+                       "contentType": "application/cloudevents+json", "metadata": {}})
+            })
+            .collect();
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+            .into_uuid()
+            .hyphenated()
+            .to_string();
+        let body = json!({"entries": entries, "id": id, "metadata": {}, "pubsubname": dapr.pubsub,
+                          "topic": sub.topic, "type": "com.dapr.event.sent.bulk"});
+        let started = Instant::now();
+        let answer = app
+            .http
+            .post(&url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body.to_string())
+            .send()
+            .await;
+        app.metrics
+            .push_seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        let deliveries: Vec<Delivery> = group.into_iter().map(|(d, _)| d).collect();
+        let outcomes = crate::push::batch_outcomes(answer, &deliveries, &url).await;
+        settled.extend(
+            deliveries
+                .into_iter()
+                .zip(outcomes)
+                .map(|(d, (o, e))| (d, o, e)),
+        );
+    }
+    drop(permit);
+    for (d, outcome, error) in settled {
+        finish(app, sub, &label, dapr, &d, outcome, error).await;
+    }
+}
+
 /// Sends one event to its route in the app and settles it.
 pub(crate) async fn deliver<B: Backend>(
     app: &App<B>,
@@ -29,17 +122,10 @@ pub(crate) async fn deliver<B: Backend>(
     let label = SubLabel {
         subscription: sub.name.clone(),
     };
-    let mut out = d.event.event.clone();
-    out.set_extension("topic", sub.topic.as_str());
-    out.set_extension("pubsubname", dapr.pubsub.as_str());
+    let out = outgoing(&d, sub, dapr);
     let json = out.to_json();
     let doc: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
-    let path = dapr
-        .rules
-        .iter()
-        .find(|r| rules::parse(&r.when).is_ok_and(|e| rules::matches(&e, &doc)))
-        .map(|r| r.path.as_str())
-        .or(dapr.default_path.as_deref());
+    let path = route(dapr, &doc);
     let Some(path) = path else {
         drop(permit);
         let why = "no routing rule matches and the subscription has no default route";

@@ -611,6 +611,8 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
                     "default": "/widgets"}},
         {"pubsubname": "open", "topic": "orders", "route": "orders", "metadata": {"rawPayload": "true"}},
         {"pubsubname": "nope", "topic": "ignored", "route": "/x"},
+        {"pubsubname": "open", "topic": "bulky", "route": "/bulk",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10}},
         {"pubsubname": "open", "topic": "bad-rule", "routes": {"rules": [{"match": "size(event) > 1", "path": "/x"}]}}
     ]))
     .await;
@@ -644,7 +646,7 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
             .iter()
             .map(|x| x["name"].as_str().unwrap().to_owned())
             .collect();
-        if names.len() >= 3 {
+        if names.len() >= 4 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -653,6 +655,7 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
     assert_eq!(
         names,
         vec![
+            "dapr:audit:open:bulky",
             "dapr:audit:open:orders",
             "dapr:audit:open:widgets",
             "dapr:audit:todo-pubsub:task-events"
@@ -691,6 +694,22 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
         widget("w-bad", "widget.v1", json!({"fail": true})),
     )
     .await;
+    // Three events stored together reach the bulk subscriber in Dapr's bulk shape.
+    let batch: Vec<Value> = (1..=3)
+        .map(|i| {
+            serde_json::from_slice(&widget(&format!("b-{i}"), "bulk.item", json!({"i": i})))
+                .unwrap()
+        })
+        .collect();
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/bulky",
+            Some("application/cloudevents-batch+json"),
+            &serde_json::to_vec(&batch).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
 
     let got = app.got.clone();
     eventually("every event reached its route", || {
@@ -725,6 +744,29 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
         .unwrap();
         let inner: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(inner["id"], "o-1");
+    }
+    eventually("the bulk subscriber got all three", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == "/bulk")
+            .map(|(_, v)| v["entries"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+            == 3
+    })
+    .await;
+    {
+        let g = got.lock().unwrap();
+        let (_, bulk) = g.iter().find(|(p, _)| p == "/bulk").unwrap();
+        assert_eq!(
+            (bulk["type"].as_str(), bulk["topic"].as_str()),
+            (Some("com.dapr.event.sent.bulk"), Some("bulky"))
+        );
+        assert_eq!(bulk["entries"][0]["event"]["pubsubname"], "open");
+        assert_eq!(
+            bulk["entries"][0]["entryId"],
+            bulk["entries"][0]["event"]["id"]
+        );
     }
     // The always-failing event: 4 attempts, then the original goes to widgets-dlq.
     eventually("the failing event reached the dead-letter topic", || {
@@ -781,6 +823,7 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
     assert_eq!(
         names,
         vec![
+            "dapr:audit:open:bulky",
             "dapr:audit:open:widgets",
             "dapr:audit:todo-pubsub:task-events"
         ]

@@ -47,7 +47,9 @@ pub(crate) async fn deliver_bulk<B: Backend>(
     let label = SubLabel {
         subscription: sub.name.clone(),
     };
-    let mut by_path: Vec<(Option<String>, Vec<(Delivery, Value)>)> = Vec::new();
+    // Deliveries with their event as JSON, grouped by route (`None`: no route).
+    type Group = (Option<String>, Vec<(Delivery, Value)>);
+    let mut by_path: Vec<Group> = Vec::new();
     for d in chunk {
         let doc: Value =
             serde_json::from_slice(&outgoing(&d, sub, dapr).to_json()).unwrap_or(Value::Null);

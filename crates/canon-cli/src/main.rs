@@ -135,6 +135,8 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        #[command(flatten)]
+        dapr: serve_cmd::DaprRun,
     },
 }
 
@@ -242,9 +244,10 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             log_json,
+            dapr,
         } => {
             drop(out);
-            return serve_cmd::run(config, catalog, listen, data_dir, log_json);
+            return serve_cmd::run(config, catalog, listen, data_dir, log_json, dapr);
         }
         Command::Catalog(CatalogCommand::Check { files, format }) => {
             catalog_cmd::check(&mut out, &files, format).map_err(Into::into)

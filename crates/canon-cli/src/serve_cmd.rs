@@ -7,6 +7,40 @@ use std::process::ExitCode;
 use canon_server::ServeError;
 use canon_server::config::Config;
 
+/// The flags of `dapr run`, for starting one app's sidecar without a configuration file.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DaprRun {
+    /// The app's id (Dapr's --app-id): it gets the pub/sub component `pubsub` and its jobs.
+    #[arg(long)]
+    app_id: Option<String>,
+    /// The port the app listens on, on 127.0.0.1 (Dapr's --app-port): Canon asks it for
+    /// /dapr/subscribe and delivers events and jobs to it.
+    #[arg(long, requires = "app_id")]
+    app_port: Option<u16>,
+    /// The port Canon listens on, on 127.0.0.1 (Dapr's --dapr-http-port; instead of --listen).
+    #[arg(long, alias = "dapr-http-port", conflicts_with = "listen")]
+    port: Option<u16>,
+    /// Dapr resource files or directories: Subscription and Component YAML (repeatable).
+    #[arg(long, alias = "components-path")]
+    resources_path: Vec<PathBuf>,
+}
+
+impl DaprRun {
+    fn apply(self, config: &mut Config) {
+        if let Some(port) = self.port {
+            config.listen = format!("127.0.0.1:{port}");
+        }
+        if let (Some(id), Some(port)) = (self.app_id, self.app_port) {
+            config.dapr.apps.retain(|a| a.id != id);
+            config.dapr.apps.push(canon_server::config::DaprApp {
+                id,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        config.dapr.resources.extend(self.resources_path);
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM, then shuts down gracefully.
 pub(crate) fn run(
     config_file: Option<PathBuf>,
@@ -14,6 +48,7 @@ pub(crate) fn run(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     log_json: bool,
+    dapr: DaprRun,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -40,6 +75,7 @@ pub(crate) fn run(
     if let Some(d) = data_dir {
         config.data_dir = d;
     }
+    dapr.apply(&mut config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -442,3 +442,130 @@ fn serve_and_the_client_commands() {
     assert_eq!(code, 3, "{err}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Sends one HTTP/1.1 request; returns the status and the body.
+fn http(port: u16, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `canon serve --app-id --app-port --port`, as `dapr run` starts a sidecar: the app's
+/// subscriptions are discovered, a publish to the `pubsub` component reaches the app.
+#[test]
+fn serve_starts_as_one_apps_sidecar_with_the_flags_of_dapr_run() {
+    use std::io::{BufRead, BufReader, Read};
+    // The app: answers /dapr/subscribe, records what is POSTed to /orders.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in app.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let answer = if line.starts_with("GET /dapr/subscribe") {
+                r#"[{"pubsubname":"pubsub","topic":"orders","route":"/orders"}]"#.to_owned()
+            } else {
+                let _ = tx.send(String::from_utf8(body).unwrap());
+                String::new()
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = std::env::temp_dir().join(format!("canon-cli-dapr-{}-{port}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args([
+            "serve",
+            "--app-id",
+            "orders-app",
+            "--app-port",
+            &app_port.to_string(),
+        ])
+        .args(["--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(http(port, "GET", "/v1.0/healthz", "text/plain", "").0, 204);
+    // Wait for discovery, then publish as a Dapr app does (no catalog: any topic and type).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !http(port, "GET", "/v1/subscriptions", "text/plain", "")
+        .1
+        .contains("dapr:orders-app:pubsub:orders")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no subscription discovered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1.0/publish/pubsub/orders",
+        "application/json",
+        r#"{"orderId":"o-1"}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(event["data"], serde_json::json!({"orderId": "o-1"}));
+    assert_eq!(
+        (event["topic"].as_str(), event["pubsubname"].as_str()),
+        (Some("orders"), Some("pubsub"))
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&data);
+}

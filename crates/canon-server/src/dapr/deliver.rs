@@ -234,7 +234,7 @@ async fn finish<B: Backend>(
     let Some(dlt) = dapr
         .dead_letter_topic
         .as_deref()
-        .filter(|_| outcome == Outcome::DeadLetter || last)
+        .filter(|_| matches!(outcome, Outcome::DeadLetter | Outcome::Drop) || last)
     else {
         settle_and_count(app, sub, label, d, outcome, error).await;
         return;

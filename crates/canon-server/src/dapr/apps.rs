@@ -244,7 +244,8 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
     }
 }
 
-/// One `GET /dapr/subscribe`; a 404 means no programmatic subscriptions.
+/// One `GET /dapr/subscribe`; a 4xx answer means no programmatic subscriptions, a connection
+/// error or a 5xx that the app is not ready yet.
 async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
     let url = format!("{}/dapr/subscribe", a.url.trim_end_matches('/'));
     let res = app
@@ -254,7 +255,8 @@ async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscrip
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    if res.status() == reqwest::StatusCode::NOT_FOUND {
+    // The app answered but serves no subscription list (404, 405, ...): none.
+    if res.status().is_client_error() {
         return Ok(Vec::new());
     }
     if !res.status().is_success() {

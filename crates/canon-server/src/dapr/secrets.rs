@@ -62,7 +62,12 @@ impl SecretStores {
     fn get(&self, store: &str, name: &str) -> Result<Option<String>, ()> {
         match self.stores.get(store) {
             None => Err(()),
-            Some(Store::Env { prefix }) => Ok(std::env::var(format!("{prefix}{name}")).ok()),
+            // The variable as named, else in shell form (`database-url` → `DATABASE_URL`).
+            Some(Store::Env { prefix }) => Ok(std::env::var(format!("{prefix}{name}"))
+                .or_else(|_| {
+                    std::env::var(format!("{prefix}{}", name.to_uppercase().replace('-', "_")))
+                })
+                .ok()),
             Some(Store::File(m)) => Ok(m.get(name).cloned()),
         }
     }

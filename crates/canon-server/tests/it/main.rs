@@ -11,6 +11,7 @@ mod ops;
 mod publish;
 mod push;
 mod sdk;
+mod seed004;
 
 use std::path::PathBuf;
 

@@ -13,6 +13,7 @@
     reason = "a report tool: its output is the point"
 )]
 
+mod dapr;
 mod http;
 
 /// mimalloc: the system allocator spent a third of the HTTP publish path's CPU (perf).
@@ -70,6 +71,10 @@ pub(crate) struct Args {
     /// Skip the embedded backend's own phases.
     #[arg(long)]
     no_embedded: bool,
+    /// Also run the Dapr phases: the Dapr publish route beside the native one, and the
+    /// lateness of 10,000 scheduled jobs.
+    #[arg(long)]
+    dapr: bool,
 }
 
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
@@ -424,6 +429,10 @@ async fn main() -> Result<()> {
     } else {
         None
     };
+    if args.dapr {
+        let d = dapr::run(&args).await?;
+        dapr::report(&d);
+    }
     if !args.nats.is_empty() {
         let j = jetstream(&args).await?;
         report("nats jetstream (file)", &j);

@@ -560,36 +560,109 @@ async fn run<B: Backend>(app: Shared<B>) {
             }
             continue;
         }
-        let Some((due, k)) = first else { continue };
-        if let Some(job) = advance(&app, &k, due).await {
+        // Every job due now, in one batch (bounded, so a backlog drains in steps).
+        let batch: Vec<(i64, String)> = {
+            let state = app
+                .jobs
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = now_ms();
+            state
+                .due
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .take(1000)
+                .cloned()
+                .collect()
+        };
+        for (job, due) in advance(&app, batch).await {
             let app = app.clone();
             tokio::spawn(async move { trigger(&app, job, due).await });
         }
     }
 }
 
-/// Moves a due job to its next tick (or removes it) in storage and memory, before it fires.
-/// Returns the job to fire, unless it expired.
-async fn advance<B: Backend>(app: &Shared<B>, k: &str, due: i64) -> Option<Job> {
+/// A due job's tick, decided: its advanced state (or its end), to store before it fires.
+struct Tick {
+    key: String,
+    due: i64,
+    job: Job,
+    /// Expired by its ttl: removed without firing.
+    expired: bool,
+}
+
+/// Moves the due jobs to their next tick (or removes them) in storage and memory, before they
+/// fire: the stored writes go out together, so one sync covers a whole batch of ticks. Returns
+/// the jobs to fire with their due times.
+async fn advance<B: Backend>(app: &Shared<B>, batch: Vec<(i64, String)>) -> Vec<(Job, i64)> {
     let _writing = app.jobs.writes.lock().await;
     let now = now_ms();
+    let ticks: Vec<Tick> = batch
+        .into_iter()
+        .filter_map(|(due, k)| plan(app, k, due, now))
+        .collect();
+    let backend = app.engine.backend();
+    let writes = ticks.iter().map(|t| async move {
+        if t.expired || t.job.next_ms.is_none() {
+            backend.kv_delete(BUCKET, &t.key, None).await.map(drop)
+        } else {
+            match serde_json::to_vec(&t.job) {
+                Ok(r) => backend.kv_put(BUCKET, &t.key, r, None).await.map(drop),
+                Err(_) => Ok(()),
+            }
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    let mut fire = Vec::new();
+    let mut state = app
+        .jobs
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for (mut t, stored) in ticks.into_iter().zip(results) {
+        if let Err(e) = stored {
+            // Not recorded: do not fire (at most once); try again shortly.
+            tracing::warn!(job = %t.key, error = %e, "job tick not recorded; retrying");
+            t.job.fired -= 1;
+            t.job.next_ms = Some(t.due + 100);
+            state.put(t.key, t.job);
+            continue;
+        }
+        if t.expired {
+            continue;
+        }
+        if t.job.next_ms.is_some() {
+            state.put(t.key.clone(), t.job.clone());
+        }
+        fire.push((t.job, t.due));
+    }
+    fire
+}
+
+/// Takes a due job out of memory and decides its tick.
+fn plan<B: Backend>(app: &Shared<B>, k: String, due: i64, now: i64) -> Option<Tick> {
     let mut job = {
         let mut state = app
             .jobs
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let job = state.remove(k)?;
+        let job = state.remove(&k)?;
         if job.next_ms != Some(due) {
             // Replaced meanwhile: keep the new one.
-            state.put(k.to_owned(), job);
+            state.put(k, job);
             return None;
         }
         job
     };
     if job.expires_ms.is_some_and(|e| e <= now) {
-        let _ = app.engine.backend().kv_delete(BUCKET, k, None).await;
-        return None;
+        return Some(Tick {
+            key: k,
+            due,
+            job,
+            expired: true,
+        });
     }
     let schedule = job
         .schedule
@@ -623,43 +696,12 @@ async fn advance<B: Backend>(app: &Shared<B>, k: &str, due: i64) -> Option<Job> 
         next = None;
     }
     job.next_ms = next;
-    let stored = if next.is_some() {
-        match serde_json::to_vec(&job) {
-            Ok(r) => app
-                .engine
-                .backend()
-                .kv_put(BUCKET, k, r, None)
-                .await
-                .map(drop),
-            Err(_) => Ok(()),
-        }
-    } else {
-        app.engine
-            .backend()
-            .kv_delete(BUCKET, k, None)
-            .await
-            .map(drop)
-    };
-    if let Err(e) = stored {
-        // Not recorded: do not fire (at most once); try again shortly.
-        tracing::warn!(job = %k, error = %e, "job tick not recorded; retrying");
-        job.fired -= 1;
-        job.next_ms = Some(due + 100);
-        app.jobs
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .put(k.to_owned(), job);
-        return None;
-    }
-    if next.is_some() {
-        app.jobs
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .put(k.to_owned(), job.clone());
-    }
-    Some(job)
+    Some(Tick {
+        key: k,
+        due,
+        job,
+        expired: false,
+    })
 }
 
 /// Calls the app's `POST /job/{name}` with the job's data, under its failure policy.

@@ -1044,3 +1044,140 @@ async fn jobs_survive_a_restart_and_missed_ticks_are_counted_once() {
     assert_eq!(job_calls(&app, "later").len(), 1, "fired once");
     s.stop().await;
 }
+
+/// Subscriptions of an app that starts after the server are installed once it answers; a
+/// v1alpha1 `route` works; a binary-mode CloudEvent is kept as sent; an expired event is never
+/// delivered.
+#[tokio::test]
+async fn a_late_app_is_asked_until_it_answers_and_expired_events_are_not_delivered() {
+    // A port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("v1.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata:\n  name: late\nspec:\n  topic: late-topic\n  route: /late\n  pubsubname: open\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.catalogs = Vec::new();
+    c.dapr.pubsubs.push(PubsubConfig {
+        name: "open".to_owned(),
+        catalogs: false,
+    });
+    c.dapr.resources = vec![resources.path().to_path_buf()];
+    c.dapr.apps = vec![canon_server::config::DaprApp {
+        id: "late".to_owned(),
+        url: format!("http://127.0.0.1:{port}"),
+    }];
+    let s = Server::with(c, Some(dir)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, v) = s.get("/v1/subscriptions").await;
+    assert_eq!(v, json!([]), "nothing before the app answers");
+
+    // The app comes up on that port.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/late",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let fail = v["data"]["fail"] == json!(true);
+                g.lock().unwrap().push(v);
+                if fail {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/subscriptions").await;
+        names = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect();
+        if !names.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(names, vec!["dapr:late:open:late-topic"]);
+
+    // A binary-mode CloudEvent: its attributes are kept.
+    let (status, _, v) = s
+        .send(
+            Method::POST,
+            "/v1.0/publish/open/late-topic",
+            &[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-id", "bin-1"),
+                ("ce-source", "binary-source"),
+                ("ce-type", "order.binary"),
+            ],
+            br#"{"n":1}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    // An event that fails once and expires before its retry (1 s later) is not delivered again.
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/open/late-topic?metadata.ttlInSeconds=1&metadata.cloudevent.id=ttl-1",
+            Some("application/json"),
+            br#"{"fail":true}"#,
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let g = got.clone();
+    eventually("the binary event arrived", || {
+        g.lock().unwrap().iter().any(|v| v["id"] == "bin-1")
+    })
+    .await;
+    {
+        let list = got.lock().unwrap();
+        let bin = list.iter().find(|v| v["id"] == "bin-1").unwrap();
+        assert_eq!(
+            (bin["source"].as_str(), bin["type"].as_str()),
+            (Some("binary-source"), Some("order.binary"))
+        );
+        assert_eq!(bin["data"], json!({"n": 1}));
+    }
+    let mut reason = Value::Null;
+    for _ in 0..100 {
+        let (_, v) = s
+            .get("/v1/subscriptions/dapr:late:open:late-topic/dlq")
+            .await;
+        if let Some(e) = v.as_array().and_then(|a| a.first()) {
+            reason = e["reason"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(reason, "expired");
+    assert_eq!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["id"] == "ttl-1")
+            .count(),
+        1,
+        "delivered once, never after it expired"
+    );
+    s.stop().await;
+}

@@ -308,31 +308,44 @@ async fn problem_for_plain_errors(req: axum::extract::Request, next: middleware:
     let dapr = req.uri().path().starts_with("/v1.0");
     let res = next.run(req).await;
     let status = res.status();
-    let shaped = res
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            v.as_bytes().starts_with(b"application/problem+json")
-                || v.as_bytes().starts_with(b"application/json")
-        });
-    if shaped || !(status.is_client_error() || status.is_server_error()) {
+    let content_type = res.headers().get(axum::http::header::CONTENT_TYPE);
+    let is_problem =
+        content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    // The Dapr API answers in Dapr's shape.
+    // The Dapr API answers every error in Dapr's shape, with the status it has.
     if dapr {
+        if is_json {
+            return res;
+        }
         let (code, message) = match status {
             StatusCode::PAYLOAD_TOO_LARGE => (
                 "ERR_BODY_TOO_LARGE",
                 "the request body is larger than the configured body_limit",
             ),
+            StatusCode::REQUEST_TIMEOUT => (
+                "ERR_REQUEST_TIMEOUT",
+                "the request took longer than request_timeout_ms",
+            ),
+            StatusCode::NOT_FOUND => ("ERR_NOT_FOUND", "no such Dapr route"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "ERR_METHOD_NOT_ALLOWED",
+                "this route does not take that method",
+            ),
+            s if s.is_server_error() => ("ERR_INTERNAL", "the server failed"),
             _ => ("ERR_MALFORMED_REQUEST", "the request cannot be read"),
         };
-        let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            status
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match code {
+            "ERR_MALFORMED_REQUEST" => StatusCode::BAD_REQUEST,
+            "ERR_INTERNAL" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => status,
         };
         return dapr::DaprError::new(status, code, message).into_response();
+    }
+    if is_problem || is_json {
+        return res;
     }
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",

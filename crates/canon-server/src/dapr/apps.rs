@@ -244,8 +244,8 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
     }
 }
 
-/// One `GET /dapr/subscribe`; a 4xx answer means no programmatic subscriptions, a connection
-/// error or a 5xx that the app is not ready yet.
+/// One `GET /dapr/subscribe`; a 404 or 405 means no programmatic subscriptions; any other
+/// failure that the app is not ready yet (asked again).
 async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
     let url = format!("{}/dapr/subscribe", a.url.trim_end_matches('/'));
     let res = app
@@ -255,8 +255,11 @@ async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscrip
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    // The app answered but serves no subscription list (404, 405, ...): none.
-    if res.status().is_client_error() {
+    // The app answered but serves no subscription list: none.
+    if matches!(
+        res.status(),
+        reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED
+    ) {
         return Ok(Vec::new());
     }
     if !res.status().is_success() {
@@ -292,13 +295,22 @@ async fn apply<B: Backend>(
         .filter(|(_, scopes)| scopes.is_empty() || scopes.contains(&a.id))
         .map(|(s, _)| s.clone());
     let mut installed = Vec::new();
+    let mut failed = 0;
     for s in programmatic.into_iter().chain(declared) {
         match install(app, a, &s).await {
             Ok(name) => installed.push(name),
-            Err(e) => {
+            Err(Refusal::Invalid(e)) => {
+                tracing::error!(app = %a.id, topic = %s.topic, error = %e, "dapr: subscription refused");
+            }
+            Err(Refusal::Failed(e)) => {
+                failed += 1;
                 tracing::error!(app = %a.id, topic = %s.topic, error = %e, "dapr: subscription refused");
             }
         }
+    }
+    if failed > 0 {
+        // Something may be missing for a passing reason: remove nothing on this round.
+        return Ok(installed);
     }
     let prefix = format!("dapr:{}:", a.id);
     let stale: Vec<_> = app
@@ -314,24 +326,35 @@ async fn apply<B: Backend>(
     Ok(installed)
 }
 
+/// Why an app subscription was not installed.
+enum Refusal {
+    /// It is wrong (unknown pubsub, no route, a bad rule): it never will be.
+    Invalid(String),
+    /// Storage failed: it may work next time.
+    Failed(String),
+}
+
 async fn install<B: Backend>(
     app: &Shared<B>,
     a: &DaprApp,
     s: &AppSubscription,
-) -> Result<String, String> {
+) -> Result<String, Refusal> {
     if !pubsub_known(app, &s.pubsubname) {
-        return Err(format!("pubsub {} is not configured", s.pubsubname));
+        return Err(Refusal::Invalid(format!(
+            "pubsub {} is not configured",
+            s.pubsubname
+        )));
     }
-    let delivery = delivery_of(s, &a.id)?;
+    let delivery = delivery_of(s, &a.id).map_err(Refusal::Invalid)?;
     if delivery.default_path.is_none() && delivery.rules.is_empty() {
-        return Err("the subscription has no route".to_owned());
+        return Err(Refusal::Invalid("the subscription has no route".to_owned()));
     }
     let backend = app.engine.backend();
     if backend.topic_info(&s.topic).await.is_err() {
         backend
             .create_topic(TopicConfig::new(s.topic.clone()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
     }
     // bulkSubscribe: up to maxMessagesCount events per request (default 100, at most 1,000).
     let batch = s
@@ -360,7 +383,7 @@ async fn install<B: Backend>(
         {
             crate::subs::replace_push(app, &existing, Some(push))
                 .await
-                .map_err(|e| e.detail)?;
+                .map_err(|e| Refusal::Failed(e.detail))?;
         }
         return Ok(name);
     }
@@ -375,7 +398,9 @@ async fn install<B: Backend>(
         retry: dapr_retry(),
         push: Some(push),
     };
-    crate::subs::install(app, sub).await.map_err(|e| e.detail)?;
+    crate::subs::install(app, sub)
+        .await
+        .map_err(|e| Refusal::Failed(e.detail))?;
     Ok(name)
 }
 

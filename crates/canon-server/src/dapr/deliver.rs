@@ -16,6 +16,9 @@ use crate::metrics::SubLabel;
 use crate::push::{interpret, retry_after, settle_and_count};
 use crate::subs::{DaprDelivery, Subscription};
 
+/// The longest retry delay an app's `Retry-After` may set on a Dapr subscription.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// The app path of an event: the first rule that matches, else the default route.
 fn route<'d>(dapr: &'d DaprDelivery, doc: &Value) -> Option<&'d str> {
     dapr.rules
@@ -66,7 +69,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
             settled.extend(
                 group
                     .into_iter()
-                    .map(|(d, _)| (d, Outcome::DeadLetter, Some(why.to_owned()))),
+                    .map(|(d, _)| (d, Outcome::Drop, Some(why.to_owned()))),
             );
             continue;
         };
@@ -97,7 +100,13 @@ pub(crate) async fn deliver_bulk<B: Backend>(
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
         let deliveries: Vec<Delivery> = group.into_iter().map(|(d, _)| d).collect();
-        let outcomes = crate::push::batch_outcomes(answer, &deliveries, &url).await;
+        let outcomes = crate::push::batch_outcomes(answer, &deliveries, &url)
+            .await
+            .into_iter()
+            .map(|(o, e)| match o {
+                Outcome::Retry(Some(d)) => (Outcome::Retry(Some(d.min(MAX_RETRY_AFTER))), e),
+                o => (o, e),
+            });
         settled.extend(
             deliveries
                 .into_iter()
@@ -137,7 +146,7 @@ pub(crate) async fn deliver<B: Backend>(
             &label,
             dapr,
             &d,
-            Outcome::DeadLetter,
+            Outcome::Drop,
             Some(why.to_owned()),
         )
         .await;
@@ -176,7 +185,9 @@ pub(crate) async fn deliver<B: Backend>(
         ),
         Ok(res) => {
             let status = res.status();
-            let after = retry_after(&res);
+            // Capped, so that an event that always fails reaches its dead-letter topic within a
+            // minute whatever the app asks for.
+            let after = retry_after(&res).map(|d| d.min(MAX_RETRY_AFTER));
             if status.is_success() {
                 let body = res.bytes().await.unwrap_or_default();
                 interpret(&body, after)

@@ -57,6 +57,17 @@ pub(crate) struct Scheduler {
     /// the stored copy and the in-memory copy never disagree: an overwrite and a tick of the
     /// same job cannot interleave.
     writes: tokio::sync::Mutex<()>,
+    /// The live version of each job (its `created_ms`): retries of a tick stop once the job
+    /// is deleted or overwritten.
+    generations: Mutex<HashMap<String, i64>>,
+}
+
+impl Scheduler {
+    fn generation(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -121,6 +132,9 @@ impl Schedule {
                     if d.is_zero() {
                         return Err("@every needs a positive duration".to_owned());
                     }
+                    if d > Duration::from_secs(100 * 366 * 86_400) {
+                        return Err(format!("@every {d:?} is longer than a century"));
+                    }
                     return Ok(Schedule::Every(d));
                 }
                 if s.starts_with('@') {
@@ -149,8 +163,8 @@ impl Schedule {
             Schedule::Every(d) => {
                 let step = i64::try_from(d.as_millis()).ok()?.max(1);
                 // Ticks are anchor + k * step.
-                let k = (after_ms - anchor_ms).div_euclid(step) + 1;
-                Some(anchor_ms + k.max(1) * step)
+                let k = after_ms.checked_sub(anchor_ms)?.div_euclid(step) + 1;
+                k.max(1).checked_mul(step)?.checked_add(anchor_ms)
             }
             Schedule::Cron(c) => {
                 let t = chrono::DateTime::from_timestamp_millis(after_ms)?;
@@ -232,7 +246,11 @@ fn point_in_time(s: &str, from_ms: i64, what: &str) -> Result<i64, String> {
         .map_err(|_| {
             format!("{what} {s:?} is not an RFC 3339 time, a duration such as 2s, or an ISO 8601 duration such as PT2S")
         })?;
-    Ok(from_ms + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+    i64::try_from(d.as_millis())
+        .ok()
+        .and_then(|ms| from_ms.checked_add(ms))
+        .filter(|t| *t < 253_402_300_800_000) // year 10000
+        .ok_or_else(|| format!("{what} {s:?} is too far away"))
 }
 
 /// The job request body (camelCase, with Dapr's snake_case aliases).
@@ -279,7 +297,8 @@ impl FailurePolicy {
         if let Some(c) = v.get("constant") {
             let interval = match c.get("interval") {
                 None => Duration::from_secs(1),
-                Some(Value::String(s)) => go_duration(s)?,
+                // At least 100 ms: a zero interval would retry in a busy loop.
+                Some(Value::String(s)) => go_duration(s)?.max(Duration::from_millis(100)),
                 Some(other) => {
                     return Err(format!(
                         "failurePolicy.constant.interval {other} is not a duration"
@@ -425,6 +444,7 @@ pub(crate) async fn create<B: Backend>(
                 ));
             }
         }
+        app.jobs.generation().insert(k.clone(), job.created_ms);
         app.jobs
             .state
             .lock()
@@ -444,6 +464,8 @@ pub(crate) async fn get<B: Backend>(
 ) -> Response {
     let run = async {
         let owner = app_of(&app, &headers)?;
+        // Not while a tick has the job out of memory.
+        let _writing = app.jobs.writes.lock().await;
         let job = app
             .jobs
             .state
@@ -508,6 +530,7 @@ pub(crate) async fn delete<B: Backend>(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&k);
+        app.jobs.generation().remove(&k);
         Ok::<_, DaprError>(StatusCode::NO_CONTENT.into_response())
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -524,7 +547,10 @@ pub(crate) async fn start<B: Backend>(app: &Shared<B>) -> Result<(), BackendErro
             .unwrap_or_else(PoisonError::into_inner);
         for (k, entry) in stored {
             match serde_json::from_slice::<Job>(&entry.value) {
-                Ok(job) => state.put(k, job),
+                Ok(job) => {
+                    app.jobs.generation().insert(k.clone(), job.created_ms);
+                    state.put(k, job);
+                }
                 Err(e) => tracing::error!(job = %k, error = %e, "unreadable job record skipped"),
             }
         }
@@ -624,8 +650,10 @@ async fn advance<B: Backend>(app: &Shared<B>, batch: Vec<(i64, String)>) -> Vec<
         if let Err(e) = stored {
             // Not recorded: do not fire (at most once); try again shortly.
             tracing::warn!(job = %t.key, error = %e, "job tick not recorded; retrying");
-            t.job.fired -= 1;
-            t.job.next_ms = Some(t.due + 100);
+            if !t.expired {
+                t.job.fired = t.job.fired.saturating_sub(1);
+            }
+            t.job.next_ms = Some(now.max(t.due) + 1000);
             state.put(t.key, t.job);
             continue;
         }
@@ -704,8 +732,21 @@ fn plan<B: Backend>(app: &Shared<B>, k: String, due: i64, now: i64) -> Option<Ti
     })
 }
 
-/// Calls the app's `POST /job/{name}` with the job's data, under its failure policy.
+/// Calls the app's `POST /job/{name}` with the job's data, under its failure policy; after a
+/// finished job's last tick, forgets its version.
 async fn trigger<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
+    let last = job.next_ms.is_none();
+    let (k, created) = (key(&job.app, &job.name), job.created_ms);
+    fire(app, job, due).await;
+    if last {
+        let mut generations = app.jobs.generation();
+        if generations.get(&k) == Some(&created) {
+            generations.remove(&k);
+        }
+    }
+}
+
+async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
     let Some(target) = app.config.dapr.apps.iter().find(|a| a.id == job.app) else {
         tracing::error!(job = %job.name, app = %job.app, "job's app is not configured; tick dropped");
         return;
@@ -714,7 +755,16 @@ async fn trigger<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
     app.metrics
         .job_lateness_seconds
         .observe(lateness as f64 / 1000.0);
-    let url = format!("{}/job/{}", target.url.trim_end_matches('/'), job.name);
+    // A path segment: everything but RFC 3986's unreserved characters is escaped.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let name = percent_encoding::utf8_percent_encode(&job.name, SEGMENT);
+    let url = format!("{}/job/{name}", target.url.trim_end_matches('/'));
+    let k = key(&job.app, &job.name);
+    let live = || app.jobs.generation().get(&k) == Some(&job.created_ms);
     let body = job.data.as_ref().map(Value::to_string).unwrap_or_default();
     let policy =
         FailurePolicy::parse(job.failure_policy.as_ref()).unwrap_or(FailurePolicy::DEFAULT);
@@ -740,7 +790,7 @@ async fn trigger<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
             FailurePolicy::Constant {
                 interval,
                 max_retries,
-            } => (max_retries.is_none_or(|m| retries < m) && !*app.shutdown.borrow())
+            } => (max_retries.is_none_or(|m| retries < m) && !*app.shutdown.borrow() && live())
                 .then_some(interval),
         };
         let Some(wait) = retry else {

@@ -253,13 +253,15 @@ impl From<Failed> for DaprError {
 }
 
 /// Stores events on a topic: through the catalogs when the component enforces them, as they
-/// are otherwise. Returns one outcome per event; valid events are stored together.
+/// are otherwise. Returns one outcome per event; valid events are stored together. With
+/// `all_or_nothing`, one refused event means none is stored.
 async fn store<B: Backend>(
     app: &crate::App<B>,
     identity: &Identity,
     component: &PubsubConfig,
     topic: &str,
     events: Vec<CloudEvent>,
+    all_or_nothing: bool,
 ) -> Vec<Result<(), Failed>> {
     let mut outcomes: Vec<Option<Result<(), Failed>>> = Vec::with_capacity(events.len());
     let mut requests = Vec::new();
@@ -299,6 +301,20 @@ async fn store<B: Backend>(
             }
             Err(f) => outcomes.push(Some(Err(f))),
         }
+    }
+    if all_or_nothing && outcomes.iter().any(Option::is_some) {
+        return outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(Failed {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "ERR_PUBSUB_CATALOG",
+                        message: "not stored: another event of the batch was refused".to_owned(),
+                    })
+                })
+            })
+            .collect();
     }
     if !requests.is_empty() {
         let backend = app.engine.backend();
@@ -384,8 +400,16 @@ pub(crate) async fn single<B: Backend>(
                 &body,
             )?]
         };
-        for outcome in store(&app, &identity, component, topic, events).await {
-            outcome?;
+        // A request is all or nothing: the first refusal is the answer, and nothing is stored.
+        let outcomes = store(&app, &identity, component, topic, events, true).await;
+        let mut refused: Vec<Failed> = outcomes.into_iter().filter_map(Result::err).collect();
+        if !refused.is_empty() {
+            // The refusal that says why (not the "another event was refused" echo).
+            let pick = refused
+                .iter()
+                .position(|f| !f.message.starts_with("not stored:"))
+                .unwrap_or(0);
+            return Err(refused.swap_remove(pick).into());
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     };
@@ -482,7 +506,7 @@ pub(crate) async fn bulk<B: Backend>(
                 Err(err) => failed.push(json!({"entryId": id, "error": err.message})),
             }
         }
-        let outcomes = store(&app, &identity, component, topic, events).await;
+        let outcomes = store(&app, &identity, component, topic, events, false).await;
         for (id, outcome) in ids.into_iter().zip(outcomes) {
             if let Err(f) = outcome {
                 failed.push(json!({"entryId": id, "error": f.message}));

@@ -42,6 +42,12 @@ impl SecretStores {
         let mut stores = BTreeMap::new();
         for c in configs {
             let store = match c.kind {
+                SecretStoreKind::Env if c.prefix.is_empty() => {
+                    return Err(format!(
+                        "secret store {}: kind = \"env\" needs a prefix (e.g. \"TODO_\"); without one it would serve every variable of the server's environment",
+                        c.name
+                    ));
+                }
                 SecretStoreKind::Env => Store::Env {
                     prefix: c.prefix.clone(),
                 },

@@ -52,19 +52,51 @@ struct Options {
     consistency: Option<String>,
 }
 
-fn etag_of(raw: &str) -> Result<u64, DaprError> {
-    raw.trim()
-        .trim_matches('"')
-        .parse::<u64>()
-        .ok()
-        .filter(|r| *r > 0)
-        .ok_or_else(|| {
-            DaprError::new(
-                StatusCode::BAD_REQUEST,
-                "ERR_MALFORMED_REQUEST",
-                format!("etag {raw:?} is not an etag this store issued"),
-            )
-        })
+/// An etag: the key's revision and a digest of its value. Revisions restart after a delete,
+/// so the digest keeps an etag of an earlier life of the key from matching a new one (unless
+/// the value is the same again, which is the same state).
+fn etag(revision: u64, value: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(value);
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{revision}-{hex}")
+}
+
+/// The revision an etag names, with the etag (checked against the value by [`current_at`]).
+fn etag_of(raw: &str) -> Result<(u64, String), DaprError> {
+    let bad = || {
+        DaprError::new(
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+            format!("etag {raw:?} is not an etag this store issued"),
+        )
+    };
+    let text = raw.trim().trim_matches('"');
+    let (rev, _) = text.split_once('-').ok_or_else(bad)?;
+    let rev = rev.parse::<u64>().ok().filter(|r| *r > 0).ok_or_else(bad)?;
+    Ok((rev, text.to_owned()))
+}
+
+/// The revision to write at if `etag` is the key's current one; `Err(its etag)` otherwise.
+async fn current_at<B: Backend>(
+    app: &crate::App<B>,
+    store: &str,
+    key: &str,
+    (rev, etag_text): &(u64, String),
+) -> Result<u64, String> {
+    match app.engine.backend().kv_get(&bucket(store), key).await {
+        Ok(Some(e)) if e.revision == *rev && etag(e.revision, &e.value) == *etag_text => Ok(*rev),
+        Ok(Some(e)) => Err(etag(e.revision, &e.value)),
+        Ok(None) => Err("none (the key has no value)".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The condition of one save.
+enum Expect {
+    Any,
+    Absent,
+    Etag((u64, String)),
 }
 
 /// Saves every item, in order. Items are all checked before the first is written.
@@ -105,10 +137,10 @@ pub(crate) async fn save<B: Backend>(
                 }
             };
             let expect = match (&item.etag, first_write) {
-                (Some(e), _) => Some(etag_of(e)?),
+                (Some(e), _) => Expect::Etag(etag_of(e)?),
                 // First write wins: only if nobody wrote the key yet.
-                (None, true) => Some(0),
-                (None, false) => None,
+                (None, true) => Expect::Absent,
+                (None, false) => Expect::Any,
             };
             plan.push((
                 item.key.as_str(),
@@ -118,13 +150,29 @@ pub(crate) async fn save<B: Backend>(
         }
         let backend = app.engine.backend();
         for (key, value, expect) in plan {
+            let expect = match expect {
+                Expect::Any => None,
+                Expect::Absent => Some(0),
+                Expect::Etag(e) => match current_at(&app, &store, key, &e).await {
+                    Ok(rev) => Some(rev),
+                    Err(current) => {
+                        return Err(DaprError::new(
+                            StatusCode::CONFLICT,
+                            "ERR_STATE_SAVE",
+                            format!("possible etag mismatch for key {key}: its etag is {current}"),
+                        ));
+                    }
+                },
+            };
             match backend.kv_put(&bucket(&store), key, value, expect).await {
                 Ok(_) => {}
-                Err(BackendError::RevisionMismatch { current }) => {
+                Err(BackendError::RevisionMismatch { .. }) => {
                     return Err(DaprError::new(
                         StatusCode::CONFLICT,
                         "ERR_STATE_SAVE",
-                        format!("possible etag mismatch for key {key}: it is at etag {current}"),
+                        format!(
+                            "possible etag mismatch for key {key}: it changed meanwhile, or first-write found a value"
+                        ),
                     ));
                 }
                 Err(e) => {
@@ -155,7 +203,7 @@ pub(crate) async fn get<B: Backend>(
                 StatusCode::OK,
                 [
                     (header::CONTENT_TYPE, "application/json".to_owned()),
-                    (header::ETAG, entry.revision.to_string()),
+                    (header::ETAG, etag(entry.revision, &entry.value)),
                 ],
                 entry.value,
             )
@@ -182,7 +230,19 @@ pub(crate) async fn delete<B: Backend>(
         known(&app, &store)?;
         let expect = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
             None => None,
-            Some(Ok(v)) => Some(etag_of(v)?),
+            Some(Ok(v)) => {
+                let e = etag_of(v)?;
+                match current_at(&app, &store, &key, &e).await {
+                    Ok(rev) => Some(rev),
+                    Err(current) => {
+                        return Err(DaprError::new(
+                            StatusCode::CONFLICT,
+                            "ERR_STATE_DELETE",
+                            format!("possible etag mismatch for key {key}: its etag is {current}"),
+                        ));
+                    }
+                }
+            }
             Some(Err(_)) => {
                 return Err(DaprError::new(
                     StatusCode::BAD_REQUEST,
@@ -198,10 +258,10 @@ pub(crate) async fn delete<B: Backend>(
             .await
         {
             Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(BackendError::RevisionMismatch { current }) => Err(DaprError::new(
+            Err(BackendError::RevisionMismatch { .. }) => Err(DaprError::new(
                 StatusCode::CONFLICT,
                 "ERR_STATE_DELETE",
-                format!("possible etag mismatch for key {key}: it is at etag {current}"),
+                format!("possible etag mismatch for key {key}: it changed meanwhile"),
             )),
             Err(e) => Err(DaprError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

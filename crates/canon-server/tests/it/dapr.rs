@@ -1181,3 +1181,112 @@ async fn a_late_app_is_asked_until_it_answers_and_expired_events_are_not_deliver
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn failure_policies_apply_and_a_deleted_job_stops_retrying() {
+    let app = dapr_app(json!([])).await;
+    let data = tempfile::tempdir().unwrap();
+    let s = jobs_server(data.path(), &app).await;
+    // The app fails every trigger whose data says so.
+    let failing = json!({"data": {"fail": true}});
+    s.post(
+        "/v1.0-alpha1/jobs/drop-me",
+        &json!({"dueTime": "0s", "data": failing, "failurePolicy": {"drop": {}}}),
+    )
+    .await;
+    s.post(
+        "/v1.0-alpha1/jobs/forever",
+        &json!({"dueTime": "0s", "data": failing, "failurePolicy": {"constant": {"interval": "100ms"}}}),
+    )
+    .await;
+    eventually("the endless job retried a few times", || {
+        job_calls(&app, "forever").len() >= 3
+    })
+    .await;
+    let (status, _, _) = s
+        .send(Method::DELETE, "/v1.0-alpha1/jobs/forever", &[], Vec::new())
+        .await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after_delete = job_calls(&app, "forever").len();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        job_calls(&app, "forever").len(),
+        after_delete,
+        "no retry after the delete"
+    );
+    assert_eq!(job_calls(&app, "drop-me").len(), 1, "drop: one attempt");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_dapr_batch_is_all_or_nothing_and_stale_etags_never_match() {
+    let s = dapr_server(None).await;
+    // One event of the batch breaks the catalog: nothing of it is stored.
+    let mut bad = generated("ab-2", "d-2");
+    bad["data"]["platform"] = json!(3);
+    let batch = serde_json::to_vec(&json!([generated("ab-1", "d-1"), bad])).unwrap();
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/post.generated",
+            Some("application/cloudevents-batch+json"),
+            &batch,
+        )
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (400, Some("ERR_PUBSUB_CATALOG")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("payload"), "{v}");
+    assert_eq!(s.as_token("ops-key").get("/v1/events/ab-1").await.0, 404);
+    // An unknown Dapr route answers in Dapr's shape.
+    let (status, _, v) = s
+        .dapr(
+            Method::POST,
+            "/v1.0/publish/pubsub/",
+            Some("text/plain"),
+            b"x",
+        )
+        .await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (404, Some("ERR_NOT_FOUND")),
+        "{v}"
+    );
+    // A key deleted and written again: the old etag does not match the new value.
+    let save = |body: Value| {
+        let s = &s;
+        async move {
+            s.dapr(
+                Method::POST,
+                "/v1.0/state/statestore",
+                Some("application/json"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    save(json!([{"key": "k", "value": "first"}])).await;
+    let (_, headers, _) = s
+        .dapr(Method::GET, "/v1.0/state/statestore/k", None, b"")
+        .await;
+    let old = headers["etag"].to_str().unwrap().to_owned();
+    s.send(Method::DELETE, "/v1.0/state/statestore/k", &[], Vec::new())
+        .await;
+    save(json!([{"key": "k", "value": "second"}])).await;
+    let (status, _, v) = save(json!([{"key": "k", "value": "third", "etag": old}])).await;
+    assert_eq!(
+        (status, v["errorCode"].as_str()),
+        (409, Some("ERR_STATE_SAVE")),
+        "{v}"
+    );
+    assert_eq!(
+        s.dapr(Method::GET, "/v1.0/state/statestore/k", None, b"")
+            .await
+            .2,
+        json!("second")
+    );
+    s.stop().await;
+}

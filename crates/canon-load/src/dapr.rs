@@ -143,9 +143,11 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
     f.native_eps = per_route as f64 / native.as_secs_f64();
     f.dapr_eps = per_route as f64 / dapr.as_secs_f64();
 
-    // Jobs: 10,000 one-shot jobs due over the next 10 s, scheduled up front.
-    let jobs = 10_000usize;
-    let start = now_ms() + 2_000;
+    // Jobs: one-shot jobs due over the next 10 s (at most 10,000 a second), scheduled up front;
+    // the first comes due once all are scheduled (at least 2,000 a second are).
+    let jobs = args.jobs.max(1);
+    let window = (jobs as u64 / 10).max(10_000);
+    let start = now_ms() + 2_000 + jobs as u64 / 2;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..publishers {
@@ -156,7 +158,7 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
                 if i >= jobs {
                     return anyhow::Ok(());
                 }
-                let due = start + (i as u64 * 10_000 / jobs as u64);
+                let due = start + (i as u64 * window / jobs as u64);
                 let due_time =
                     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(due) * 1_000_000)?
                         .format(&time::format_description::well_known::Rfc3339)?;
@@ -176,7 +178,7 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120 + window / 1000);
     while late.lock().map_or(0, |l| l.len()) < jobs && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

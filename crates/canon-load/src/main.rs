@@ -72,9 +72,12 @@ pub(crate) struct Args {
     #[arg(long)]
     no_embedded: bool,
     /// Also run the Dapr phases: the Dapr publish route beside the native one, and the
-    /// lateness of 10,000 scheduled jobs.
+    /// lateness of `--jobs` scheduled jobs.
     #[arg(long)]
     dapr: bool,
+    /// Jobs scheduled in the Dapr phase (due over 10 s, or longer for more than 100,000).
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
 }
 
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {

@@ -441,3 +441,46 @@ async fn a_slow_handler_keeps_its_lease_and_shutdown_waits_for_it() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_publishes_batches_atomically() {
+    use canon_sdk::Event as _;
+    let server = Server::start().await;
+    let challenges = server.client("challenge-service");
+    let meta = canon_sdk::Meta::root();
+    let events: Vec<CloudEvent> = ["b-1", "b-2"]
+        .iter()
+        .map(|u| {
+            let e = completed(u);
+            let mut ce = CloudEvent::new(
+                format!("{u}-id"),
+                "challenge-service",
+                coach::ChallengeCompleted::TYPE,
+            );
+            ce.data = canon_envelope::Data::json(serde_json::to_string(&e).expect("json")).ok();
+            ce.set_extension("correlationid", meta.correlation_id.to_string());
+            ce
+        })
+        .collect();
+    let results = challenges.publish_batch(&events).await.expect("batch");
+    assert_eq!(
+        results.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PublishStatus::Stored, PublishStatus::Stored]
+    );
+    // One invalid event: the whole batch is refused with per-event reasons, nothing stored.
+    let mut bad = events.clone();
+    bad[0].id = "b-3-id".into();
+    bad[1].id = "b-4-id".into();
+    bad[1].data = canon_envelope::Data::json(r#"{"userId":"x"}"#).ok();
+    match challenges.publish_batch(&bad).await {
+        Err(RemoteError::Problem {
+            status, code, body, ..
+        }) => {
+            assert_eq!((status, code.as_str()), (422, "rejected"));
+            assert_eq!(body["results"][0]["status"], "not-stored");
+            assert_eq!(body["results"][1]["status"], "rejected");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    server.stop().await;
+}

@@ -6,7 +6,6 @@ pub(crate) mod apps;
 pub(crate) mod deliver;
 pub(crate) mod jobs;
 mod publish;
-pub(crate) mod rules;
 mod secrets;
 mod state;
 

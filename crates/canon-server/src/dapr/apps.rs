@@ -14,10 +14,10 @@ use canon_backend::{Backend, TopicConfig};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rules;
 use crate::config::{DaprApp, PubsubConfig};
 use crate::subs::{DaprDelivery, DaprRule, PushSpec, RetrySpec, Subscription};
 use crate::{Shared, problem::Problem, with_code};
+use canon_dapr::rules;
 
 /// One subscription as an app declares it (the `GET /dapr/subscribe` item, or a
 /// `Subscription` resource's `spec`).

@@ -10,11 +10,11 @@ use canon_backend::{Backend, Delivery, Outcome, PublishRequest, TopicConfig};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
-use super::rules;
 use crate::App;
 use crate::metrics::SubLabel;
 use crate::push::{interpret, retry_after, settle_and_count};
 use crate::subs::{DaprDelivery, Subscription};
+use canon_dapr::rules;
 
 /// The longest retry delay an app's `Retry-After` may set on a Dapr subscription.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// A parsed rule.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Expr {
+pub enum Expr {
     Eq(Vec<String>, String),
     Ne(Vec<String>, String),
     Call(Vec<String>, Method, String),
@@ -17,7 +17,7 @@ pub(crate) enum Expr {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
+pub enum Method {
     StartsWith,
     EndsWith,
     Contains,
@@ -269,7 +269,7 @@ impl Parser {
 }
 
 /// Parses a rule; the error says what and where (a byte offset).
-pub(crate) fn parse(src: &str) -> Result<Expr, String> {
+pub fn parse(src: &str) -> Result<Expr, String> {
     let toks = lex(src)?;
     if toks.is_empty() {
         return Err("the rule is empty".to_owned());
@@ -293,7 +293,7 @@ fn lookup<'v>(event: &'v Value, path: &[String]) -> Option<&'v str> {
 }
 
 /// Whether `event` (the CloudEvent as JSON) matches.
-pub(crate) fn matches(e: &Expr, event: &Value) -> bool {
+pub fn matches(e: &Expr, event: &Value) -> bool {
     match e {
         Expr::Eq(p, lit) => lookup(event, p) == Some(lit.as_str()),
         Expr::Ne(p, lit) => lookup(event, p) != Some(lit.as_str()),

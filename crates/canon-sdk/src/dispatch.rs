@@ -707,7 +707,7 @@ impl Dispatcher {
             return;
         }
         if self.inner.validate
-            && let Some(typed_invalid) = self.validate(ev)
+            && let Some(typed_invalid) = validate_dyn(&self.inner.catalogs, ev)
         {
             round.report.invalid = Some(typed_invalid);
             return;
@@ -754,10 +754,6 @@ impl Dispatcher {
             }));
             self.record(round, ev, meta, entry, result, emitted);
         }
-    }
-
-    fn validate(&self, ev: &dyn Dyn) -> Option<Invalid> {
-        validate_dyn(&self.inner.catalogs, ev)
     }
 
     fn settle(

@@ -3,7 +3,6 @@
 use std::fmt;
 
 use canon_catalog::{Catalog, Violation};
-use canon_envelope::{CloudEvent, Data, ExtValue, ext};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -136,23 +135,8 @@ pub fn lookup<T: Serialize + ?Sized>(value: &T, path: &[&str]) -> Value {
 
 /// Validates a typed payload against the catalog it was generated from.
 pub fn validate<E: Event>(catalog: &Catalog, event: &E) -> Result<(), Invalid> {
-    let ce = envelope_for_validation::<E>(event);
-    let violations = catalog.validate(&ce);
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(Invalid(violations))
+    match crate::dispatch::validate_dyn(std::slice::from_ref(catalog), event) {
+        Some(invalid) => Err(invalid),
+        None => Ok(()),
     }
-}
-
-fn envelope_for_validation<E: Event>(event: &E) -> CloudEvent {
-    let mut ce = CloudEvent::new("validation", "canon-sdk", E::TYPE);
-    ce.data = serde_json::to_string(event)
-        .ok()
-        .and_then(|s| Data::json(s).ok());
-    ce.extensions.insert(
-        ext::DATA_VERSION.to_owned(),
-        ExtValue::String(E::VERSION.to_owned()),
-    );
-    ce
 }

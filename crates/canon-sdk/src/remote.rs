@@ -1,4 +1,4 @@
-//! Talking to `canon serve`: an HTTP client, a pull consumer that runs a [`Dispatcher`] on
+//! Talking to `canon serve`: an HTTP client, a pull consumer that runs a [`crate::Dispatcher`] on
 //! remote events, and an axum handler for push subscriptions.
 
 mod client;
@@ -8,6 +8,3 @@ mod push;
 pub use client::{Client, Delivery, PublishStatus, Published, RemoteError};
 pub use consumer::{Consumer, ConsumerStats};
 pub use push::push_handler;
-
-#[allow(unused_imports, reason = "named in the module docs")]
-use crate::Dispatcher;

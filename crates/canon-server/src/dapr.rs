@@ -57,6 +57,22 @@ pub(crate) fn routes<B: Backend>() -> Router<Shared<B>> {
         )
 }
 
+/// The configured pub/sub component of that name.
+pub(crate) fn component<'a, B: Backend>(
+    app: &'a crate::App<B>,
+    name: &str,
+) -> Option<&'a crate::config::PubsubConfig> {
+    app.config.dapr.pubsubs.iter().find(|p| p.name == name)
+}
+
+/// A new random (version 4) UUID, for the envelopes Dapr makes.
+pub(crate) fn new_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
 /// A Dapr-shaped error.
 #[derive(Debug)]
 pub(crate) struct DaprError {

@@ -94,6 +94,10 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     let batch = spec.batch.unwrap_or(1).max(1);
     // The types delivered: fixed for the worker's life (catalogs load at start-up).
     let filter = sub.filter(&app);
+    let dapr_routes = spec
+        .dapr
+        .as_ref()
+        .map(|d| Arc::new(crate::dapr::deliver::Routes::compile(d)));
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -141,7 +145,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             };
             let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
             let format = spec.format;
-            let dapr = spec.dapr.clone();
+            let dapr = dapr_routes.clone();
             tokio::spawn(async move {
                 if let Some(dapr) = dapr {
                     if batch > 1 {

@@ -563,20 +563,9 @@ pub(crate) async fn delete<B: Backend>(
         Ok(s) => s,
         Err(p) => return with_code(p),
     };
-    push::remove(&app, &name).await;
-    let backend = app.engine.backend();
-    if let Err(e) = backend.kv_delete(SUBSCRIPTIONS, &name, None).await {
-        return with_code(e.into());
-    }
-    app.subs
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&name);
-    match backend.delete_group(&sub.topic, &name).await {
-        Ok(()) | Err(canon_backend::BackendError::UnknownGroup { .. }) => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => with_code(e.into()),
+    match remove_subscription(&app, &sub).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(p) => with_code(p),
     }
 }
 

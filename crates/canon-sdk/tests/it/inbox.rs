@@ -165,3 +165,42 @@ async fn each_handler_of_an_event_has_its_own_key() {
     done.sort();
     assert_eq!(done, vec!["momentum", "streaks"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_forgotten_and_pruned() {
+    let db = db().await;
+    let consumer = name("pruned");
+    let inbox = PgInbox::connect(&postgres_url(), &consumer, Duration::from_millis(100), 2)
+        .await
+        .expect("inbox");
+    let d = Dispatcher::new();
+    let key = Arc::new(std::sync::Mutex::new(String::new()));
+    let (i, k) = (inbox.clone(), key.clone());
+    d.on_async::<coach::ChallengeCompleted, _, _>("award", "^1", move |_, cx| {
+        let (inbox, key) = (i.clone(), k.clone());
+        async move {
+            *key.lock().expect("lock") = cx.inbox_key();
+            if let Some(tx) = inbox.begin(&cx).await? {
+                tx.commit(&cx).await?;
+            }
+            Ok(())
+        }
+    })
+    .expect("register");
+    assert!(d.publish_async(completion("c-5")).await.is_ok());
+    let k = key.lock().expect("lock").clone();
+    assert!(k.starts_with("award "), "{k}");
+    assert!(inbox.processed(&k).await.expect("processed"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!inbox.processed(&k).await.expect("processed"), "expired");
+    assert!(inbox.prune().await.expect("prune") >= 1);
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM canon_inbox WHERE consumer = $1",
+            &[&consumer],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+}

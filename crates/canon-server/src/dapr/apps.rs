@@ -14,7 +14,7 @@ use canon_backend::{Backend, TopicConfig};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{DaprApp, PubsubConfig};
+use crate::config::DaprApp;
 use crate::subs::{DaprDelivery, DaprRule, PushSpec, RetrySpec, Subscription};
 use crate::{Shared, problem::Problem, with_code};
 use canon_dapr::rules;
@@ -339,7 +339,7 @@ async fn install<B: Backend>(
     a: &DaprApp,
     s: &AppSubscription,
 ) -> Result<String, Refusal> {
-    if !pubsub_known(app, &s.pubsubname) {
+    if super::component(app, &s.pubsubname).is_none() {
         return Err(Refusal::Invalid(format!(
             "pubsub {} is not configured",
             s.pubsubname
@@ -402,14 +402,6 @@ async fn install<B: Backend>(
         .await
         .map_err(|e| Refusal::Failed(e.detail))?;
     Ok(name)
-}
-
-fn pubsub_known<B: Backend>(app: &crate::App<B>, name: &str) -> bool {
-    app.config
-        .dapr
-        .pubsubs
-        .iter()
-        .any(|p: &PubsubConfig| p.name == name)
 }
 
 /// `POST /v1/dapr/apps/{id}/subscribe` (operator): asks the app again and reinstalls.

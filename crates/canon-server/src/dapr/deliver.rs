@@ -19,17 +19,53 @@ use canon_dapr::rules;
 /// The longest retry delay an app's `Retry-After` may set on a Dapr subscription.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// The app path of an event: the first rule that matches, else the default route.
-fn route<'d>(dapr: &'d DaprDelivery, doc: &Value) -> Option<&'d str> {
-    dapr.rules
-        .iter()
-        .find(|r| rules::parse(&r.when).is_ok_and(|e| rules::matches(&e, doc)))
-        .map(|r| r.path.as_str())
-        .or(dapr.default_path.as_deref())
+/// A Dapr subscription's delivery settings with its routing rules parsed, once per push worker
+/// rather than once per event.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    spec: DaprDelivery,
+    rules: Vec<(rules::Expr, String)>,
+}
+
+impl Routes {
+    pub(crate) fn compile(spec: &DaprDelivery) -> Routes {
+        let rules = spec
+            .rules
+            .iter()
+            .filter_map(|r| match rules::parse(&r.when) {
+                Ok(e) => Some((e, r.path.clone())),
+                // Checked when the subscription was installed; an unreadable one never matches.
+                Err(e) => {
+                    tracing::error!(rule = %r.when, error = %e, "dapr: routing rule ignored");
+                    None
+                }
+            })
+            .collect();
+        Routes {
+            spec: spec.clone(),
+            rules,
+        }
+    }
+
+    /// The app path of an event: the first rule that matches, else the default route.
+    fn route(&self, doc: &Value) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|(e, _)| rules::matches(e, doc))
+            .map(|(_, p)| p.as_str())
+            .or(self.spec.default_path.as_deref())
+    }
+}
+
+impl std::ops::Deref for Routes {
+    type Target = DaprDelivery;
+    fn deref(&self) -> &DaprDelivery {
+        &self.spec
+    }
 }
 
 /// The stored event as the app receives it: with `topic` and `pubsubname`.
-fn outgoing(d: &Delivery, sub: &Subscription, dapr: &DaprDelivery) -> canon_envelope::CloudEvent {
+fn outgoing(d: &Delivery, sub: &Subscription, dapr: &Routes) -> canon_envelope::CloudEvent {
     let mut out = d.event.event.clone();
     out.set_extension("topic", sub.topic.as_str());
     out.set_extension("pubsubname", dapr.pubsub.as_str());
@@ -43,7 +79,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
     base: &str,
-    dapr: &DaprDelivery,
+    dapr: &Routes,
     chunk: Vec<Delivery>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -56,7 +92,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
     for d in chunk {
         let doc: Value =
             serde_json::from_slice(&outgoing(&d, sub, dapr).to_json()).unwrap_or(Value::Null);
-        let path = route(dapr, &doc).map(str::to_owned);
+        let path = dapr.route(&doc).map(str::to_owned);
         match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, list)) => list.push((d, doc)),
             None => by_path.push((path, vec![(d, doc)])),
@@ -81,10 +117,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
                        "contentType": "application/cloudevents+json", "metadata": {}})
             })
             .collect();
-        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-            .into_uuid()
-            .hyphenated()
-            .to_string();
+        let id = super::new_id();
         let body = json!({"entries": entries, "id": id, "metadata": {}, "pubsubname": dapr.pubsub,
                           "topic": sub.topic, "type": "com.dapr.event.sent.bulk"});
         let started = Instant::now();
@@ -125,7 +158,7 @@ pub(crate) async fn deliver<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
     base: &str,
-    dapr: &DaprDelivery,
+    dapr: &Routes,
     d: Delivery,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -136,7 +169,7 @@ pub(crate) async fn deliver<B: Backend>(
     let out = outgoing(&d, sub, dapr);
     let json = out.to_json();
     let doc: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
-    let path = route(dapr, &doc);
+    let path = dapr.route(&doc);
     let Some(path) = path else {
         drop(permit);
         let why = "no routing rule matches and the subscription has no default route";
@@ -216,10 +249,7 @@ fn raw_envelope(d: &Delivery, topic: &str, pubsub: &str) -> Vec<u8> {
         (Some(data), true) => data.as_bytes().to_vec(),
         _ => ev.to_json(),
     };
-    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .hyphenated()
-        .to_string();
+    let id = super::new_id();
     json!({
         "id": id, "specversion": "1.0", "source": "Dapr", "type": "com.dapr.event.sent",
         "datacontenttype": "application/octet-stream", "topic": topic, "pubsubname": pubsub,
@@ -235,7 +265,7 @@ async fn finish<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
     label: &SubLabel,
-    dapr: &DaprDelivery,
+    dapr: &Routes,
     d: &Delivery,
     outcome: Outcome,
     error: Option<String>,

@@ -88,26 +88,13 @@ fn pubsub<'a, B: Backend>(
     app: &'a crate::App<B>,
     name: &str,
 ) -> Result<&'a PubsubConfig, DaprError> {
-    app.config
-        .dapr
-        .pubsubs
-        .iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| {
-            DaprError::new(
-                StatusCode::NOT_FOUND,
-                "ERR_PUBSUB_NOT_FOUND",
-                format!("pubsub {name} is not found (dapr.pubsubs)"),
-            )
-        })
-}
-
-fn new_id() -> String {
-    let bytes = fastrand::u128(..).to_le_bytes();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
+    super::component(app, name).ok_or_else(|| {
+        DaprError::new(
+            StatusCode::NOT_FOUND,
+            "ERR_PUBSUB_NOT_FOUND",
+            format!("pubsub {name} is not found (dapr.pubsubs)"),
+        )
+    })
 }
 
 fn now_plus(seconds: u64) -> String {
@@ -175,7 +162,7 @@ fn build(
         .to_ascii_lowercase();
     let mut ev = if meta.raw_payload {
         // The exact bytes, marked so that deliveries can hand them on as they came.
-        let mut ev = CloudEvent::new(new_id(), source, "com.dapr.event.sent");
+        let mut ev = CloudEvent::new(super::new_id(), source, "com.dapr.event.sent");
         ev.datacontenttype = Some("application/octet-stream".to_owned());
         ev.data = Some(Data::Binary(body.to_vec()));
         ev.set_extension("rawpayload", ExtValue::Bool(true));
@@ -186,7 +173,7 @@ fn build(
         CloudEvent::from_http_binary(h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())), body)
             .map_err(|e| envelope_error(&e))?
     } else {
-        let mut ev = CloudEvent::new(new_id(), source, "com.dapr.event.sent");
+        let mut ev = CloudEvent::new(super::new_id(), source, "com.dapr.event.sent");
         ev.datacontenttype = Some(ct.to_owned());
         ev.time = Some(crate::rfc3339(SystemTime::now()));
         ev.data = Some(if is_json(ct) {

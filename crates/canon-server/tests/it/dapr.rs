@@ -516,26 +516,7 @@ async fn apps_may_authenticate_with_dapr_api_token() {
 /// docs/dapr.md's error table and `dapr::CODES` list the same codes with the same status.
 #[test]
 fn dapr_error_codes_are_documented_both_ways() {
-    let doc = std::fs::read_to_string(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/dapr.md"),
-    )
-    .unwrap();
-    let section = doc.split("## Errors").nth(1).unwrap();
-    let mut documented: Vec<(String, u16)> = section
-        .lines()
-        .filter_map(|l| {
-            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
-            Some((code.to_owned(), cells.get(2)?.parse().ok()?))
-        })
-        .collect();
-    let mut coded: Vec<(String, u16)> = canon_server::dapr::CODES
-        .iter()
-        .map(|(c, s)| ((*c).to_owned(), *s))
-        .collect();
-    documented.sort();
-    coded.sort();
-    assert_eq!(documented, coded);
+    crate::assert_codes_documented("docs/dapr.md", canon_server::dapr::CODES);
 }
 
 /// A Dapr app: answers `/dapr/subscribe` with `subscriptions` and records what it receives.
@@ -586,6 +567,44 @@ async fn dapr_app(subscriptions: Value) -> App {
 
 use axum::response::IntoResponse;
 
+/// A schema-less server with an open component `open`, Dapr resources from `resources`, and
+/// one app.
+async fn app_server(resources: &std::path::Path, id: &str, url: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.catalogs = Vec::new();
+    c.dapr.pubsubs.push(PubsubConfig {
+        name: "open".to_owned(),
+        catalogs: false,
+    });
+    c.dapr.resources = vec![resources.to_path_buf()];
+    c.dapr.apps = vec![canon_server::config::DaprApp {
+        id: id.to_owned(),
+        url: url.to_owned(),
+    }];
+    Server::with(c, Some(dir)).await
+}
+
+/// The subscription names, sorted, once there are at least `n` (or after 5 s).
+async fn subscription_names(s: &Server, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/v1/subscriptions").await;
+        names = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect();
+        if names.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    names.sort();
+    names
+}
+
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..200 {
         if f() {
@@ -622,36 +641,10 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
             "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: todo-pubsub\nspec:\n  type: pubsub.kafka\n  version: v1\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: audit-task-events-sub\nspec:\n  topic: task-events\n  routes:\n    default: /events/task-events\n  pubsubname: todo-pubsub\nscopes:\n  - audit\n---\napiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: other-sub\nspec:\n  topic: task-events\n  routes:\n    default: /other\n  pubsubname: todo-pubsub\nscopes:\n  - somebody-else\n",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.catalogs = Vec::new();
-    c.dapr.pubsubs.push(PubsubConfig {
-        name: "open".to_owned(),
-        catalogs: false,
-    });
-    c.dapr.resources = vec![resources.path().to_path_buf()];
-    c.dapr.apps = vec![canon_server::config::DaprApp {
-        id: "audit".to_owned(),
-        url: app.url.clone(),
-    }];
-    let s = Server::with(c, Some(dir)).await;
+    let s = app_server(resources.path(), "audit", &app.url).await;
 
     // Discovery installs the app's valid subscriptions and its declarative one, nothing else.
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        let (_, v) = s.get("/v1/subscriptions").await;
-        names = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap().to_owned())
-            .collect();
-        if names.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    names.sort();
+    let names = subscription_names(&s, 4).await;
     assert_eq!(
         names,
         vec![
@@ -1062,19 +1055,12 @@ async fn a_late_app_is_asked_until_it_answers_and_expired_events_are_not_deliver
         "apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata:\n  name: late\nspec:\n  topic: late-topic\n  route: /late\n  pubsubname: open\n",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.catalogs = Vec::new();
-    c.dapr.pubsubs.push(PubsubConfig {
-        name: "open".to_owned(),
-        catalogs: false,
-    });
-    c.dapr.resources = vec![resources.path().to_path_buf()];
-    c.dapr.apps = vec![canon_server::config::DaprApp {
-        id: "late".to_owned(),
-        url: format!("http://127.0.0.1:{port}"),
-    }];
-    let s = Server::with(c, Some(dir)).await;
+    let s = app_server(
+        resources.path(),
+        "late",
+        &format!("http://127.0.0.1:{port}"),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let (_, v) = s.get("/v1/subscriptions").await;
     assert_eq!(v, json!([]), "nothing before the app answers");
@@ -1102,21 +1088,10 @@ async fn a_late_app_is_asked_until_it_answers_and_expired_events_are_not_deliver
         .await
         .unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        let (_, v) = s.get("/v1/subscriptions").await;
-        names = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap().to_owned())
-            .collect();
-        if !names.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(names, vec!["dapr:late:open:late-topic"]);
+    assert_eq!(
+        subscription_names(&s, 1).await,
+        vec!["dapr:late:open:late-topic"]
+    );
 
     // A binary-mode CloudEvent: its attributes are kept.
     let (status, _, v) = s

@@ -212,3 +212,26 @@ pub(crate) async fn pull(s: &Server, name: &str, max: usize, wait_ms: u64) -> Ve
     assert_eq!(status, 200, "{v}");
     v["deliveries"].as_array().unwrap().clone()
 }
+
+/// The `## Errors` table of a doc (`| `code` | status | ... |` rows) lists exactly `codes`.
+pub(crate) fn assert_codes_documented(doc: &str, codes: &[(&str, u16)]) {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(doc),
+    )
+    .unwrap();
+    let section = text.split("## Errors").nth(1).unwrap();
+    let mut documented: Vec<(String, u16)> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code.to_owned(), cells.get(2)?.parse().ok()?))
+        })
+        .collect();
+    let mut coded: Vec<(String, u16)> = codes.iter().map(|(c, s)| ((*c).to_owned(), *s)).collect();
+    documented.sort();
+    coded.sort();
+    assert_eq!(documented, coded, "{doc} and the code registry differ");
+}

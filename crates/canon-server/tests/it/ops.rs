@@ -82,26 +82,7 @@ fn configuration_file_and_environment() {
 /// docs/http-api.md's error table and `problem::CODES` list the same codes with the same status.
 #[test]
 fn error_codes_are_documented_both_ways() {
-    let doc = std::fs::read_to_string(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/http-api.md"),
-    )
-    .unwrap();
-    let section = doc.split("## Errors").nth(1).unwrap();
-    let mut documented: Vec<(String, u16)> = section
-        .lines()
-        .filter_map(|l| {
-            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
-            Some((code.to_owned(), cells.get(2)?.parse().ok()?))
-        })
-        .collect();
-    let mut coded: Vec<(String, u16)> = canon_server::problem::CODES
-        .iter()
-        .map(|(c, s)| ((*c).to_owned(), *s))
-        .collect();
-    documented.sort();
-    coded.sort();
-    assert_eq!(documented, coded);
+    crate::assert_codes_documented("docs/http-api.md", canon_server::problem::CODES);
 }
 
 /// A request slower than `request_timeout_ms` gets 408 as a problem document, and stores

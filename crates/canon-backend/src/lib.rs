@@ -6,6 +6,7 @@
 //! Kafka-style groups map onto it natively. What a backend cannot do natively it declares in
 //! [`Capabilities`]; Canon gives it on top or refuses the configuration at start-up.
 
+pub mod codec;
 mod error;
 mod policy;
 mod types;
@@ -42,6 +43,25 @@ pub trait Backend: Send + Sync + 'static {
         topic: &str,
         batch: Vec<PublishRequest>,
     ) -> impl Future<Output = Result<Vec<PublishOutcome>, BackendError>> + Send;
+
+    /// Publishes every event on its own, not as one atomic batch: each answer is that event's
+    /// outcome (P3 to P6 hold per event), and a refusal of one refuses only that one. For callers
+    /// that asked for partial acceptance; a backend whose atomic batches cost more than single
+    /// events (JetStream) implements it without them. The default publishes each event as a
+    /// batch of one, concurrently.
+    fn publish_each(
+        &self,
+        topic: &str,
+        batch: Vec<PublishRequest>,
+    ) -> impl Future<Output = Vec<Result<PublishOutcome, BackendError>>> + Send {
+        let singles = batch.into_iter().map(move |r| async move {
+            self.publish(topic, vec![r]).await.and_then(|mut o| {
+                o.pop()
+                    .ok_or_else(|| BackendError::storage("a publish of one event answered nothing"))
+            })
+        });
+        futures_util::future::join_all(singles)
+    }
 
     /// Creates a consumer group on a topic, or updates its configuration if it exists. A new group
     /// starts at the beginning of the topic.

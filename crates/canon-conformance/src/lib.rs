@@ -21,6 +21,13 @@ pub trait Harness: Send + Sync {
     type Backend: Backend;
     /// Opens the backend on this harness's storage.
     fn open(&self) -> impl Future<Output = Self::Backend> + Send;
+
+    /// Removes the harness's storage after a check that passed (a failed check leaves it for a
+    /// look). Runs while the check's runtime still runs, so backends dropped by the check have
+    /// finished their cleanup (rolled back, closed). The default does nothing.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Generates one `#[tokio::test]` per check, each with a fresh harness from `$harness`.
@@ -73,7 +80,9 @@ macro_rules! suite {
         $(
             #[tokio::test(flavor = "current_thread")]
             async fn $name() {
-                $crate::$name(&$harness).await;
+                let harness = $harness;
+                $crate::$name(&harness).await;
+                $crate::Harness::close(&harness).await;
             }
         )*
     };

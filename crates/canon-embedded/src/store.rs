@@ -22,7 +22,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use canon_backend::{
-    AttemptRecord, BackendError, DeadLetterReason, GroupConfig, RetryPolicy, StoredEvent,
+    AttemptRecord, BackendError, DeadLetterReason, GroupConfig, StoredEvent, codec,
 };
 use canon_envelope::CloudEvent;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -150,14 +150,10 @@ impl Store {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    codec::millis(SystemTime::now())
 }
 
-pub(crate) fn time_of(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+pub(crate) use codec::from_millis as time_of;
 
 /// `topic NUL` — the prefix of every key of a topic.
 pub(crate) fn topic_prefix(topic: &str) -> Vec<u8> {
@@ -304,74 +300,29 @@ pub(crate) fn decode_seq_time(v: &[u8]) -> Option<(u64, u64)> {
     Some((u64_at(v, 0)?, u64_at(v, 8)?))
 }
 
-/// A group record: config and ack floor, as JSON (small and rarely written).
+/// A group record: config and ack floor, as JSON (small and rarely written): the shared
+/// `codec` form of the config with a `floor` member.
 pub(crate) fn encode_group(config: &GroupConfig, floor: u64) -> Vec<u8> {
-    let r = &config.retry;
-    serde_json::json!({
-        "ordered": config.ordered,
-        "lease_ms": config.lease.as_millis() as u64,
-        "max_in_flight": config.max_in_flight,
-        "max_attempts": r.max_attempts,
-        "initial_backoff_ms": r.initial_backoff.as_millis() as u64,
-        "multiplier": r.multiplier,
-        "max_backoff_ms": r.max_backoff.as_millis() as u64,
-        "jitter": r.jitter,
-        "floor": floor,
-    })
-    .to_string()
-    .into_bytes()
+    let mut j = codec::group_config_json(config);
+    j["floor"] = floor.into();
+    j.to_string().into_bytes()
 }
 
 pub(crate) fn decode_group(v: &[u8]) -> Option<(GroupConfig, u64)> {
     let j: serde_json::Value = serde_json::from_slice(v).ok()?;
-    let ms = |k: &str| {
-        j.get(k)
-            .and_then(serde_json::Value::as_u64)
-            .map(Duration::from_millis)
-    };
-    let config = GroupConfig {
-        ordered: j.get("ordered")?.as_bool()?,
-        lease: ms("lease_ms")?,
-        max_in_flight: usize::try_from(j.get("max_in_flight")?.as_u64()?).ok()?,
-        retry: RetryPolicy {
-            max_attempts: u32::try_from(j.get("max_attempts")?.as_u64()?).ok()?,
-            initial_backoff: ms("initial_backoff_ms")?,
-            multiplier: j.get("multiplier")?.as_f64()?,
-            max_backoff: ms("max_backoff_ms")?,
-            jitter: j.get("jitter")?.as_f64()?,
-        },
-    };
-    Some((config, j.get("floor")?.as_u64()?))
+    Some((
+        codec::group_config_from_json(&j)?,
+        j.get("floor")?.as_u64()?,
+    ))
 }
 
-/// Failed attempts as JSON: `[{"at": ms, "consumer": .., "outcome": .., "error": ..}, ...]`.
+/// Failed attempts as JSON, in the shared `codec` form.
 pub(crate) fn encode_history(history: &[AttemptRecord]) -> serde_json::Value {
-    serde_json::Value::Array(
-        history
-            .iter()
-            .map(|a| {
-                let at = a.at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                serde_json::json!({"at": at, "consumer": a.consumer, "outcome": a.outcome, "error": a.error})
-            })
-            .collect(),
-    )
+    codec::history_json(history)
 }
 
 pub(crate) fn decode_history(v: &serde_json::Value) -> Option<Vec<AttemptRecord>> {
-    v.as_array()?
-        .iter()
-        .map(|a| {
-            Some(AttemptRecord {
-                at: time_of(a.get("at")?.as_u64()?),
-                consumer: a.get("consumer")?.as_str()?.to_owned(),
-                outcome: a.get("outcome")?.as_str()?.to_owned(),
-                error: a
-                    .get("error")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned),
-            })
-        })
-        .collect()
+    codec::history_from_json(v)
 }
 
 /// A DLQ entry: reason, at ms, last error and every failed attempt.
@@ -420,12 +371,7 @@ pub(crate) type DlqEntry = (
 
 pub(crate) fn decode_dlq(v: &[u8]) -> Option<DlqEntry> {
     let j: serde_json::Value = serde_json::from_slice(v).ok()?;
-    let reason = match j.get("reason")?.as_str()? {
-        "max-attempts" => DeadLetterReason::MaxAttempts,
-        "rejected" => DeadLetterReason::Rejected,
-        "expired" => DeadLetterReason::Expired,
-        _ => return None,
-    };
+    let reason = DeadLetterReason::parse(j.get("reason")?.as_str()?)?;
     let attempts = u32::try_from(j.get("attempts")?.as_u64()?).ok()?;
     let history = decode_history(j.get("history")?)?;
     Some((

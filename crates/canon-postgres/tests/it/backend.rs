@@ -1,2 +1,101 @@
-//! What the PostgreSQL backend does beyond the shared contract: migrations, several processes
-//! on one schema.
+//! What the PostgreSQL backend does beyond the shared contract: migrations, and several
+//! backends (processes) on one schema.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use canon_backend::{Backend, BackendError, GroupConfig, PublishRequest, TopicConfig};
+use canon_conformance::Harness;
+use canon_envelope::{CloudEvent, Data};
+use canon_postgres::PgBackend;
+
+use crate::{PgHarness, url};
+
+async fn sql(statement: &str) -> Vec<tokio_postgres::Row> {
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be running");
+    tokio::spawn(conn);
+    client.query(statement, &[]).await.expect("query")
+}
+
+#[tokio::test]
+async fn concurrent_opens_apply_each_migration_once() {
+    let h = PgHarness::new();
+    let (a, b) = tokio::join!(h.open(), h.open());
+    let rows = sql(&format!(
+        "SELECT version FROM {}.schema_migrations ORDER BY version",
+        a.schema()
+    ))
+    .await;
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1]);
+    drop((a, b));
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_canon_is_refused() {
+    let h = PgHarness::new();
+    let b = h.open().await;
+    sql(&format!(
+        "INSERT INTO {}.schema_migrations (version) VALUES (999)",
+        b.schema()
+    ))
+    .await;
+    drop(b);
+    let err = PgBackend::open_with(h.config())
+        .await
+        .expect_err("a newer schema must be refused");
+    assert!(
+        matches!(&err, BackendError::InvalidConfig(m) if m.contains("999") && m.contains("upgrade Canon")),
+        "{err}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_schema_share_a_group_without_double_delivery() {
+    let h = PgHarness::new();
+    let one = h.open().await;
+    let two = h.open().await;
+    one.create_topic(TopicConfig::new("t"))
+        .await
+        .expect("topic");
+    one.create_group("t", "g", GroupConfig::default())
+        .await
+        .expect("group");
+    let batch: Vec<PublishRequest> = (0..500)
+        .map(|i| {
+            let mut e = CloudEvent::new(format!("e{i}"), "/test", "t.happened");
+            e.data = Data::json(format!(r#"{{"i":{i}}}"#)).ok();
+            PublishRequest::new(e)
+        })
+        .collect();
+    for chunk in batch.chunks(50) {
+        two.publish("t", chunk.to_vec()).await.expect("publish");
+    }
+    let consume = |b: PgBackend, name: &'static str| async move {
+        let mut got = Vec::new();
+        loop {
+            let ds = b
+                .pull("t", "g", name, 20, Duration::from_millis(300))
+                .await
+                .expect("pull");
+            if ds.is_empty() {
+                return got;
+            }
+            for d in ds {
+                b.ack(&d.token).await.expect("ack of a held lease");
+                got.push(d.event.event.id);
+            }
+        }
+    };
+    let (a, b) = tokio::join!(consume(one.clone(), "c1"), consume(two.clone(), "c2"));
+    assert!(!a.is_empty() && !b.is_empty(), "both share the work");
+    let all: HashSet<&String> = a.iter().chain(&b).collect();
+    assert_eq!(a.len() + b.len(), 500, "no event delivered twice");
+    assert_eq!(all.len(), 500, "every event delivered");
+    drop((one, two));
+    h.close().await;
+}

@@ -1,0 +1,1104 @@
+//! Consumer groups as durable pull consumers.
+//!
+//! A group is a durable pull consumer of its topic's events (and of the copies redriven to it),
+//! with `AckWait` = the lease and `MaxAckPending` = the in-flight limit. JetStream keeps the
+//! group's position, its pending deliveries and their delivery counts, so several processes
+//! pulling from one group share its work with no coordination of their own. On top of that:
+//!
+//! - **Attempts.** JetStream's delivery count is the attempt number, less the deliveries Canon
+//!   gave back unseen (`holds`: an event whose time has not come). A failed attempt is recorded
+//!   in the topic's state bucket before the `-NAK`, so the next delivery knows its history; a
+//!   delivery count above the recorded attempts means leases expired in between, recorded as
+//!   `lease-expired` (R3, R5). After the last attempt the event goes to the DLQ instead (R2).
+//! - **Leases.** The process that handed out a lease remembers it (`Leases`), so it answers
+//!   `lease-lost` for a lease that expired or was handed out again (C3, C4): JetStream itself
+//!   would apply a late ack to the newer delivery. `extend` is `+WPI`; a lease extended past
+//!   `AckWait` is kept alive by `+WPI`s until its end (`keep_alive`). A token this process did
+//!   not hand out (another process's, or from before a restart) is applied as JetStream applies
+//!   it.
+//! - **Order** (ordered groups, O1, O2). An event is delivered only when it is the first event
+//!   of its key's subject after the last one the group finished (`o.` entries of the state
+//!   bucket, and the consumer's ack floor): else it is held in this process, its JetStream lease
+//!   kept alive, until its key's previous event is done. Held events count against the group's
+//!   in-flight limit, since JetStream counts them pending.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::Message;
+use canon_backend::{
+    AttemptRecord, BackendError, DeadLetterReason, Delivery, GroupConfig, GroupInfo, LeaseToken,
+    StoredEvent, codec,
+};
+use canon_envelope::CloudEvent;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::js::code;
+use crate::names::consumer as consumer_name;
+use crate::publish::{KEY_HEADER, SEQ_HEADER, decode_key};
+use crate::state::{self, Attempts};
+use crate::{Inner, NatsBackend, Topic, dlq, lock, nats_err};
+
+/// A group as this process knows it.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) consumer: String,
+    pub(crate) config: GroupConfig,
+    /// Ordered groups: events held behind their key's earlier event, by key token.
+    held: Mutex<HashMap<String, VecDeque<Held>>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    msg: Message,
+    /// When its key was last looked at.
+    checked: Instant,
+}
+
+/// The leases this process handed out.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    map: Mutex<HashMap<(String, String, u64), Lease>>,
+    /// Reply subjects to keep alive with `+WPI`: (next due, until, interval).
+    keep: Mutex<HashMap<String, (Instant, Instant, Duration)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    /// The delivery's consumer sequence: the token's handle.
+    handle: u64,
+    reply: String,
+    until: Instant,
+    consumer: String,
+    attempts: Attempts,
+    key_token: Option<String>,
+    /// A redriven copy: deleted from the stream once done.
+    copy: bool,
+    /// The event, for a dead letter.
+    event: StoredEvent,
+}
+
+/// What a reply subject says about a delivery.
+struct AckInfo {
+    delivered: u64,
+    stream_seq: u64,
+    consumer_seq: u64,
+}
+
+/// Reads `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the v2
+/// form with a domain and an account hash before the stream).
+fn ack_info(reply: &str) -> Option<AckInfo> {
+    let t: Vec<&str> = reply.split('.').collect();
+    let at = match t.len() {
+        9 => 4,
+        n if n >= 11 => 6,
+        _ => return None,
+    };
+    Some(AckInfo {
+        delivered: t.get(at)?.parse().ok()?,
+        stream_seq: t.get(at + 1)?.parse().ok()?,
+        consumer_seq: t.get(at + 2)?.parse().ok()?,
+    })
+}
+
+fn unknown_group(t: &Topic, group: &str) -> BackendError {
+    BackendError::UnknownGroup {
+        topic: t.names.topic.clone(),
+        group: group.to_owned(),
+    }
+}
+
+fn config_of(consumer: &Value) -> Option<GroupConfig> {
+    let text = consumer
+        .pointer("/config/metadata/canon.config")?
+        .as_str()?;
+    codec::group_config_from_json(&serde_json::from_str(text).ok()?)
+}
+
+pub(crate) async fn create(
+    b: &NatsBackend,
+    t: &Topic,
+    group: &str,
+    config: GroupConfig,
+) -> Result<(), BackendError> {
+    if config.max_in_flight == 0 || config.retry.max_attempts == 0 || config.lease.is_zero() {
+        return Err(BackendError::InvalidConfig(
+            "max_in_flight, max_attempts and lease must be positive".into(),
+        ));
+    }
+    let name = consumer_name(group);
+    let body = json!({
+        "stream_name": t.names.stream,
+        "config": {
+            "durable_name": name,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": u64::try_from(config.lease.as_nanos()).unwrap_or(u64::MAX),
+            "max_deliver": -1,
+            "max_ack_pending": i64::try_from(config.max_in_flight).unwrap_or(i64::MAX),
+            "filter_subjects": [t.names.events(), t.names.redrive_filter(group)],
+            "metadata": {
+                "canon.group": group,
+                "canon.config": codec::group_config_json(&config).to_string(),
+            },
+        },
+    });
+    b.js()
+        .api(&format!("CONSUMER.CREATE.{}.{name}", t.names.stream), &body)
+        .await?;
+    let fresh = Arc::new(Group {
+        name: group.to_owned(),
+        consumer: name,
+        config,
+        held: Mutex::new(HashMap::new()),
+    });
+    t.groups
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(group.to_owned(), fresh);
+    Ok(())
+}
+
+/// The group, from this process's cache or from its consumer.
+pub(crate) async fn get(
+    b: &NatsBackend,
+    t: &Topic,
+    group: &str,
+) -> Result<Arc<Group>, BackendError> {
+    if let Some(g) = t
+        .groups
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(group)
+    {
+        return Ok(Arc::clone(g));
+    }
+    let name = consumer_name(group);
+    let info = match b
+        .js()
+        .api(
+            &format!("CONSUMER.INFO.{}.{name}", t.names.stream),
+            &json!({}),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) if e.code() == Some(code::CONSUMER_NOT_FOUND) => {
+            return Err(unknown_group(t, group));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let config = config_of(&info).ok_or_else(|| unknown_group(t, group))?;
+    let g = Arc::new(Group {
+        name: group.to_owned(),
+        consumer: name,
+        config,
+        held: Mutex::new(HashMap::new()),
+    });
+    let mut groups = t
+        .groups
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Arc::clone(groups.entry(group.to_owned()).or_insert(g)))
+}
+
+/// Pull requests: up to `max` messages, now (`wait` zero) or waiting up to `wait` for them.
+async fn fetch(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Message>, BackendError> {
+    let client = &b.js().client;
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.map_err(nats_err)?;
+    let body = if wait.is_zero() {
+        json!({"batch": max, "no_wait": true})
+    } else {
+        json!({"batch": max, "expires": u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)})
+    };
+    client
+        .publish_with_reply(
+            format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                t.names.stream, g.consumer
+            ),
+            inbox,
+            body.to_string().into(),
+        )
+        .await
+        .map_err(nats_err)?;
+    let deadline = Instant::now() + wait + Duration::from_secs(2);
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), sub.next()).await else {
+            break;
+        };
+        if let Some(status) = m.status {
+            match status.as_u16() {
+                // No messages, request timed out, or a message we must skip.
+                404 | 408 | 100 => break,
+                409 if m
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("Consumer Deleted")) =>
+                {
+                    return Err(unknown_group(t, &g.name));
+                }
+                _ => break,
+            }
+        }
+        out.push(m);
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(out)
+}
+
+/// Leases up to `max` events, waiting up to `wait` for the first (C9).
+pub(crate) async fn pull(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    consumer: &str,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Delivery>, BackendError> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut looked = false;
+    while out.len() < max {
+        let started = Instant::now();
+        let mut msgs = release_held(b, t, g).await?;
+        if msgs.is_empty() {
+            msgs = fetch(b, t, g, max - out.len(), Duration::ZERO).await?;
+        }
+        if msgs.is_empty() {
+            let now = Instant::now();
+            if !out.is_empty() || (looked && now >= deadline) {
+                break;
+            }
+            looked = true;
+            if now >= deadline {
+                continue;
+            }
+            // Wait for one, at most until the deadline (and briefly, in ordered groups, so that
+            // held events are looked at again).
+            let mut until = deadline - now;
+            if g.config.ordered && has_held(g) {
+                until = until.min(Duration::from_millis(50));
+            }
+            msgs = fetch(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
+            if msgs.is_empty() {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                continue;
+            }
+        }
+        let mut ack_floor = None;
+        for m in msgs {
+            if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn has_held(g: &Group) -> bool {
+    !lock(&g.held).is_empty()
+}
+
+/// The event a message carries, with its Canon sequence and ordering key.
+fn event_of(m: &Message, seq: u64, published: SystemTime) -> Option<(StoredEvent, bool)> {
+    let headers = m.headers.as_ref();
+    let copy_of = headers
+        .and_then(|h| h.get(SEQ_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    let ordering_key = headers
+        .and_then(|h| h.get(KEY_HEADER))
+        .map(|v| decode_key(v.as_str()));
+    let event = CloudEvent::from_json(&m.payload).ok()?;
+    Some((
+        StoredEvent {
+            seq: copy_of.unwrap_or(seq),
+            published_at: published,
+            ordering_key,
+            event,
+        },
+        copy_of.is_some(),
+    ))
+}
+
+fn published_of(reply: &str) -> SystemTime {
+    let t: Vec<&str> = reply.split('.').collect();
+    let at = if t.len() == 9 { 7 } else { 9 };
+    t.get(at)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(SystemTime::UNIX_EPOCH, |ns| {
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+        })
+}
+
+/// Turns one delivered message into a Canon delivery, or settles it on the spot: a dead letter
+/// after the last attempt (R2) or on expiry (T2), a hold until its time (T1) or its key's turn
+/// (O1), or an ack of an event already done.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one decision per case, in the contract's order"
+)]
+async fn admit(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    consumer: &str,
+    m: Message,
+    fetched: Instant,
+    ack_floor: &mut Option<u64>,
+) -> Result<Option<Delivery>, BackendError> {
+    let Some(reply) = m.reply.as_ref().map(ToString::to_string) else {
+        return Ok(None);
+    };
+    let Some(info) = ack_info(&reply) else {
+        return Ok(None);
+    };
+    let published = published_of(&reply);
+    let Some((event, copy)) = event_of(&m, info.stream_seq, published) else {
+        // Not a Canon event (written to the stream by something else): never deliverable.
+        tracing::warn!(seq = info.stream_seq, topic = %t.names.topic, "not a CloudEvent; terminated");
+        b.js().settle(&reply, "+TERM").await?;
+        return Ok(None);
+    };
+    let sseq = info.stream_seq;
+    // The key's subject token, for ordering; redriven copies are delivered out of order.
+    let key_token = (!copy)
+        .then(|| m.subject.as_str().rsplit('.').next().map(str::to_owned))
+        .flatten()
+        .filter(|k| k != "_");
+    let mut attempts = if info.delivered > 1 {
+        state::load(t, &g.name, sseq).await?
+    } else {
+        Attempts::default()
+    };
+    let previous = b.inner.leases.take_any(&t.names.topic, &g.name, sseq);
+    if attempts.dead {
+        // A dead-lettering interrupted between its DLQ entry and the settle: finish it.
+        let entry_reason = attempts
+            .history
+            .last()
+            .map_or(DeadLetterReason::MaxAttempts, |a| {
+                if a.outcome == "dead-letter" {
+                    DeadLetterReason::Rejected
+                } else {
+                    DeadLetterReason::MaxAttempts
+                }
+            });
+        let error = attempts.history.last().and_then(|a| a.error.clone());
+        finish_dead(
+            b,
+            t,
+            g,
+            &reply,
+            sseq,
+            &event,
+            entry_reason,
+            error,
+            attempts,
+            key_token.as_deref(),
+        )
+        .await?;
+        return Ok(None);
+    }
+    // Deliveries not accounted for by holds or recorded failures: expired leases (R3).
+    let seen = 1 + u64::from(attempts.holds) + u64::try_from(attempts.history.len()).unwrap_or(0);
+    let expired = info.delivered.saturating_sub(seen);
+    for k in 0..expired {
+        attempts.history.push(AttemptRecord {
+            at: SystemTime::now(),
+            consumer: if k + 1 == expired {
+                previous
+                    .as_ref()
+                    .map_or_else(String::new, |l| l.consumer.clone())
+            } else {
+                String::new()
+            },
+            outcome: "lease-expired".into(),
+            error: None,
+        });
+    }
+    let attempt = u32::try_from(attempts.history.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    if attempt > g.config.retry.max_attempts.max(1) {
+        finish_dead(
+            b,
+            t,
+            g,
+            &reply,
+            sseq,
+            &event,
+            DeadLetterReason::MaxAttempts,
+            Some("lease-expired".into()),
+            attempts,
+            key_token.as_deref(),
+        )
+        .await?;
+        return Ok(None);
+    }
+    let wall = SystemTime::now();
+    if event
+        .event
+        .expiration_time()
+        .is_some_and(|x| SystemTime::from(x) <= wall)
+    {
+        finish_dead(
+            b,
+            t,
+            g,
+            &reply,
+            sseq,
+            &event,
+            DeadLetterReason::Expired,
+            Some("expired before delivery".into()),
+            attempts,
+            key_token.as_deref(),
+        )
+        .await?;
+        return Ok(None);
+    }
+    if let Some(at) = event.event.not_before_time().map(SystemTime::from)
+        && let Ok(wait) = at.duration_since(wall)
+        && !wait.is_zero()
+    {
+        // Not yet: give it back for its time, and remember that this was no attempt (T1).
+        attempts.holds += 1;
+        state::save(t, &g.name, sseq, &attempts).await?;
+        let delay = wait + Duration::from_millis(1);
+        b.js()
+            .settle_with(
+                &reply,
+                format!(
+                    "-NAK {{\"delay\": {}}}",
+                    u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)
+                ),
+            )
+            .await?;
+        return Ok(None);
+    }
+    if g.config.ordered
+        && let Some(k) = &key_token
+    {
+        match turn(b, t, g, k, sseq, ack_floor).await? {
+            Turn::Mine => {}
+            Turn::Wait => {
+                hold(b, g, k, m, &reply);
+                return Ok(None);
+            }
+            Turn::Done => {
+                b.js().settle(&reply, "+ACK").await?;
+                return Ok(None);
+            }
+        }
+    }
+    let until = fetched + g.config.lease;
+    let delivery = Delivery {
+        token: LeaseToken {
+            topic: t.names.topic.clone(),
+            group: g.name.clone(),
+            seq: sseq,
+            handle: info.consumer_seq,
+        },
+        event: event.clone(),
+        attempt,
+        leased_until: wall + g.config.lease.saturating_sub(fetched.elapsed()),
+    };
+    b.inner.leases.insert(
+        &t.names.topic,
+        &g.name,
+        sseq,
+        Lease {
+            handle: info.consumer_seq,
+            reply,
+            until,
+            consumer: consumer.to_owned(),
+            attempts,
+            key_token,
+            copy,
+            event,
+        },
+    );
+    Ok(Some(delivery))
+}
+
+enum Turn {
+    /// The first undone event of its key.
+    Mine,
+    /// An earlier event of its key is not done.
+    Wait,
+    /// Done already (its ack was recorded, JetStream's was lost).
+    Done,
+}
+
+/// Whether the event at `seq` is its key's first event the group has not finished.
+async fn turn(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    key_token: &str,
+    seq: u64,
+    ack_floor: &mut Option<u64>,
+) -> Result<Turn, BackendError> {
+    let floor = match ack_floor {
+        Some(f) => *f,
+        None => {
+            let f = consumer_info(b, t, g)
+                .await?
+                .pointer("/ack_floor/stream_seq")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            *ack_floor = Some(f);
+            f
+        }
+    };
+    let done = state::done_through(t, &g.name, key_token).await?.max(floor);
+    if seq <= done {
+        return Ok(Turn::Done);
+    }
+    let subject = t.names.key_subject(key_token);
+    let first = b.js().read(&t.names.stream, done + 1, &subject, 1).await?;
+    Ok(match first.first().map(|m| m.seq) {
+        Some(f) if f < seq => Turn::Wait,
+        _ => Turn::Mine,
+    })
+}
+
+fn hold(b: &NatsBackend, g: &Group, key_token: &str, msg: Message, reply: &str) {
+    b.inner.leases.keep_alive(
+        reply,
+        Instant::now() + Duration::from_secs(3600 * 24 * 365),
+        g.config.lease,
+    );
+    lock(&g.held)
+        .entry(key_token.to_owned())
+        .or_default()
+        .push_back(Held {
+            msg,
+            checked: Instant::now(),
+        });
+}
+
+/// Held events whose key's previous event is done now, to deliver. Looks at each key's first
+/// held event at most every 50 ms.
+async fn release_held(b: &NatsBackend, t: &Topic, g: &Group) -> Result<Vec<Message>, BackendError> {
+    if !g.config.ordered {
+        return Ok(Vec::new());
+    }
+    let due: Vec<(String, u64)> = {
+        let held = lock(&g.held);
+        held.iter()
+            .filter_map(|(k, q)| {
+                let front = q.front()?;
+                if front.checked.elapsed() < Duration::from_millis(50) {
+                    return None;
+                }
+                Some((k.clone(), ack_info(front.msg.reply.as_deref()?)?.stream_seq))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut floor = None;
+    for (k, seq) in due {
+        let free = !matches!(turn(b, t, g, &k, seq, &mut floor).await?, Turn::Wait);
+        let mut held = lock(&g.held);
+        let Some(q) = held.get_mut(&k) else { continue };
+        if free {
+            if let Some(h) = q.pop_front() {
+                if let Some(r) = h.msg.reply.as_deref() {
+                    b.inner.leases.stop_keep_alive(r);
+                }
+                out.push(h.msg);
+            }
+        } else if let Some(front) = q.front_mut() {
+            front.checked = Instant::now();
+        }
+        if q.is_empty() {
+            held.remove(&k);
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the first held event of a key lookable at once (its key's event just finished here).
+fn wake_key(g: &Group, key_token: &str) {
+    if let Some(front) = lock(&g.held)
+        .get_mut(key_token)
+        .and_then(VecDeque::front_mut)
+    {
+        front.checked = Instant::now() - Duration::from_secs(1);
+    }
+}
+
+async fn consumer_info(b: &NatsBackend, t: &Topic, g: &Group) -> Result<Value, BackendError> {
+    match b
+        .js()
+        .api(
+            &format!("CONSUMER.INFO.{}.{}", t.names.stream, g.consumer),
+            &json!({}),
+        )
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(e) if e.code() == Some(code::CONSUMER_NOT_FOUND) => Err(unknown_group(t, &g.name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves a delivered event to the DLQ: marks it (so a redelivery after a crash finishes the
+/// move instead of delivering it), writes the entry, then terminates the delivery.
+#[allow(clippy::too_many_arguments, reason = "the entry's parts")]
+async fn finish_dead(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    reply: &str,
+    sseq: u64,
+    event: &StoredEvent,
+    reason: DeadLetterReason,
+    error: Option<String>,
+    mut attempts: Attempts,
+    key_token: Option<&str>,
+) -> Result<(), BackendError> {
+    if !attempts.dead {
+        attempts.dead = true;
+        state::save(t, &g.name, sseq, &attempts).await?;
+    }
+    dlq::write(b, t, &g.name, sseq, event, reason, error, &attempts.history).await?;
+    b.js().settle(reply, "+TERM").await?;
+    state::clear(b, t, &g.name, sseq).await?;
+    if g.config.ordered
+        && let Some(k) = key_token
+    {
+        state::set_done(t, &g.name, k, sseq).await?;
+        wake_key(g, k);
+    }
+    Ok(())
+}
+
+/// The token's lease if this process handed it out: `Ok(Some)` held, `Ok(None)` unknown here,
+/// `Err(LeaseLost)` expired or handed out again.
+fn held_lease(b: &NatsBackend, token: &LeaseToken) -> Result<Option<Lease>, BackendError> {
+    b.inner
+        .leases
+        .take(&token.topic, &token.group, token.seq, token.handle)
+}
+
+/// A reply subject for a token this process did not hand out.
+fn reply_for(t: &Topic, g: &Group, token: &LeaseToken) -> String {
+    format!(
+        "$JS.ACK.{}.{}.1.{}.{}.0.0",
+        t.names.stream, g.consumer, token.seq, token.handle
+    )
+}
+
+/// In an ordered group, the key token of a stored event whose lease this process did not hand
+/// out (`None` for unordered groups, events without a key and redriven copies).
+async fn unknown_key(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    seq: u64,
+) -> Result<Option<String>, BackendError> {
+    if !g.config.ordered {
+        return Ok(None);
+    }
+    let events = t.names.event_prefix();
+    Ok(b.js().get(&t.names.stream, seq).await?.and_then(|m| {
+        m.subject
+            .strip_prefix(&events)
+            .filter(|k| *k != "_")
+            .map(str::to_owned)
+    }))
+}
+
+pub(crate) async fn ack(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    token: &LeaseToken,
+) -> Result<(), BackendError> {
+    match held_lease(b, token)? {
+        Some(lease) => {
+            if g.config.ordered
+                && !lease.copy
+                && let Some(k) = &lease.key_token
+            {
+                state::set_done(t, &g.name, k, token.seq).await?;
+            }
+            b.inner.leases.stop_keep_alive(&lease.reply);
+            b.js().settle(&lease.reply, "+ACK").await?;
+            if !lease.attempts.is_empty() {
+                state::clear(b, t, &g.name, token.seq).await?;
+            }
+            if lease.copy {
+                delete_message(b, t, token.seq).await;
+            }
+            if let Some(k) = &lease.key_token {
+                wake_key(g, k);
+            }
+        }
+        None => {
+            if let Some(k) = unknown_key(b, t, g, token.seq).await? {
+                state::set_done(t, &g.name, &k, token.seq).await?;
+            }
+            b.js().settle(&reply_for(t, g, token), "+ACK").await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_message(b: &NatsBackend, t: &Topic, seq: u64) {
+    let _ = b
+        .js()
+        .api(
+            &format!("STREAM.MSG.DELETE.{}", t.names.stream),
+            &json!({"seq": seq, "no_erase": true}),
+        )
+        .await;
+}
+
+pub(crate) async fn nack(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    token: &LeaseToken,
+    delay: Option<Duration>,
+    error: Option<String>,
+) -> Result<(), BackendError> {
+    let (reply, consumer, mut attempts, event, key) = match held_lease(b, token)? {
+        Some(l) => {
+            b.inner.leases.stop_keep_alive(&l.reply);
+            (l.reply, l.consumer, l.attempts, Some(l.event), l.key_token)
+        }
+        None => (
+            reply_for(t, g, token),
+            String::new(),
+            state::load(t, &g.name, token.seq).await?,
+            None,
+            unknown_key(b, t, g, token.seq).await?,
+        ),
+    };
+    let attempt = u32::try_from(attempts.history.len() + 1).unwrap_or(u32::MAX);
+    let delay = delay.unwrap_or_else(|| g.config.retry.delay(attempt));
+    attempts.history.push(AttemptRecord {
+        at: SystemTime::now(),
+        consumer,
+        outcome: "retry".into(),
+        error: error.clone(),
+    });
+    if g.config.retry.is_last(attempt) {
+        let event = match event {
+            Some(e) => e,
+            None => stored_event(b, t, token.seq).await?,
+        };
+        return finish_dead(
+            b,
+            t,
+            g,
+            &reply,
+            token.seq,
+            &event,
+            DeadLetterReason::MaxAttempts,
+            error.or_else(|| Some("retry".into())),
+            attempts,
+            key.as_deref(),
+        )
+        .await;
+    }
+    // The history first: the redelivery reads it.
+    state::save(t, &g.name, token.seq, &attempts).await?;
+    b.js()
+        .settle_with(
+            &reply,
+            format!(
+                "-NAK {{\"delay\": {}}}",
+                u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn reject(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    token: &LeaseToken,
+    error: Option<String>,
+) -> Result<(), BackendError> {
+    let (reply, consumer, mut attempts, event, key) = match held_lease(b, token)? {
+        Some(l) => {
+            b.inner.leases.stop_keep_alive(&l.reply);
+            (l.reply, l.consumer, l.attempts, l.event, l.key_token)
+        }
+        None => (
+            reply_for(t, g, token),
+            String::new(),
+            state::load(t, &g.name, token.seq).await?,
+            stored_event(b, t, token.seq).await?,
+            unknown_key(b, t, g, token.seq).await?,
+        ),
+    };
+    attempts.history.push(AttemptRecord {
+        at: SystemTime::now(),
+        consumer,
+        outcome: "dead-letter".into(),
+        error: error.clone(),
+    });
+    finish_dead(
+        b,
+        t,
+        g,
+        &reply,
+        token.seq,
+        &event,
+        DeadLetterReason::Rejected,
+        error,
+        attempts,
+        key.as_deref(),
+    )
+    .await
+}
+
+/// The event stored at a stream sequence (an event or a redriven copy).
+async fn stored_event(b: &NatsBackend, t: &Topic, seq: u64) -> Result<StoredEvent, BackendError> {
+    let m = b
+        .js()
+        .get(&t.names.stream, seq)
+        .await?
+        .ok_or(BackendError::LeaseLost)?;
+    let copy_of = m
+        .headers
+        .get(SEQ_HEADER)
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    let event = CloudEvent::from_json(&m.payload)
+        .map_err(|e| BackendError::storage(format!("event {seq} does not decode: {e}")))?;
+    Ok(StoredEvent {
+        seq: copy_of.unwrap_or(seq),
+        published_at: m.time,
+        ordering_key: m.headers.get(KEY_HEADER).map(|v| decode_key(v.as_str())),
+        event,
+    })
+}
+
+pub(crate) async fn extend(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    token: &LeaseToken,
+    by: Duration,
+) -> Result<(), BackendError> {
+    match b.inner.leases.extend(token, by)? {
+        Some(reply) => {
+            b.js().settle(&reply, "+WPI").await?;
+            if by > g.config.lease {
+                b.inner
+                    .leases
+                    .keep_alive(&reply, Instant::now() + by, g.config.lease);
+            }
+        }
+        None => b.js().settle(&reply_for(t, g, token), "+WPI").await?,
+    }
+    Ok(())
+}
+
+/// Moves the group to sequence `seq` (L1): JetStream's `CONSUMER.RESET` drops its pending
+/// deliveries; Canon forgets its leases, holds and attempt histories of the group.
+pub(crate) async fn reset(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    seq: u64,
+) -> Result<(), BackendError> {
+    b.js()
+        .api(
+            &format!("CONSUMER.RESET.{}.{}", t.names.stream, g.consumer),
+            &json!({ "seq": seq.max(1) }),
+        )
+        .await?;
+    forget(b, t, g).await
+}
+
+async fn forget(b: &NatsBackend, t: &Topic, g: &Group) -> Result<(), BackendError> {
+    b.inner.leases.forget_group(&t.names.topic, &g.name);
+    let held: Vec<Held> = lock(&g.held).drain().flat_map(|(_, q)| q).collect();
+    for h in held {
+        if let Some(r) = h.msg.reply.as_deref() {
+            b.inner.leases.stop_keep_alive(r);
+        }
+    }
+    state::forget_group(b, t, &g.name).await
+}
+
+pub(crate) async fn list(b: &NatsBackend, t: &Topic) -> Result<Vec<String>, BackendError> {
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = b
+            .js()
+            .api(
+                &format!("CONSUMER.LIST.{}", t.names.stream),
+                &json!({ "offset": offset }),
+            )
+            .await?;
+        let consumers = page
+            .get("consumers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if consumers.is_empty() {
+            break;
+        }
+        offset += consumers.len();
+        names.extend(consumers.iter().filter_map(|c| {
+            c.pointer("/config/metadata/canon.group")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }));
+        let total = page.get("total").and_then(Value::as_u64).unwrap_or(0);
+        if u64::try_from(offset).unwrap_or(u64::MAX) >= total {
+            break;
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+pub(crate) async fn info(b: &NatsBackend, t: &Topic, g: &Group) -> Result<GroupInfo, BackendError> {
+    let c = consumer_info(b, t, g).await?;
+    let n = |p: &str| c.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let ack_pending = n("/num_ack_pending");
+    Ok(GroupInfo {
+        config: g.config.clone(),
+        acked_through: n("/ack_floor/stream_seq"),
+        pending: n("/num_pending") + ack_pending,
+        in_flight: ack_pending,
+        dead_letters: dlq::count(b, t, &g.name).await?,
+    })
+}
+
+pub(crate) async fn delete(b: &NatsBackend, t: &Topic, g: &Group) -> Result<(), BackendError> {
+    b.js()
+        .api(
+            &format!("CONSUMER.DELETE.{}.{}", t.names.stream, g.consumer),
+            &json!({}),
+        )
+        .await?;
+    t.groups
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&g.name);
+    dlq::purge_group(b, t, &g.name).await?;
+    forget(b, t, g).await
+}
+
+impl Leases {
+    fn insert(&self, topic: &str, group: &str, seq: u64, lease: Lease) {
+        lock(&self.map).insert((topic.to_owned(), group.to_owned(), seq), lease);
+    }
+
+    /// Removes and returns whatever lease this process had on the event (an expired one, when
+    /// the event is delivered again).
+    fn take_any(&self, topic: &str, group: &str, seq: u64) -> Option<Lease> {
+        let lease = lock(&self.map).remove(&(topic.to_owned(), group.to_owned(), seq))?;
+        self.stop_keep_alive(&lease.reply);
+        Some(lease)
+    }
+
+    /// Takes a lease still held under `handle`; see [`held_lease`].
+    fn take(
+        &self,
+        topic: &str,
+        group: &str,
+        seq: u64,
+        handle: u64,
+    ) -> Result<Option<Lease>, BackendError> {
+        let mut map = lock(&self.map);
+        let key = (topic.to_owned(), group.to_owned(), seq);
+        match map.get(&key) {
+            None => Ok(None),
+            Some(l) if l.handle == handle && l.until > Instant::now() => Ok(map.remove(&key)),
+            Some(_) => Err(BackendError::LeaseLost),
+        }
+    }
+
+    /// Extends a lease held here: its reply subject; `None` if unknown here.
+    fn extend(&self, token: &LeaseToken, by: Duration) -> Result<Option<String>, BackendError> {
+        let mut map = lock(&self.map);
+        let key = (token.topic.clone(), token.group.clone(), token.seq);
+        match map.get_mut(&key) {
+            None => Ok(None),
+            Some(l) if l.handle == token.handle && l.until > Instant::now() => {
+                l.until = Instant::now() + by;
+                Ok(Some(l.reply.clone()))
+            }
+            Some(_) => Err(BackendError::LeaseLost),
+        }
+    }
+
+    fn forget_group(&self, topic: &str, group: &str) {
+        let gone: Vec<String> = {
+            let mut map = lock(&self.map);
+            let keys: Vec<_> = map
+                .keys()
+                .filter(|(t, g, _)| t == topic && g == group)
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| map.remove(k))
+                .map(|l| l.reply)
+                .collect()
+        };
+        for r in gone {
+            self.stop_keep_alive(&r);
+        }
+    }
+
+    /// Sends `+WPI` for `reply` every third of `lease` until `until`.
+    fn keep_alive(&self, reply: &str, until: Instant, lease: Duration) {
+        let every = (lease / 3).max(Duration::from_millis(20));
+        lock(&self.keep).insert(reply.to_owned(), (Instant::now() + every, until, every));
+    }
+
+    fn stop_keep_alive(&self, reply: &str) {
+        lock(&self.keep).remove(reply);
+    }
+}
+
+/// The keep-alive task: `+WPI` for held events and for leases extended past `AckWait`. Ends
+/// with the backend.
+pub(crate) async fn keep_alive(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let due: Vec<String> = {
+            let mut keep = lock(&inner.leases.keep);
+            keep.retain(|_, (_, until, _)| *until > now);
+            keep.iter_mut()
+                .filter(|(_, (next, _, _))| *next <= now)
+                .map(|(r, (next, _, every))| {
+                    *next = now + *every;
+                    r.clone()
+                })
+                .collect()
+        };
+        for r in due {
+            let _ = inner.js.client.publish(r, "+WPI".into()).await;
+        }
+    }
+}

@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod catalog_cmd;
 mod client_cmd;
 mod event_cmd;
+mod relay_cmd;
 mod serve_cmd;
 
 /// Canon: the domain-event backbone.
@@ -129,15 +130,21 @@ enum Command {
         /// Address to bind (default 127.0.0.1:8480).
         #[arg(long)]
         listen: Option<String>,
-        /// Data directory (default ./canon-data).
+        /// Data directory of the embedded backend (default ./canon-data).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// The backend: embedded, embedded://PATH, nats://HOST:PORT, postgres://USER@HOST/DB.
+        #[arg(long)]
+        backend: Option<String>,
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
         #[command(flatten)]
         dapr: serve_cmd::DaprRun,
     },
+    /// Move a transactional outbox's rows into a backend (docs/outbox.md), until Ctrl-C or
+    /// SIGTERM. For the embedded backend, configure [[outbox]] in canon serve instead.
+    Relay(relay_cmd::RelayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,11 +250,16 @@ fn main() -> ExitCode {
             catalog,
             listen,
             data_dir,
+            backend,
             log_json,
             dapr,
         } => {
             drop(out);
-            return serve_cmd::run(config, catalog, listen, data_dir, log_json, dapr);
+            return serve_cmd::run(config, catalog, listen, data_dir, backend, log_json, dapr);
+        }
+        Command::Relay(args) => {
+            drop(out);
+            return relay_cmd::run(args);
         }
         Command::Catalog(CatalogCommand::Check { files, format }) => {
             catalog_cmd::check(&mut out, &files, format).map_err(Into::into)

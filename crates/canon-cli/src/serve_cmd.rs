@@ -47,19 +47,11 @@ pub(crate) fn run(
     catalogs: Vec<PathBuf>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    backend: Option<String>,
     log_json: bool,
     dapr: DaprRun,
 ) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    init_logging(log_json);
     let fail = |code: u8, message: String| {
         let _ = writeln!(std::io::stderr(), "canon serve: {message}");
         ExitCode::from(code)
@@ -74,6 +66,9 @@ pub(crate) fn run(
     }
     if let Some(d) = data_dir {
         config.data_dir = d;
+    }
+    if let Some(b) = backend {
+        config.backend = b;
     }
     dapr.apply(&mut config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -93,7 +88,21 @@ pub(crate) fn run(
     }
 }
 
-async fn shutdown_signal() {
+/// Logs to stderr, as text or JSON lines, filtered by `CANON_LOG` (default `info`).
+pub(crate) fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CANON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -21,7 +21,7 @@
 mod relay;
 
 #[cfg(feature = "relay")]
-pub use relay::{Relay, RelayConfig, RelayStats};
+pub use relay::{Publisher, Relay, RelayConfig, RelayStats};
 
 use canon_envelope::CloudEvent;
 

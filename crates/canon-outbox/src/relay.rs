@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use canon_backend::{Backend, BackendError, PublishOutcome, PublishRequest};
-use canon_engine::{Engine, Submit};
+use canon_backend::{Backend, BackendError, PublishOutcome, PublishRequest, TopicConfig};
+use canon_engine::{Engine, SchemaLess, Submit};
 use canon_envelope::{CloudEvent, Dialect};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -77,11 +77,27 @@ pub struct RelayStats {
     pub leader: AtomicBool,
 }
 
+/// What a relay publishes through: an engine, or something that holds one (`canon serve`'s
+/// state, so that its relays share the server's catalogs and backend).
+pub trait Publisher: Send + Sync + 'static {
+    /// The backend the engine publishes to.
+    type Backend: Backend;
+    /// The engine.
+    fn engine(&self) -> &Engine<Self::Backend>;
+}
+
+impl<B: Backend> Publisher for Engine<B> {
+    type Backend = B;
+    fn engine(&self) -> &Engine<B> {
+        self
+    }
+}
+
 /// Moves one outbox table's rows into a backend.
 #[derive(Debug)]
-pub struct Relay<B> {
+pub struct Relay<P> {
     config: RelayConfig,
-    engine: Arc<Engine<B>>,
+    publisher: Arc<P>,
     stats: Arc<RelayStats>,
 }
 
@@ -94,12 +110,12 @@ struct OutboxRow {
     event: String,
 }
 
-impl<B: Backend> Relay<B> {
-    /// A relay publishing through `engine`.
-    pub fn new(config: RelayConfig, engine: Arc<Engine<B>>) -> Relay<B> {
+impl<P: Publisher> Relay<P> {
+    /// A relay publishing through `publisher`'s engine.
+    pub fn new(config: RelayConfig, publisher: Arc<P>) -> Relay<P> {
         Relay {
             config,
-            engine,
+            publisher,
             stats: Arc::default(),
         }
     }
@@ -278,7 +294,8 @@ impl<B: Backend> Relay<B> {
             expected_sequence: row.expected.map(|s| u64::try_from(s).unwrap_or(0)),
         };
         let p = self
-            .engine
+            .publisher
+            .engine()
             .prepare(
                 submit,
                 self.config.producer.as_deref(),
@@ -292,7 +309,16 @@ impl<B: Backend> Relay<B> {
     /// events is published event by event, so only the refused ones are rejected. A storage
     /// failure stops the topic: rows after it wait for the next round, to keep their order.
     async fn publish_topic(&self, topic: &str, items: Vec<(i64, PublishRequest)>) -> Publish {
-        let backend = self.engine.backend();
+        let engine = self.publisher.engine();
+        let backend = engine.backend();
+        // With no catalog every topic is schema-less, and made as rows name it (as `canon
+        // serve` makes them on publish).
+        if *engine.schemaless() == SchemaLess::All
+            && let Err(BackendError::UnknownTopic(_)) = backend.topic_info(topic).await
+            && let Err(e) = backend.create_topic(TopicConfig::new(topic)).await
+        {
+            return Publish::Stopped(Vec::new(), Vec::new(), 0, e);
+        }
         let (mut done, mut rejected, mut duplicates) = (Vec::new(), Vec::new(), 0u64);
         let count = |outcomes: &[PublishOutcome]| {
             outcomes

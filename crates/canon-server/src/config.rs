@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to bind.
     pub listen: String,
+    /// Where events are stored: `embedded` (in `data_dir`), `embedded://PATH`,
+    /// `nats://HOST:PORT[?namespace=NAME]` or `postgres://USER@HOST/DB[?schema=NAME]`.
+    pub backend: String,
     /// The embedded backend's data directory.
     pub data_dir: PathBuf,
     /// `sync` (fdatasync before acknowledging) or `lose-recent-on-os-crash`.
@@ -34,12 +37,47 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The Dapr sidecar API (docs/dapr.md).
     pub dapr: DaprConfig,
+    /// Transactional outboxes whose rows this server relays into its backend (docs/outbox.md).
+    pub outbox: Vec<OutboxConfig>,
+}
+
+/// An outbox table this server relays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// The producer's database, a PostgreSQL URL.
+    pub url: String,
+    /// The outbox table (`name` or `schema.name`).
+    #[serde(default = "default_outbox_table")]
+    pub table: String,
+    /// The service whose events these are: rows of types it does not declare as a producer
+    /// are rejected. Unset: not checked.
+    pub producer: Option<String>,
+    /// Rows read per round.
+    #[serde(default = "default_outbox_batch")]
+    pub batch: usize,
+    /// How often to look without a notification, in ms.
+    #[serde(default = "default_outbox_poll")]
+    pub poll_ms: u64,
+}
+
+fn default_outbox_table() -> String {
+    "canon_outbox".to_owned()
+}
+
+fn default_outbox_batch() -> usize {
+    1000
+}
+
+fn default_outbox_poll() -> u64 {
+    1000
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8480".to_owned(),
+            backend: "embedded".to_owned(),
             data_dir: PathBuf::from("canon-data"),
             durability: DurabilitySetting::Sync,
             catalogs: Vec::new(),
@@ -50,6 +88,7 @@ impl Default for Config {
             push: PushConfig::default(),
             auth: AuthConfig::default(),
             dapr: DaprConfig::default(),
+            outbox: Vec::new(),
         }
     }
 }
@@ -223,6 +262,7 @@ fn default_claim() -> String {
 /// The top-level settings, for the environment filter.
 const SETTINGS: &[&str] = &[
     "listen",
+    "backend",
     "data_dir",
     "durability",
     "catalogs",
@@ -233,6 +273,7 @@ const SETTINGS: &[&str] = &[
     "push",
     "auth",
     "dapr",
+    "outbox",
 ];
 
 /// A configuration that cannot be used.

@@ -16,10 +16,12 @@ pub mod config;
 pub mod dapr;
 mod metrics;
 pub mod openapi;
+mod outbox;
 pub mod problem;
 mod publish;
 mod push;
 mod query;
+mod storage;
 mod subs;
 mod tail;
 
@@ -36,10 +38,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use canon_backend::Backend;
+use canon_backend::{Backend, BackendError};
 use canon_catalog::{Catalog, Severity};
-use canon_embedded::{Durability, EmbeddedBackend};
+use canon_embedded::Durability;
 use canon_engine::{Engine, SchemaLess};
+pub use storage::{AnyBackend, Location};
 use tokio::sync::watch;
 
 use crate::auth::{Authenticator, Identity};
@@ -96,6 +99,8 @@ pub struct App<B: Backend> {
     pub(crate) dapr_resources: dapr::apps::Resources,
     /// The Jobs API's scheduler.
     pub(crate) jobs: dapr::jobs::Scheduler,
+    /// The outbox relays' tasks.
+    pub(crate) relays: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for App<B> {
@@ -168,13 +173,16 @@ impl<B: Backend> App<B> {
                 std::process::id()
             ),
             http,
+            relays: std::sync::Mutex::new(Vec::new()),
         });
+        outbox::start(&app)?;
         let names: Vec<Arc<Subscription>> = app.subscriptions();
         for s in names {
             push::ensure(&app, &s);
         }
         dapr::apps::start(&app);
         dapr::jobs::start(&app).await?;
+        tokio::spawn(sync_loop(Arc::downgrade(&app)));
         Ok(app)
     }
 
@@ -192,13 +200,84 @@ impl<B: Backend> App<B> {
             .collect()
     }
 
-    pub(crate) fn subscription(&self, name: &str) -> Result<Arc<Subscription>, Problem> {
-        self.subs
+    /// A subscription by name. One this server does not know yet (another server on the same
+    /// backend created it) is read from the backend.
+    pub(crate) async fn subscription(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Arc<Subscription>, Problem> {
+        if let Some(s) = self
+            .subs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned()
-            .ok_or_else(|| Problem::new("not-found", format!("no subscription named {name}")))
+        {
+            return Ok(Arc::clone(s));
+        }
+        let entry = self
+            .engine
+            .backend()
+            .kv_get(SUBSCRIPTIONS, name)
+            .await
+            .map_err(Problem::from)?
+            .ok_or_else(|| Problem::new("not-found", format!("no subscription named {name}")))?;
+        let sub: Arc<Subscription> = Arc::new(
+            serde_json::from_slice(&entry.value)
+                .map_err(|e| Problem::new("internal", format!("subscription {name}: {e}")))?,
+        );
+        self.subs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), Arc::clone(&sub));
+        push::ensure(self, &sub);
+        Ok(sub)
+    }
+
+    /// Brings this server's subscriptions in line with the backend's, where other servers may
+    /// have created or deleted some: new ones are taken up (their push workers started),
+    /// deleted ones dropped (their push workers stopped).
+    pub(crate) async fn sync_subscriptions(self: &Arc<Self>) -> Result<(), BackendError> {
+        let stored: BTreeMap<String, Arc<Subscription>> = self
+            .engine
+            .backend()
+            .kv_list(SUBSCRIPTIONS)
+            .await?
+            .into_iter()
+            .filter_map(|(name, e)| Some((name, Arc::new(serde_json::from_slice(&e.value).ok()?))))
+            .collect();
+        let (added, gone): (Vec<Arc<Subscription>>, Vec<String>) = {
+            let mut subs = self
+                .subs
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let gone: Vec<String> = subs
+                .keys()
+                .filter(|k| !stored.contains_key(*k))
+                .cloned()
+                .collect();
+            for g in &gone {
+                subs.remove(g);
+            }
+            let added: Vec<Arc<Subscription>> = stored
+                .into_iter()
+                .filter(|(k, s)| subs.get(k) != Some(s))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|(k, s)| {
+                    subs.insert(k, Arc::clone(&s));
+                    s
+                })
+                .collect();
+            (added, gone)
+        };
+        for g in gone {
+            push::remove(self, &g).await;
+        }
+        for s in added {
+            push::remove(self, &s.name).await;
+            push::ensure(self, &s);
+        }
+        Ok(())
     }
 
     pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity, Problem> {
@@ -240,6 +319,35 @@ impl<B: Backend> App<B> {
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         for w in workers {
             w.stop(grace).await;
+        }
+        let relays: Vec<_> = self
+            .relays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for r in relays {
+            let _ = tokio::time::timeout(grace, r).await;
+        }
+    }
+}
+
+/// Every two seconds, takes up subscriptions and jobs other servers on the same backend
+/// created, changed or deleted. Ends with the app, or when it shuts down.
+async fn sync_loop<B: Backend>(app: std::sync::Weak<App<B>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        if *app.shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = app.sync_subscriptions().await {
+            tracing::warn!(error = %e, "cannot read the subscriptions from the backend");
+        }
+        if let Err(e) = dapr::jobs::sync(&app).await {
+            tracing::warn!(error = %e, "cannot read the jobs from the backend");
         }
     }
 }
@@ -541,7 +649,9 @@ pub async fn serve(
         DurabilitySetting::Sync => Durability::Sync,
         DurabilitySetting::LoseRecentOnOsCrash => Durability::LoseRecentOnOsCrash,
     };
-    let backend = EmbeddedBackend::open(&config.data_dir, durability)?;
+    let location = storage::Location::parse(&config.backend, &config.data_dir)?;
+    let backend = AnyBackend::open(&location, durability).await?;
+    tracing::info!(backend = %location.display(), "storage opened");
     let schemaless = if catalogs.is_empty() {
         tracing::warn!(
             "no catalog loaded: running schema-less, every valid CloudEvent is accepted on any topic"

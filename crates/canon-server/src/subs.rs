@@ -238,8 +238,12 @@ fn who<B: Backend>(app: &Shared<B>, headers: &HeaderMap) -> Answer<Identity> {
 }
 
 /// The subscription, if the caller may consume it: its consumer service, or an admin.
-fn owned<B: Backend>(app: &Shared<B>, id: &Identity, name: &str) -> Answer<Arc<Subscription>> {
-    let sub = app.subscription(name).map_err(fail)?;
+async fn owned<B: Backend>(
+    app: &Shared<B>,
+    id: &Identity,
+    name: &str,
+) -> Answer<Arc<Subscription>> {
+    let sub = app.subscription(name).await.map_err(fail)?;
     if id.admin || id.service.is_none() || id.service == sub.consumer {
         Ok(sub)
     } else {
@@ -394,7 +398,7 @@ pub(crate) async fn install<B: Backend>(
     if let Some(p) = &mut sub.push {
         p.concurrency = Some(p.concurrency.unwrap_or(app.config.push.concurrency).max(1));
     }
-    if let Ok(existing) = app.subscription(&sub.name) {
+    if let Ok(existing) = app.subscription(&sub.name).await {
         return if *existing == sub {
             Ok((StatusCode::OK, sub))
         } else {
@@ -543,8 +547,11 @@ pub(crate) async fn show<B: Backend>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let sub = match who(&app, &headers).and_then(|id| owned(&app, &id, &name)) {
-        Ok(s) => s,
+    let sub = match who(&app, &headers) {
+        Ok(id) => match owned(&app, &id, &name).await {
+            Ok(s) => s,
+            Err(p) => return with_code(p),
+        },
         Err(p) => return with_code(p),
     };
     Json(status(&app, &sub).await).into_response()
@@ -559,8 +566,11 @@ pub(crate) async fn delete<B: Backend>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let sub = match who(&app, &headers).and_then(|id| owned(&app, &id, &name)) {
-        Ok(s) => s,
+    let sub = match who(&app, &headers) {
+        Ok(id) => match owned(&app, &id, &name).await {
+            Ok(s) => s,
+            Err(p) => return with_code(p),
+        },
         Err(p) => return with_code(p),
     };
     match remove_subscription(&app, &sub).await {
@@ -640,7 +650,7 @@ async fn pull_inner<B: Backend>(
     body: &[u8],
 ) -> Answer<Response> {
     let id = who(app, headers)?;
-    let sub = owned(app, &id, name)?;
+    let sub = owned(app, &id, name).await?;
     let req: PullRequest = if body.is_empty() {
         PullRequest {
             max: None,
@@ -757,7 +767,7 @@ async fn settle<B: Backend>(
 ) -> Response {
     let inner = async {
         let id = who(&app, &headers)?;
-        let sub = owned(&app, &id, &name)?;
+        let sub = owned(&app, &id, &name).await?;
         let req: SettleRequest = serde_json::from_slice(&body).map_err(|e| {
             fail(Problem::new(
                 "invalid-request",
@@ -929,7 +939,7 @@ pub(crate) async fn replay<B: Backend>(
     let inner = async {
         let id = who(&app, &headers)?;
         id.require_admin("replay a subscription").map_err(fail)?;
-        let sub = app.subscription(&name).map_err(fail)?;
+        let sub = app.subscription(&name).await.map_err(fail)?;
         let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
             fail(Problem::new(
                 "invalid-request",
@@ -1075,7 +1085,7 @@ pub(crate) async fn dlq_list<B: Backend>(
 ) -> Response {
     let inner = async {
         let id = who(&app, &headers)?;
-        let sub = owned(&app, &id, &name)?;
+        let sub = owned(&app, &id, &name).await?;
         let filter = q.filter().map_err(fail)?;
         let entries = app
             .engine
@@ -1102,7 +1112,7 @@ pub(crate) async fn dlq_show<B: Backend>(
 ) -> Response {
     let inner = async {
         let id = who(&app, &headers)?;
-        let sub = owned(&app, &id, &name)?;
+        let sub = owned(&app, &id, &name).await?;
         let filter = DeadLetterFilter {
             ids: vec![event_id.clone()],
             ..DeadLetterFilter::default()
@@ -1177,7 +1187,7 @@ async fn dlq_change<B: Backend>(
             "purge a DLQ"
         })
         .map_err(fail)?;
-        let sub = app.subscription(&name).map_err(fail)?;
+        let sub = app.subscription(&name).await.map_err(fail)?;
         let q: DlqQuery = if body.is_empty() {
             DlqQuery::default()
         } else {

@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use expect_test::expect;
 
+mod cluster;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

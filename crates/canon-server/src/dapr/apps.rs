@@ -376,7 +376,7 @@ async fn install<B: Backend>(
         dapr: Some(delivery),
     };
     let name = subscription_name(&a.id, &s.pubsubname, &s.topic);
-    if let Ok(existing) = app.subscription(&name) {
+    if let Ok(existing) = app.subscription(&name).await {
         if existing.push.as_ref().and_then(|p| p.dapr.as_ref()) != push.dapr.as_ref()
             || existing.push.as_ref().map(|p| &p.url) != Some(&push.url)
             || existing.push.as_ref().and_then(|p| p.batch) != push.batch

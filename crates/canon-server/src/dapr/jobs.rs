@@ -48,6 +48,10 @@ pub(crate) struct Job {
     expires_ms: Option<i64>,
     /// Ticks fired so far.
     fired: u32,
+    /// The stored record's revision: a tick is stored only over it, so of several servers on
+    /// one backend exactly one fires each tick.
+    #[serde(skip)]
+    revision: u64,
 }
 
 /// Jobs by key and by due time.
@@ -257,6 +261,7 @@ fn job_of(name: &str, app: &str, req: JobRequest, now: i64) -> Result<Job, DaprE
         next_ms: next,
         expires_ms: expires,
         fired: 0,
+        revision: 0,
     })
 }
 
@@ -275,7 +280,7 @@ pub(crate) async fn create<B: Backend>(
         let req: JobRequest =
             serde_json::from_slice(&body).map_err(|e| malformed(format!("not a job: {e}")))?;
         let overwrite = req.overwrite;
-        let job = job_of(&name, &owner, req, now_ms())?;
+        let mut job = job_of(&name, &owner, req, now_ms())?;
         let k = key(&owner, &name);
         let record = serde_json::to_vec(&job).map_err(|e| malformed(e.to_string()))?;
         let _writing = app.jobs.writes.lock().await;
@@ -287,7 +292,7 @@ pub(crate) async fn create<B: Backend>(
             .kv_put(BUCKET, &k, record, expect)
             .await
         {
-            Ok(_) => {}
+            Ok(revision) => job.revision = revision,
             Err(BackendError::RevisionMismatch { .. }) => {
                 return Err(DaprError::new(
                     StatusCode::CONFLICT,
@@ -406,7 +411,8 @@ pub(crate) async fn start<B: Backend>(app: &Shared<B>) -> Result<(), BackendErro
             .unwrap_or_else(PoisonError::into_inner);
         for (k, entry) in stored {
             match serde_json::from_slice::<Job>(&entry.value) {
-                Ok(job) => {
+                Ok(mut job) => {
+                    job.revision = entry.revision;
                     app.jobs.generation().insert(k.clone(), job.created_ms);
                     state.put(k, job);
                 }
@@ -488,43 +494,121 @@ async fn advance<B: Backend>(app: &Shared<B>, batch: Vec<(i64, String)>) -> Vec<
         .filter_map(|(due, k)| plan(app, k, due, now))
         .collect();
     let backend = app.engine.backend();
+    // Each tick is written over the revision this server last saw: another server on the
+    // same backend that took the tick first makes the write fail, and this one does not fire.
     let writes = ticks.iter().map(|t| async move {
+        let seen = Some(t.job.revision);
         if t.expired || t.job.next_ms.is_none() {
-            backend.kv_delete(BUCKET, &t.key, None).await.map(drop)
+            backend.kv_delete(BUCKET, &t.key, seen).await.map(|_| 0)
         } else {
             match serde_json::to_vec(&t.job) {
-                Ok(r) => backend.kv_put(BUCKET, &t.key, r, None).await.map(drop),
-                Err(_) => Ok(()),
+                Ok(r) => backend.kv_put(BUCKET, &t.key, r, seen).await,
+                Err(_) => Ok(t.job.revision),
             }
         }
     });
     let results = futures_util::future::join_all(writes).await;
     let mut fire = Vec::new();
-    let mut state = app
-        .jobs
-        .state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    for (mut t, stored) in ticks.into_iter().zip(results) {
-        if let Err(e) = stored {
-            // Not recorded: do not fire (at most once); try again shortly.
-            tracing::warn!(job = %t.key, error = %e, "job tick not recorded; retrying");
-            if !t.expired {
-                t.job.fired = t.job.fired.saturating_sub(1);
+    let mut taken = Vec::new();
+    {
+        let mut state = app
+            .jobs
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (mut t, stored) in ticks.into_iter().zip(results) {
+            if let Err(BackendError::RevisionMismatch { .. }) = stored {
+                // Another server fired this tick (or the job changed): take its version.
+                taken.push(t.key);
+                continue;
             }
-            t.job.next_ms = Some(now.max(t.due) + 1000);
-            state.put(t.key, t.job);
-            continue;
+            if let Ok(revision) = stored {
+                t.job.revision = revision;
+            }
+            if let Err(e) = stored {
+                // Not recorded: do not fire (at most once); try again shortly.
+                tracing::warn!(job = %t.key, error = %e, "job tick not recorded; retrying");
+                if !t.expired {
+                    t.job.fired = t.job.fired.saturating_sub(1);
+                }
+                t.job.next_ms = Some(now.max(t.due) + 1000);
+                state.put(t.key, t.job);
+                continue;
+            }
+            if t.expired {
+                continue;
+            }
+            if t.job.next_ms.is_some() {
+                state.put(t.key.clone(), t.job.clone());
+            }
+            fire.push((t.job, t.due));
         }
-        if t.expired {
-            continue;
-        }
-        if t.job.next_ms.is_some() {
-            state.put(t.key.clone(), t.job.clone());
-        }
-        fire.push((t.job, t.due));
+    }
+    for k in taken {
+        reload(app, &k).await;
     }
     fire
+}
+
+/// Reads one job again from the backend into memory (or forgets it, if it is gone).
+async fn reload<B: Backend>(app: &Shared<B>, k: &str) {
+    match app.engine.backend().kv_get(BUCKET, k).await {
+        Ok(Some(entry)) => {
+            if let Ok(mut job) = serde_json::from_slice::<Job>(&entry.value) {
+                job.revision = entry.revision;
+                app.jobs.generation().insert(k.to_owned(), job.created_ms);
+                lock_state(app).put(k.to_owned(), job);
+            }
+        }
+        Ok(None) => {
+            lock_state(app).remove(k);
+            app.jobs.generation().remove(k);
+        }
+        Err(e) => tracing::warn!(job = %k, error = %e, "cannot read a job again"),
+    }
+}
+
+fn lock_state<B: Backend>(app: &App<B>) -> std::sync::MutexGuard<'_, SchedulerState> {
+    app.jobs
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes up jobs that other servers on the same backend created, changed or deleted.
+pub(crate) async fn sync<B: Backend>(app: &Shared<B>) -> Result<(), BackendError> {
+    let stored = app.engine.backend().kv_list(BUCKET).await?;
+    let _writing = app.jobs.writes.lock().await;
+    {
+        let mut state = lock_state(app);
+        let keys: BTreeSet<&String> = stored.iter().map(|(k, _)| k).collect();
+        let gone: Vec<String> = state
+            .jobs
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            state.remove(&k);
+            app.jobs.generation().remove(&k);
+        }
+        for (k, entry) in stored {
+            if state
+                .jobs
+                .get(&k)
+                .is_some_and(|j| j.revision >= entry.revision)
+            {
+                continue;
+            }
+            if let Ok(mut job) = serde_json::from_slice::<Job>(&entry.value) {
+                job.revision = entry.revision;
+                app.jobs.generation().insert(k.clone(), job.created_ms);
+                state.put(k, job);
+            }
+        }
+    }
+    app.jobs.wake.notify_one();
+    Ok(())
 }
 
 /// Takes a due job out of memory and decides its tick.

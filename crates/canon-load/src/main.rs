@@ -15,6 +15,8 @@
 
 mod dapr;
 mod http;
+mod pg;
+mod relay;
 
 /// mimalloc: the system allocator spent a third of the HTTP publish path's CPU (perf).
 #[global_allocator]
@@ -32,7 +34,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 
 /// Measure Canon's embedded backend beside NATS JetStream under one workload.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 pub(crate) struct Args {
     /// Events to publish and consume in the throughput phases.
     #[arg(long, default_value_t = 200_000)]
@@ -78,6 +80,25 @@ pub(crate) struct Args {
     /// Jobs scheduled in the Dapr phase (due over 10 s, or longer for more than 100,000).
     #[arg(long, default_value_t = 10_000)]
     jobs: usize,
+    /// Canon's backends to run the workload on, comma-separated: embedded, nats, postgres.
+    /// nats uses the --nats server (namespace `load`); postgres the --postgres database
+    /// (schema `canon_load`).
+    #[arg(long, default_value = "embedded")]
+    backends: String,
+    /// The PostgreSQL database for Canon's PostgreSQL backend, the raw PostgreSQL peer and the
+    /// outbox relay; empty to skip the raw peer.
+    #[arg(long, default_value = "postgres://postgres:canon@127.0.0.1:5432/test")]
+    postgres: String,
+    /// Also measure the outbox relay (PostgreSQL outbox into the first of --backends):
+    /// throughput draining --relay-rows rows, then commit→publish latency at --relay-rate.
+    #[arg(long)]
+    relay: bool,
+    /// Rows for the relay's throughput phase.
+    #[arg(long, default_value_t = 100_000)]
+    relay_rows: usize,
+    /// Rows per second for the relay's latency phase (each its own transaction).
+    #[arg(long, default_value_t = 1_000)]
+    relay_rate: u64,
 }
 
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
@@ -106,9 +127,17 @@ fn peak_rss_mb() -> f64 {
 }
 
 #[derive(Debug, Default)]
-struct Figures {
+pub(crate) struct Figures {
     publish_eps: f64,
     publish_mbps: f64,
+    /// The same publishes with `publish_each` (partial acceptance: each event on its own).
+    publish_each_eps: f64,
+    /// Raw JetStream only: async publish with a `Nats-Msg-Id` per message (Canon's dedup).
+    publish_msgid_eps: f64,
+    /// Raw JetStream only: atomic batches (ADR-50) of `--batch` messages.
+    publish_atomic_eps: f64,
+    /// Raw JetStream only: consume with confirmed acks (ack as a request, as Canon acks).
+    consume_sync_eps: f64,
     consume_eps: f64,
     p50: Duration,
     p99: Duration,
@@ -128,11 +157,12 @@ impl Figures {
     }
 }
 
-fn report(name: &str, f: &Figures) {
+pub(crate) fn report(name: &str, f: &Figures) {
     println!(
-        "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s | consume+ack {:>9.0} ev/s | latency p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} delivered)",
+        "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s, each {:>9.0} ev/s | consume+ack {:>9.0} ev/s | latency p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} delivered)",
         f.publish_eps,
         f.publish_mbps,
+        f.publish_each_eps,
         f.consume_eps,
         f.p50.as_secs_f64() * 1e3,
         f.p99.as_secs_f64() * 1e3,
@@ -144,6 +174,14 @@ fn report(name: &str, f: &Figures) {
 async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
     let _ = std::fs::remove_dir_all(&args.dir);
     let b = Arc::new(EmbeddedBackend::open(&args.dir, durability)?);
+    let f = workload(args, &b).await?;
+    drop(b);
+    Ok(f)
+}
+
+/// The workload on any backend: durable publish in batches (atomic, then each event on its
+/// own), consume with acks, publish→deliver latency at a fixed rate.
+pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figures> {
     b.create_topic(TopicConfig::new("bench")).await?;
     let group = GroupConfig {
         max_in_flight: 10_000,
@@ -151,38 +189,49 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
     };
     b.create_group("bench", "consume", group.clone()).await?;
     let mut f = Figures::default();
-
-    // Publish.
-    let started = Instant::now();
     let per = args.events / args.publishers;
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..args.publishers {
-        let (b, batch, size) = (Arc::clone(&b), args.batch, args.size);
-        tasks.spawn(async move {
-            let mut i = p * per;
-            while i < (p + 1) * per {
-                let n = batch.min((p + 1) * per - i);
-                let reqs = (i..i + n)
-                    .map(|k| PublishRequest::new(event(k, size)))
-                    .collect();
-                b.publish("bench", reqs).await?;
-                i += n;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    let secs = started.elapsed().as_secs_f64();
     let total = per * args.publishers;
-    f.publish_eps = total as f64 / secs;
-    f.publish_mbps = (total * args.size) as f64 / secs / 1e6;
+    for each in [false, true] {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in 0..args.publishers {
+            let (b, batch, size) = (Arc::clone(b), args.batch, args.size);
+            let base = if each { total } else { 0 };
+            tasks.spawn(async move {
+                let mut i = p * per;
+                while i < (p + 1) * per {
+                    let n = batch.min((p + 1) * per - i);
+                    let reqs: Vec<PublishRequest> = (i..i + n)
+                        .map(|k| PublishRequest::new(event(base + k, size)))
+                        .collect();
+                    if each {
+                        for r in b.publish_each("bench", reqs).await {
+                            r?;
+                        }
+                    } else {
+                        b.publish("bench", reqs).await?;
+                    }
+                    i += n;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if each {
+            f.publish_each_eps = total as f64 / secs;
+        } else {
+            f.publish_eps = total as f64 / secs;
+            f.publish_mbps = (total * args.size) as f64 / secs / 1e6;
+        }
+    }
 
-    // Consume with acks.
+    // Consume with acks: everything both publish phases stored.
     let started = Instant::now();
     let mut consumed = 0;
-    while consumed < total {
+    while consumed < 2 * total {
         let got = b
             .pull("bench", "consume", "c", 1000, Duration::from_millis(100))
             .await?;
@@ -203,7 +252,7 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
         .await?;
     let clock = Instant::now();
     let consumer = {
-        let b = Arc::clone(&b);
+        let b = Arc::clone(b);
         let expect = (args.rate * args.latency_secs) as usize;
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(expect);
@@ -232,7 +281,7 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
         })
     };
     paced(args, |i| {
-        let b = Arc::clone(&b);
+        let b = Arc::clone(b);
         let size = args.size;
         async move {
             let mut ev = event(1_000_000_000 + i, size);
@@ -245,7 +294,6 @@ async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
     })
     .await?;
     f.set_latencies(consumer.await??);
-    drop(b);
     Ok(f)
 }
 
@@ -274,12 +322,13 @@ async fn jetstream(args: &Args) -> Result<Figures> {
     let client = async_nats::connect(&args.nats)
         .await
         .context("connect to NATS")?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let _ = js.delete_stream("CANONBENCH").await;
     js.create_stream(jetstream::stream::Config {
         name: "CANONBENCH".into(),
         subjects: vec!["canonbench.>".into()],
         storage: jetstream::stream::StorageType::File,
+        allow_atomic_publish: true,
         ..Default::default()
     })
     .await
@@ -291,6 +340,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
             deliver_policy: deliver,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             max_ack_pending: 10_000,
+            filter_subject: "canonbench.tick".into(),
             ..Default::default()
         }
     };
@@ -299,6 +349,12 @@ async fn jetstream(args: &Args) -> Result<Figures> {
             "consume",
             jetstream::consumer::DeliverPolicy::All,
         ))
+        .await?;
+    let sync_consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "canonbench.id".into(),
+            ..consumer_config("consume-sync", jetstream::consumer::DeliverPolicy::All)
+        })
         .await?;
     let mut f = Figures::default();
     let total = (args.events / args.publishers) * args.publishers;
@@ -325,6 +381,99 @@ async fn jetstream(args: &Args) -> Result<Figures> {
     let secs = started.elapsed().as_secs_f64();
     f.publish_eps = total as f64 / secs;
     f.publish_mbps = (total * args.size) as f64 / secs / 1e6;
+
+    // The same with a Nats-Msg-Id per message, as Canon publishes.
+    let started = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(1024);
+    for i in 0..total {
+        if window.len() == 1024
+            && let Some(ack) = window.pop_front()
+        {
+            let ack: jetstream::context::PublishAckFuture = ack;
+            ack.await?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        window.push_back(
+            js.publish_with_headers("canonbench.id", headers, payload.clone().into())
+                .await?,
+        );
+    }
+    for ack in window {
+        ack.await?;
+    }
+    f.publish_msgid_eps = total as f64 / started.elapsed().as_secs_f64();
+
+    // Atomic batches of --batch, --publishers at once.
+    let started = Instant::now();
+    let per = total / args.publishers;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.publishers {
+        let (client, payload, batch) = (client.clone(), payload.clone(), args.batch);
+        tasks.spawn(async move {
+            let mut i = 0;
+            while i < per {
+                let n = batch.min(per - i);
+                let id = format!("b{p}-{i}");
+                for k in 0..n {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Nats-Batch-Id", id.as_str());
+                    h.insert("Nats-Batch-Sequence", (k + 1).to_string().as_str());
+                    if k + 1 == n {
+                        h.insert("Nats-Batch-Commit", "1");
+                        let r = client
+                            .request_with_headers("canonbench.batch", h, payload.clone().into())
+                            .await?;
+                        anyhow::ensure!(
+                            !String::from_utf8_lossy(&r.payload).contains("\"error\""),
+                            "atomic batch: {}",
+                            String::from_utf8_lossy(&r.payload)
+                        );
+                    } else {
+                        client
+                            .publish_with_headers("canonbench.batch", h, payload.clone().into())
+                            .await?;
+                    }
+                }
+                i += n;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    f.publish_atomic_eps = (per * args.publishers) as f64 / started.elapsed().as_secs_f64();
+
+    // Consume with confirmed acks (each ack a request the server answers), as Canon acks.
+    let started = Instant::now();
+    let mut consumed = 0;
+    while consumed < total {
+        let mut batch = sync_consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await?;
+        let mut replies = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(r) = m.reply.clone() {
+                replies.push(r);
+            }
+        }
+        if replies.is_empty() {
+            break;
+        }
+        consumed += replies.len();
+        let acks = replies
+            .into_iter()
+            .map(|r| client.request(r, "+ACK".into()));
+        for r in futures_util::future::join_all(acks).await {
+            r?;
+        }
+    }
+    f.consume_sync_eps = consumed as f64 / started.elapsed().as_secs_f64();
 
     // Consume with acks.
     let started = Instant::now();
@@ -409,22 +558,60 @@ async fn main() -> Result<()> {
         "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s",
         args.events, args.size, args.batch, args.publishers, args.rate, args.latency_secs
     );
-    let c = if args.no_embedded {
-        None
-    } else {
-        let c = canon(&args, durability).await?;
-        report(&format!("canon embedded ({})", args.durability), &c);
-        println!("canon peak RSS: {:.0} MB", peak_rss_mb());
-        let started = Instant::now();
-        let reopened = EmbeddedBackend::open(&args.dir, durability)?;
-        println!(
-            "canon open with {} events stored: {:.0} ms",
-            args.events + (args.rate * args.latency_secs) as usize,
-            started.elapsed().as_secs_f64() * 1e3
-        );
-        drop(reopened);
-        Some(c)
-    };
+    let backends: Vec<&str> = args
+        .backends
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut c = None;
+    let mut on_nats = None;
+    let mut on_pg = None;
+    for name in &backends {
+        match *name {
+            "embedded" if !args.no_embedded => {
+                let f = canon(&args, durability).await?;
+                report(&format!("canon embedded ({})", args.durability), &f);
+                println!("canon peak RSS: {:.0} MB", peak_rss_mb());
+                let started = Instant::now();
+                let reopened = EmbeddedBackend::open(&args.dir, durability)?;
+                println!(
+                    "canon open with {} events stored: {:.0} ms",
+                    2 * args.events + (args.rate * args.latency_secs) as usize,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                drop(reopened);
+                c = Some(f);
+            }
+            "embedded" => {}
+            "nats" => {
+                let b = Arc::new(canon_nats::NatsBackend::open_in(&args.nats, "load").await?);
+                b.destroy().await?;
+                let f = workload(&args, &b).await?;
+                report("canon on jetstream", &f);
+                b.destroy().await?;
+                on_nats = Some(f);
+            }
+            "postgres" => {
+                let schema = "canon_load";
+                drop_schema(&args.postgres, schema).await?;
+                let b = Arc::new(
+                    canon_postgres::PgBackend::open_with(canon_postgres::PgConfig {
+                        url: args.postgres.clone(),
+                        schema: schema.to_owned(),
+                        pool_size: 32,
+                    })
+                    .await?,
+                );
+                let f = workload(&args, &b).await?;
+                report("canon on postgresql", &f);
+                drop(b);
+                drop_schema(&args.postgres, schema).await?;
+                on_pg = Some(f);
+            }
+            other => anyhow::bail!("--backends takes embedded, nats, postgres; not {other}"),
+        }
+    }
     let h = if args.http {
         let h = http::run(&args).await?;
         http::report(&h);
@@ -436,15 +623,79 @@ async fn main() -> Result<()> {
         let d = dapr::run(&args).await?;
         dapr::report(&d);
     }
+    if args.relay {
+        let target = backends.first().copied().unwrap_or("embedded");
+        let f = match target {
+            "nats" => {
+                let b = canon_nats::NatsBackend::open_in(&args.nats, "relay").await?;
+                b.destroy().await?;
+                let engine = Arc::new(canon_engine::Engine::new(b, Vec::new()).await?);
+                let f = relay::run(&args, Arc::clone(&engine)).await?;
+                engine.backend().destroy().await?;
+                f
+            }
+            "postgres" => {
+                drop_schema(&args.postgres, "canon_relay").await?;
+                let b = canon_postgres::PgBackend::open(&format!(
+                    "{}{}schema=canon_relay",
+                    args.postgres,
+                    if args.postgres.contains('?') {
+                        '&'
+                    } else {
+                        '?'
+                    }
+                ))
+                .await?;
+                let engine = Arc::new(canon_engine::Engine::new(b, Vec::new()).await?);
+                let f = relay::run(&args, engine).await?;
+                drop_schema(&args.postgres, "canon_relay").await?;
+                f
+            }
+            _ => {
+                let dir = format!("{}-relay", args.dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                let b = EmbeddedBackend::open(&dir, durability)?;
+                let engine = Arc::new(canon_engine::Engine::new(b, Vec::new()).await?);
+                relay::run(&args, engine).await?
+            }
+        };
+        relay::report(target, &f);
+    }
+    if !args.postgres.is_empty() && on_pg.is_some() {
+        let raw = pg::run(&args).await?;
+        report("postgresql (raw queue table)", &raw);
+        if let Some(p) = &on_pg {
+            println!(
+                "ratios canon-on-postgresql/raw: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
+                p.publish_eps / raw.publish_eps,
+                p.consume_eps / raw.consume_eps,
+                p.p99.as_secs_f64() / raw.p99.as_secs_f64().max(1e-9)
+            );
+        }
+    }
     if !args.nats.is_empty() {
         let j = jetstream(&args).await?;
         report("nats jetstream (file)", &j);
+        println!(
+            "nats jetstream (file) raw   publish with Nats-Msg-Id {:>9.0} ev/s | atomic batches of {} {:>9.0} ev/s | consume with confirmed acks {:>9.0} ev/s",
+            j.publish_msgid_eps, args.batch, j.publish_atomic_eps, j.consume_sync_eps
+        );
         if let Some(c) = &c {
             println!(
                 "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
                 c.publish_eps / j.publish_eps,
                 c.consume_eps / j.consume_eps,
                 c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
+            );
+        }
+        if let Some(n) = &on_nats {
+            println!(
+                "ratios canon-on-jetstream/raw: each-event publish {:.2}x (raw async with Nats-Msg-Id), atomic batch publish {:.2}x (raw atomic batches), consume+ack {:.2}x (raw with confirmed acks), {:.2}x (raw with plain acks), p99 latency {:.2}x",
+                n.publish_each_eps / j.publish_msgid_eps,
+                n.publish_eps / j.publish_atomic_eps,
+                n.consume_eps / j.consume_sync_eps,
+                n.consume_eps / j.consume_eps,
+                n.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
             );
         }
         if let Some(h) = &h {
@@ -456,5 +707,14 @@ async fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await?;
     Ok(())
 }

@@ -273,8 +273,12 @@ pub(crate) async fn pull(
     while out.len() < max {
         let started = Instant::now();
         let mut msgs = release_held(b, t, g).await?;
+        // Whether JetStream had fewer than asked for: then asking again at once is pointless.
+        let mut drained = false;
         if msgs.is_empty() {
-            msgs = fetch(b, t, g, max - out.len(), Duration::ZERO).await?;
+            let want = max - out.len();
+            msgs = fetch(b, t, g, want, Duration::ZERO).await?;
+            drained = msgs.len() < want;
         }
         if msgs.is_empty() {
             let now = Instant::now();
@@ -292,6 +296,7 @@ pub(crate) async fn pull(
                 until = until.min(Duration::from_millis(50));
             }
             msgs = fetch(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
+            drained = true;
             if msgs.is_empty() {
                 if Instant::now() >= deadline {
                     break;
@@ -304,6 +309,9 @@ pub(crate) async fn pull(
             if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
                 out.push(d);
             }
+        }
+        if drained && !out.is_empty() {
+            break;
         }
     }
     Ok(out)

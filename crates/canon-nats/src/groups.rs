@@ -49,6 +49,8 @@ pub(crate) struct Group {
     pub(crate) config: GroupConfig,
     /// Ordered groups: events held behind their key's earlier event, by key token.
     held: Mutex<HashMap<String, VecDeque<Held>>>,
+    /// The leases this process handed out, by stream sequence.
+    leases: Mutex<HashMap<u64, Lease>>,
 }
 
 #[derive(Debug)]
@@ -58,11 +60,10 @@ struct Held {
     checked: Instant,
 }
 
-/// The leases this process handed out.
+/// Reply subjects to keep alive with `+WPI`: held events and leases extended past `AckWait`.
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
-    map: Mutex<HashMap<(String, String, u64), Lease>>,
-    /// Reply subjects to keep alive with `+WPI`: (next due, until, interval).
+    /// Reply subject → (next due, until, interval).
     keep: Mutex<HashMap<String, (Instant, Instant, Duration)>>,
 }
 
@@ -77,8 +78,8 @@ struct Lease {
     key_token: Option<String>,
     /// A redriven copy: deleted from the stream once done.
     copy: bool,
-    /// The event, for a dead letter.
-    event: StoredEvent,
+    /// Kept alive by the keep-alive task (extended past `AckWait`).
+    kept: bool,
 }
 
 /// What a reply subject says about a delivery.
@@ -86,21 +87,34 @@ struct AckInfo {
     delivered: u64,
     stream_seq: u64,
     consumer_seq: u64,
+    /// When the message was stored.
+    published: SystemTime,
 }
 
 /// Reads `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the v2
-/// form with a domain and an account hash before the stream).
+/// form with a domain and an account hash before the stream, and a token after the pending
+/// count). Runs once per delivered message: no allocation.
 fn ack_info(reply: &str) -> Option<AckInfo> {
-    let t: Vec<&str> = reply.split('.').collect();
-    let at = match t.len() {
+    let mut t: [&str; 12] = [""; 12];
+    let mut n = 0;
+    for part in reply.split('.') {
+        if n == t.len() {
+            return None;
+        }
+        t[n] = part;
+        n += 1;
+    }
+    let at = match n {
         9 => 4,
-        n if n >= 11 => 6,
+        11 | 12 => 6,
         _ => return None,
     };
+    let ns: u64 = t[at + 3].parse().ok()?;
     Some(AckInfo {
-        delivered: t.get(at)?.parse().ok()?,
-        stream_seq: t.get(at + 1)?.parse().ok()?,
-        consumer_seq: t.get(at + 2)?.parse().ok()?,
+        delivered: t[at].parse().ok()?,
+        stream_seq: t[at + 1].parse().ok()?,
+        consumer_seq: t[at + 2].parse().ok()?,
+        published: SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
     })
 }
 
@@ -154,6 +168,7 @@ pub(crate) async fn create(
         consumer: name,
         config,
         held: Mutex::new(HashMap::new()),
+        leases: Mutex::new(HashMap::new()),
     });
     t.groups
         .write()
@@ -197,6 +212,7 @@ pub(crate) async fn get(
         consumer: name,
         config,
         held: Mutex::new(HashMap::new()),
+        leases: Mutex::new(HashMap::new()),
     });
     let mut groups = t
         .groups
@@ -234,25 +250,25 @@ async fn fetch(
         .map_err(nats_err)?;
     let deadline = Instant::now() + wait + Duration::from_secs(2);
     let mut out = Vec::new();
-    while out.len() < max {
-        let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), sub.next()).await else {
-            break;
-        };
-        if let Some(status) = m.status {
-            match status.as_u16() {
-                // No messages, request timed out, or a message we must skip.
-                404 | 408 | 100 => break,
-                409 if m
-                    .description
-                    .as_deref()
-                    .is_some_and(|d| d.contains("Consumer Deleted")) =>
-                {
-                    return Err(unknown_group(t, &g.name));
-                }
-                _ => break,
+    let mut deleted = false;
+    // One timer for the whole answer, not one per message.
+    let collect = async {
+        while out.len() < max {
+            let Some(m) = sub.next().await else { break };
+            if let Some(status) = m.status {
+                // 404 no messages, 408 the request expired; 409 a deleted consumer, or limits.
+                deleted = status.as_u16() == 409
+                    && m.description
+                        .as_deref()
+                        .is_some_and(|d| d.contains("Consumer Deleted"));
+                break;
             }
+            out.push(m);
         }
-        out.push(m);
+    };
+    let _ = tokio::time::timeout_at(deadline.into(), collect).await;
+    if deleted {
+        return Err(unknown_group(t, &g.name));
     }
     let _ = sub.unsubscribe().await;
     Ok(out)
@@ -342,16 +358,6 @@ fn event_of(m: &Message, seq: u64, published: SystemTime) -> Option<(StoredEvent
     ))
 }
 
-fn published_of(reply: &str) -> SystemTime {
-    let t: Vec<&str> = reply.split('.').collect();
-    let at = if t.len() == 9 { 7 } else { 9 };
-    t.get(at)
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(SystemTime::UNIX_EPOCH, |ns| {
-            SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
-        })
-}
-
 /// Turns one delivered message into a Canon delivery, or settles it on the spot: a dead letter
 /// after the last attempt (R2) or on expiry (T2), a hold until its time (T1) or its key's turn
 /// (O1), or an ack of an event already done.
@@ -374,7 +380,7 @@ async fn admit(
     let Some(info) = ack_info(&reply) else {
         return Ok(None);
     };
-    let published = published_of(&reply);
+    let published = info.published;
     let Some((event, copy)) = event_of(&m, info.stream_seq, published) else {
         // Not a Canon event (written to the stream by something else): never deliverable.
         tracing::warn!(seq = info.stream_seq, topic = %t.names.topic, "not a CloudEvent; terminated");
@@ -392,7 +398,7 @@ async fn admit(
     } else {
         Attempts::default()
     };
-    let previous = b.inner.leases.take_any(&t.names.topic, &g.name, sseq);
+    let previous = g.take_any(b, sseq);
     if attempts.dead {
         // A dead-lettering interrupted between its DLQ entry and the settle: finish it.
         let entry_reason = attempts
@@ -520,13 +526,11 @@ async fn admit(
             seq: sseq,
             handle: info.consumer_seq,
         },
-        event: event.clone(),
+        event,
         attempt,
         leased_until: wall + g.config.lease.saturating_sub(fetched.elapsed()),
     };
-    b.inner.leases.insert(
-        &t.names.topic,
-        &g.name,
+    lock(&g.leases).insert(
         sseq,
         Lease {
             handle: info.consumer_seq,
@@ -536,7 +540,7 @@ async fn admit(
             attempts,
             key_token,
             copy,
-            event,
+            kept: false,
         },
     );
     Ok(Some(delivery))
@@ -698,10 +702,15 @@ async fn finish_dead(
 
 /// The token's lease if this process handed it out: `Ok(Some)` held, `Ok(None)` unknown here,
 /// `Err(LeaseLost)` expired or handed out again.
-fn held_lease(b: &NatsBackend, token: &LeaseToken) -> Result<Option<Lease>, BackendError> {
-    b.inner
-        .leases
-        .take(&token.topic, &token.group, token.seq, token.handle)
+fn held_lease(g: &Group, token: &LeaseToken) -> Result<Option<Lease>, BackendError> {
+    let mut leases = lock(&g.leases);
+    match leases.get(&token.seq) {
+        None => Ok(None),
+        Some(l) if l.handle == token.handle && l.until > Instant::now() => {
+            Ok(leases.remove(&token.seq))
+        }
+        Some(_) => Err(BackendError::LeaseLost),
+    }
 }
 
 /// A reply subject for a token this process did not hand out.
@@ -738,7 +747,7 @@ pub(crate) async fn ack(
     g: &Group,
     token: &LeaseToken,
 ) -> Result<(), BackendError> {
-    match held_lease(b, token)? {
+    match held_lease(g, token)? {
         Some(lease) => {
             if g.config.ordered
                 && !lease.copy
@@ -746,7 +755,9 @@ pub(crate) async fn ack(
             {
                 state::set_done(t, &g.name, k, token.seq).await?;
             }
-            b.inner.leases.stop_keep_alive(&lease.reply);
+            if lease.kept {
+                b.inner.leases.stop_keep_alive(&lease.reply);
+            }
             b.js().settle(&lease.reply, "+ACK").await?;
             if !lease.attempts.is_empty() {
                 state::clear(b, t, &g.name, token.seq).await?;
@@ -786,16 +797,17 @@ pub(crate) async fn nack(
     delay: Option<Duration>,
     error: Option<String>,
 ) -> Result<(), BackendError> {
-    let (reply, consumer, mut attempts, event, key) = match held_lease(b, token)? {
+    let (reply, consumer, mut attempts, key) = match held_lease(g, token)? {
         Some(l) => {
-            b.inner.leases.stop_keep_alive(&l.reply);
-            (l.reply, l.consumer, l.attempts, Some(l.event), l.key_token)
+            if l.kept {
+                b.inner.leases.stop_keep_alive(&l.reply);
+            }
+            (l.reply, l.consumer, l.attempts, l.key_token)
         }
         None => (
             reply_for(t, g, token),
             String::new(),
             state::load(t, &g.name, token.seq).await?,
-            None,
             unknown_key(b, t, g, token.seq).await?,
         ),
     };
@@ -808,10 +820,7 @@ pub(crate) async fn nack(
         error: error.clone(),
     });
     if g.config.retry.is_last(attempt) {
-        let event = match event {
-            Some(e) => e,
-            None => stored_event(b, t, token.seq).await?,
-        };
+        let event = stored_event(b, t, token.seq).await?;
         return finish_dead(
             b,
             t,
@@ -847,19 +856,21 @@ pub(crate) async fn reject(
     token: &LeaseToken,
     error: Option<String>,
 ) -> Result<(), BackendError> {
-    let (reply, consumer, mut attempts, event, key) = match held_lease(b, token)? {
+    let (reply, consumer, mut attempts, key) = match held_lease(g, token)? {
         Some(l) => {
-            b.inner.leases.stop_keep_alive(&l.reply);
-            (l.reply, l.consumer, l.attempts, l.event, l.key_token)
+            if l.kept {
+                b.inner.leases.stop_keep_alive(&l.reply);
+            }
+            (l.reply, l.consumer, l.attempts, l.key_token)
         }
         None => (
             reply_for(t, g, token),
             String::new(),
             state::load(t, &g.name, token.seq).await?,
-            stored_event(b, t, token.seq).await?,
             unknown_key(b, t, g, token.seq).await?,
         ),
     };
+    let event = stored_event(b, t, token.seq).await?;
     attempts.history.push(AttemptRecord {
         at: SystemTime::now(),
         consumer,
@@ -909,7 +920,7 @@ pub(crate) async fn extend(
     token: &LeaseToken,
     by: Duration,
 ) -> Result<(), BackendError> {
-    match b.inner.leases.extend(token, by)? {
+    match g.extend(token, by)? {
         Some(reply) => {
             b.js().settle(&reply, "+WPI").await?;
             if by > g.config.lease {
@@ -941,7 +952,10 @@ pub(crate) async fn reset(
 }
 
 async fn forget(b: &NatsBackend, t: &Topic, g: &Group) -> Result<(), BackendError> {
-    b.inner.leases.forget_group(&t.names.topic, &g.name);
+    let gone: Vec<Lease> = lock(&g.leases).drain().map(|(_, l)| l).collect();
+    for l in gone.iter().filter(|l| l.kept) {
+        b.inner.leases.stop_keep_alive(&l.reply);
+    }
     let held: Vec<Held> = lock(&g.held).drain().flat_map(|(_, q)| q).collect();
     for h in held {
         if let Some(r) = h.msg.reply.as_deref() {
@@ -1013,68 +1027,33 @@ pub(crate) async fn delete(b: &NatsBackend, t: &Topic, g: &Group) -> Result<(), 
     forget(b, t, g).await
 }
 
-impl Leases {
-    fn insert(&self, topic: &str, group: &str, seq: u64, lease: Lease) {
-        lock(&self.map).insert((topic.to_owned(), group.to_owned(), seq), lease);
-    }
-
+impl Group {
     /// Removes and returns whatever lease this process had on the event (an expired one, when
     /// the event is delivered again).
-    fn take_any(&self, topic: &str, group: &str, seq: u64) -> Option<Lease> {
-        let lease = lock(&self.map).remove(&(topic.to_owned(), group.to_owned(), seq))?;
-        self.stop_keep_alive(&lease.reply);
-        Some(lease)
-    }
-
-    /// Takes a lease still held under `handle`; see [`held_lease`].
-    fn take(
-        &self,
-        topic: &str,
-        group: &str,
-        seq: u64,
-        handle: u64,
-    ) -> Result<Option<Lease>, BackendError> {
-        let mut map = lock(&self.map);
-        let key = (topic.to_owned(), group.to_owned(), seq);
-        match map.get(&key) {
-            None => Ok(None),
-            Some(l) if l.handle == handle && l.until > Instant::now() => Ok(map.remove(&key)),
-            Some(_) => Err(BackendError::LeaseLost),
+    fn take_any(&self, b: &NatsBackend, seq: u64) -> Option<Lease> {
+        let lease = lock(&self.leases).remove(&seq)?;
+        if lease.kept {
+            b.inner.leases.stop_keep_alive(&lease.reply);
         }
+        Some(lease)
     }
 
     /// Extends a lease held here: its reply subject; `None` if unknown here.
     fn extend(&self, token: &LeaseToken, by: Duration) -> Result<Option<String>, BackendError> {
-        let mut map = lock(&self.map);
-        let key = (token.topic.clone(), token.group.clone(), token.seq);
-        match map.get_mut(&key) {
+        let mut leases = lock(&self.leases);
+        match leases.get_mut(&token.seq) {
             None => Ok(None),
             Some(l) if l.handle == token.handle && l.until > Instant::now() => {
                 l.until = Instant::now() + by;
+                l.kept = true;
                 Ok(Some(l.reply.clone()))
             }
             Some(_) => Err(BackendError::LeaseLost),
         }
     }
+}
 
-    fn forget_group(&self, topic: &str, group: &str) {
-        let gone: Vec<String> = {
-            let mut map = lock(&self.map);
-            let keys: Vec<_> = map
-                .keys()
-                .filter(|(t, g, _)| t == topic && g == group)
-                .cloned()
-                .collect();
-            keys.iter()
-                .filter_map(|k| map.remove(k))
-                .map(|l| l.reply)
-                .collect()
-        };
-        for r in gone {
-            self.stop_keep_alive(&r);
-        }
-    }
-
+impl Leases {
     /// Sends `+WPI` for `reply` every third of `lease` until `until`.
     fn keep_alive(&self, reply: &str, until: Instant, lease: Duration) {
         let every = (lease / 3).max(Duration::from_millis(20));

@@ -179,15 +179,12 @@ impl Js {
 
     /// Acks, nacks, extends or terminates a delivery through its reply subject, waiting for the
     /// server to confirm it processed it.
+    /// (async-nats' own request timeout bounds the wait.)
     pub(crate) async fn settle(&self, reply: &str, body: &'static str) -> Result<(), JsError> {
-        tokio::time::timeout(
-            TIMEOUT,
-            self.client
-                .request(reply.to_owned(), Bytes::from_static(body.as_bytes())),
-        )
-        .await
-        .map_err(|_| transport("no answer to an ack"))?
-        .map_err(transport)?;
+        self.client
+            .request(reply.to_owned(), Bytes::from_static(body.as_bytes()))
+            .await
+            .map_err(transport)?;
         Ok(())
     }
 

@@ -183,13 +183,8 @@ pub(crate) async fn get(
     t: &Topic,
     group: &str,
 ) -> Result<Arc<Group>, BackendError> {
-    if let Some(g) = t
-        .groups
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(group)
-    {
-        return Ok(Arc::clone(g));
+    if let Some(g) = cached(t, group) {
+        return Ok(g);
     }
     let name = consumer_name(group);
     let info = match b
@@ -739,6 +734,35 @@ async fn unknown_key(
             .filter(|k| *k != "_")
             .map(str::to_owned)
     }))
+}
+
+/// The reply subject of a lease whose ack is only JetStream's `+ACK`: handed out here, still
+/// held, no recorded attempts, not a redriven copy, not kept alive, not ordered by key. Taken
+/// out of the lease table; `None` leaves everything to [`ack`].
+pub(crate) fn plain_ack(b: &NatsBackend, token: &LeaseToken) -> Option<String> {
+    let t = b.cached_topic(&token.topic)?;
+    let g = cached(&t, &token.group)?;
+    let mut leases = lock(&g.leases);
+    let l = leases.get(&token.seq)?;
+    let plain = l.handle == token.handle
+        && l.until > Instant::now()
+        && l.attempts.is_empty()
+        && !l.copy
+        && !l.kept
+        && (l.key_token.is_none() || !g.config.ordered);
+    if !plain {
+        return None;
+    }
+    leases.remove(&token.seq).map(|l| l.reply)
+}
+
+/// The group if this process has looked it up before.
+fn cached(t: &Topic, group: &str) -> Option<Arc<Group>> {
+    t.groups
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(group)
+        .cloned()
 }
 
 pub(crate) async fn ack(

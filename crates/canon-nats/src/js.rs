@@ -99,6 +99,23 @@ pub(crate) struct PubAck {
     pub(crate) duplicate: bool,
 }
 
+/// JetStream's answer to a publish.
+#[derive(serde::Deserialize)]
+struct PubAnswer {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    duplicate: bool,
+    error: Option<ApiError>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    description: Option<String>,
+}
+
 /// A message read from a stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
@@ -130,24 +147,30 @@ impl Js {
         answer(&reply.payload)
     }
 
-    /// Publishes one message and waits for its answer.
+    /// Publishes one message and waits for its answer (within the client's request timeout,
+    /// [`TIMEOUT`]).
     pub(crate) async fn publish(
         &self,
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PubAck, JsError> {
-        let reply = tokio::time::timeout(
-            TIMEOUT,
-            self.client.request_with_headers(subject, headers, payload),
-        )
-        .await
-        .map_err(|_| transport("no answer from JetStream"))?
-        .map_err(transport)?;
-        let v = answer(&reply.payload)?;
+        let reply = self
+            .client
+            .request_with_headers(subject, headers, payload)
+            .await
+            .map_err(transport)?;
+        // The publish answer read straight into its fields: this is on every publish's path.
+        let a: PubAnswer = serde_json::from_slice(&reply.payload).map_err(transport)?;
+        if let Some(e) = a.error {
+            return Err(JsError::Api {
+                err_code: e.err_code,
+                description: e.description.unwrap_or_else(|| "error".into()),
+            });
+        }
         Ok(PubAck {
-            seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
-            duplicate: v.get("duplicate").and_then(Value::as_bool).unwrap_or(false),
+            seq: a.seq,
+            duplicate: a.duplicate,
         })
     }
 

@@ -128,6 +128,7 @@ impl NatsBackend {
     pub async fn open_in(url: &str, namespace: &str) -> Result<NatsBackend, BackendError> {
         let client = async_nats::ConnectOptions::new()
             .name("canon")
+            .request_timeout(Some(js::TIMEOUT))
             .connect(url)
             .await
             .map_err(|e| BackendError::Storage {
@@ -182,14 +183,8 @@ impl NatsBackend {
     /// The topic's handle, opened from JetStream the first time (`UnknownTopic` if its stream
     /// does not exist).
     pub(crate) async fn topic(&self, topic: &str) -> Result<Arc<Topic>, BackendError> {
-        if let Some(t) = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(topic)
-        {
-            return Ok(Arc::clone(t));
+        if let Some(t) = self.cached_topic(topic) {
+            return Ok(t);
         }
         let names = TopicNames::new(&self.inner.space, topic);
         let info = match self
@@ -211,6 +206,16 @@ impl NatsBackend {
             .and_then(serde_json::Value::as_u64)
             .map_or(Duration::from_secs(120), Duration::from_nanos);
         self.open_topic(names, window).await
+    }
+
+    /// The topic if this process has opened it before.
+    pub(crate) fn cached_topic(&self, topic: &str) -> Option<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+            .cloned()
     }
 
     async fn open_topic(
@@ -384,9 +389,16 @@ impl Backend for NatsBackend {
     }
 
     async fn ack(&self, token: &LeaseToken) -> Result<(), BackendError> {
-        let t = self.topic(&token.topic).await?;
-        let g = groups::get(self, &t, &token.group).await?;
-        groups::ack(self, &t, &g, token).await
+        // Most acks are one `+ACK`; the rest (and their larger future) go boxed.
+        if let Some(reply) = groups::plain_ack(self, token) {
+            return Ok(self.js().settle(&reply, "+ACK").await?);
+        }
+        Box::pin(async {
+            let t = self.topic(&token.topic).await?;
+            let g = groups::get(self, &t, &token.group).await?;
+            groups::ack(self, &t, &g, token).await
+        })
+        .await
     }
 
     async fn nack(

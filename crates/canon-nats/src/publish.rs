@@ -381,10 +381,30 @@ pub(crate) async fn publish_each(
     batch: Vec<PublishRequest>,
 ) -> Vec<Result<PublishOutcome, BackendError>> {
     let singles = batch.into_iter().map(|r| async move {
-        publish(b, t, vec![r]).await.and_then(|mut o| {
+        if r.idempotency_key.is_none() && r.expected_sequence.is_none() {
+            return publish_plain(b, t, r).await;
+        }
+        Box::pin(publish(b, t, vec![r])).await.and_then(|mut o| {
             o.pop()
                 .ok_or_else(|| BackendError::storage("a publish of one event answered nothing"))
         })
     });
     futures_util::future::join_all(singles).await
+}
+
+/// One event with neither an idempotency key nor an expected sequence: one JetStream publish,
+/// deduplicated by its `Nats-Msg-Id` alone (what [`publish`] does for it, without the state
+/// of its other cases in every in-flight future).
+async fn publish_plain(
+    b: &NatsBackend,
+    t: &Topic,
+    r: PublishRequest,
+) -> Result<PublishOutcome, BackendError> {
+    let e = outgoing(t, r);
+    let ack = b.js().publish(e.subject, e.headers, e.payload).await?;
+    Ok(if ack.duplicate {
+        PublishOutcome::Duplicate { seq: ack.seq }
+    } else {
+        PublishOutcome::Stored { seq: ack.seq }
+    })
 }

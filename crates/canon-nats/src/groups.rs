@@ -216,57 +216,96 @@ pub(crate) async fn get(
     Ok(Arc::clone(groups.entry(group.to_owned()).or_insert(g)))
 }
 
-/// Pull requests: up to `max` messages, now (`wait` zero) or waiting up to `wait` for them.
-async fn fetch(
-    b: &NatsBackend,
-    t: &Topic,
-    g: &Group,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<Message>, BackendError> {
-    let client = &b.js().client;
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.map_err(nats_err)?;
-    let body = if wait.is_zero() {
-        json!({"batch": max, "no_wait": true})
-    } else {
-        json!({"batch": max, "expires": u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)})
-    };
-    client
-        .publish_with_reply(
-            format!(
-                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                t.names.stream, g.consumer
-            ),
-            inbox,
-            body.to_string().into(),
-        )
-        .await
-        .map_err(nats_err)?;
-    let deadline = Instant::now() + wait + Duration::from_secs(2);
-    let mut out = Vec::new();
-    let mut deleted = false;
-    // One timer for the whole answer, not one per message.
-    let collect = async {
-        while out.len() < max {
-            let Some(m) = sub.next().await else { break };
-            if let Some(status) = m.status {
-                // 404 no messages, 408 the request expired; 409 a deleted consumer, or limits.
-                deleted = status.as_u16() == 409
+/// One pull request's answer, read message by message, so that each is admitted while the
+/// rest are still arriving.
+struct Fetch {
+    sub: async_nats::Subscriber,
+    /// One timer for the whole answer, not one per message.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    left: usize,
+    done: bool,
+    deleted: bool,
+    got: usize,
+}
+
+impl Fetch {
+    /// Asks for up to `max` messages, now (`wait` zero) or waiting up to `wait` for them.
+    async fn start(
+        b: &NatsBackend,
+        t: &Topic,
+        g: &Group,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Fetch, BackendError> {
+        let client = &b.js().client;
+        let inbox = client.new_inbox();
+        let sub = client.subscribe(inbox.clone()).await.map_err(nats_err)?;
+        let body = if wait.is_zero() {
+            json!({"batch": max, "no_wait": true})
+        } else {
+            json!({"batch": max, "expires": u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)})
+        };
+        client
+            .publish_with_reply(
+                format!(
+                    "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                    t.names.stream, g.consumer
+                ),
+                inbox,
+                body.to_string().into(),
+            )
+            .await
+            .map_err(nats_err)?;
+        let deadline = Instant::now() + wait + Duration::from_secs(2);
+        Ok(Fetch {
+            sub,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            left: max,
+            done: false,
+            deleted: false,
+            got: 0,
+        })
+    }
+
+    /// The next message of the answer; `None` once it is complete, ended by a status (404 no
+    /// messages, 408 the request expired, 409 a deleted consumer or a limit) or late.
+    async fn next(&mut self) -> Option<Message> {
+        if self.done || self.left == 0 {
+            return None;
+        }
+        let m = tokio::select! {
+            m = self.sub.next() => m,
+            () = &mut self.deadline => None,
+        };
+        match m {
+            Some(m) if m.status.is_none() => {
+                self.left -= 1;
+                self.got += 1;
+                Some(m)
+            }
+            Some(m) => {
+                self.deleted = m.status.is_some_and(|s| s.as_u16() == 409)
                     && m.description
                         .as_deref()
                         .is_some_and(|d| d.contains("Consumer Deleted"));
-                break;
+                self.done = true;
+                None
             }
-            out.push(m);
+            None => {
+                self.done = true;
+                None
+            }
         }
-    };
-    let _ = tokio::time::timeout_at(deadline.into(), collect).await;
-    if deleted {
-        return Err(unknown_group(t, &g.name));
     }
-    let _ = sub.unsubscribe().await;
-    Ok(out)
+
+    /// Ends the answer: how many messages it held, or the group's absence.
+    async fn finish(mut self, t: &Topic, g: &Group) -> Result<usize, BackendError> {
+        if self.deleted {
+            return Err(unknown_group(t, &g.name));
+        }
+        let _ = self.sub.unsubscribe().await;
+        Ok(self.got)
+    }
 }
 
 /// Leases up to `max` events, waiting up to `wait` for the first (C9).
@@ -283,15 +322,28 @@ pub(crate) async fn pull(
     let mut looked = false;
     while out.len() < max {
         let started = Instant::now();
-        let mut msgs = release_held(b, t, g).await?;
-        // Whether JetStream had fewer than asked for: then asking again at once is pointless.
-        let mut drained = false;
-        if msgs.is_empty() {
-            let want = max - out.len();
-            msgs = fetch(b, t, g, want, Duration::ZERO).await?;
-            drained = msgs.len() < want;
+        let mut ack_floor = None;
+        let held = release_held(b, t, g).await?;
+        if !held.is_empty() {
+            for m in held {
+                if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
+                    out.push(d);
+                }
+            }
+            continue;
         }
-        if msgs.is_empty() {
+        // What JetStream has now, each message admitted as it arrives.
+        let want = max - out.len();
+        let mut f = Fetch::start(b, t, g, want, Duration::ZERO).await?;
+        while let Some(m) = f.next().await {
+            if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
+                out.push(d);
+            }
+        }
+        let got = f.finish(t, g).await?;
+        // Fewer than asked for: asking again at once is pointless.
+        let drained = got < want;
+        if got == 0 {
             let now = Instant::now();
             if !out.is_empty() || (looked && now >= deadline) {
                 break;
@@ -306,20 +358,23 @@ pub(crate) async fn pull(
             if g.config.ordered && has_held(g) {
                 until = until.min(Duration::from_millis(50));
             }
-            msgs = fetch(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
-            drained = true;
-            if msgs.is_empty() {
+            let mut f = Fetch::start(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
+            let started = Instant::now();
+            while let Some(m) = f.next().await {
+                if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
+                    out.push(d);
+                }
+            }
+            if f.finish(t, g).await? == 0 {
                 if Instant::now() >= deadline {
                     break;
                 }
                 continue;
             }
-        }
-        let mut ack_floor = None;
-        for m in msgs {
-            if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
-                out.push(d);
+            if !out.is_empty() {
+                break;
             }
+            continue;
         }
         if drained && !out.is_empty() {
             break;

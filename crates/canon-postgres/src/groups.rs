@@ -253,11 +253,32 @@ async fn pull_once(
         ))
         .await
         .map_err(db_err)?;
-    let Some(row) = tx
-        .query_opt(&lock, &[&topic, &group])
+    let expired = tx
+        .prepare_cached(&db.sql(
+            "SELECT seq, consumer, history::text, ordering_key FROM {s}.deliveries
+             WHERE topic = $1 AND grp = $2 AND state = 1 AND due_at <= now()
+             FOR UPDATE SKIP LOCKED",
+        ))
         .await
-        .map_err(db_err)?
-    else {
+        .map_err(db_err)?;
+    let inflight = tx
+        .prepare_cached(&db.sql(
+            "SELECT count(*) FROM {s}.deliveries
+             WHERE topic = $1 AND grp = $2 AND state = 1 AND due_at > now()",
+        ))
+        .await
+        .map_err(db_err)?;
+    // The group's row locked first; the expired leases and the in-flight count behind it, in
+    // the same round trip (the server runs them in this order).
+    let (row, expired_rows, inflight) = futures_util::future::try_join3(
+        tx.query_opt(&lock, &[&topic, &group]),
+        tx.query(&expired, &[&topic, &group]),
+        tx.query_one(&inflight, &[&topic, &group]),
+    )
+    .await
+    .map_err(db_err)?;
+    let inflight: i64 = inflight.get(0);
+    let Some(row) = row else {
         read::require_topic(db, &tx, topic).await?;
         return Err(unknown_group(topic, group));
     };
@@ -267,19 +288,7 @@ async fn pull_once(
 
     // Expired leases are failed attempts (C3): due again at once, or dead-lettered after the
     // last one (R2).
-    let expired = tx
-        .prepare_cached(&db.sql(
-            "SELECT seq, consumer, history::text, ordering_key FROM {s}.deliveries
-             WHERE topic = $1 AND grp = $2 AND state = 1 AND due_at <= now()
-             FOR UPDATE SKIP LOCKED",
-        ))
-        .await
-        .map_err(db_err)?;
-    for r in tx
-        .query(&expired, &[&topic, &group])
-        .await
-        .map_err(db_err)?
-    {
+    for r in expired_rows {
         let seq: i64 = r.get(0);
         let mut history = history_of(r.get(2));
         history.push(AttemptRecord {
@@ -315,44 +324,46 @@ async fn pull_once(
     }
     let changed_by_expiry = !plan.dead.is_empty();
 
-    let inflight: i64 = tx
-        .query_one(
-            &db.sql(
-                "SELECT count(*) FROM {s}.deliveries
-                 WHERE topic = $1 AND grp = $2 AND state = 1 AND due_at > now()",
-            ),
-            &[&topic, &group],
-        )
-        .await
-        .map_err(db_err)?
-        .get(0);
     let room = config
         .max_in_flight
         .saturating_sub(usize::try_from(inflight).unwrap_or(usize::MAX));
     let limit = max.min(room);
 
-    // Due rows (retries, scheduled events, redriven ones, freed keys), oldest first. Rows just
-    // expired above wait for the next pull: they are written below.
+    // Due rows (retries, scheduled events, redriven ones, freed keys), oldest first, and the
+    // first new events past the cursor, in one round trip. Rows just expired above wait for
+    // the next pull: they are written below.
+    let due = tx
+        .prepare_cached(&db.sql(&format!(
+            "SELECT d.seq, d.history::text, d.ordering_key, e.seq IS NOT NULL, {EVENT_COLUMNS}
+             FROM {{s}}.deliveries d
+             LEFT JOIN {{s}}.events e ON e.topic = d.topic AND e.seq = d.seq
+             WHERE d.topic = $1 AND d.grp = $2 AND d.state = 0 AND d.due_at <= now()
+             ORDER BY d.seq LIMIT $3
+             FOR UPDATE OF d SKIP LOCKED"
+        )))
+        .await
+        .map_err(db_err)?;
+    let new = tx
+        .prepare_cached(&db.sql(&format!(
+            "SELECT {EVENT_COLUMNS} FROM {{s}}.events e
+             WHERE e.topic = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+        )))
+        .await
+        .map_err(db_err)?;
+    let mut first = None;
     if limit > 0 {
-        let due = tx
-            .prepare_cached(&db.sql(&format!(
-                "SELECT d.seq, d.history::text, d.ordering_key, e.seq IS NOT NULL, {EVENT_COLUMNS}
-                 FROM {{s}}.deliveries d
-                 LEFT JOIN {{s}}.events e ON e.topic = d.topic AND e.seq = d.seq
-                 WHERE d.topic = $1 AND d.grp = $2 AND d.state = 0 AND d.due_at <= now()
-                 ORDER BY d.seq LIMIT $3
-                 FOR UPDATE OF d SKIP LOCKED"
-            )))
-            .await
-            .map_err(db_err)?;
-        let rows = tx
-            .query(
+        let chunk = i64::try_from(limit.max(64)).unwrap_or(64);
+        let (due_rows, new_rows) = futures_util::future::try_join(
+            tx.query(
                 &due,
                 &[&topic, &group, &i64::try_from(limit).unwrap_or(i64::MAX)],
-            )
-            .await
-            .map_err(db_err)?;
-        for r in rows {
+            ),
+            tx.query(&new, &[&topic, &cursor, &chunk]),
+        )
+        .await
+        .map_err(db_err)?;
+        first = Some((new_rows, chunk));
+        for r in due_rows {
             let seq: i64 = r.get(0);
             let history = history_of(r.get(1));
             if !r.get::<_, bool>(3) {
@@ -367,13 +378,6 @@ async fn pull_once(
     }
 
     // New events past the cursor. In an ordered group an event whose key is busy is held.
-    let new = tx
-        .prepare_cached(&db.sql(&format!(
-            "SELECT {EVENT_COLUMNS} FROM {{s}}.events e
-             WHERE e.topic = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
-        )))
-        .await
-        .map_err(db_err)?;
     let busy_stmt = tx
         .prepare_cached(&db.sql(
             "SELECT DISTINCT ordering_key FROM {s}.deliveries
@@ -383,11 +387,17 @@ async fn pull_once(
         .map_err(db_err)?;
     let mut busy: HashSet<String> = HashSet::new();
     while plan.out.len() < limit {
-        let chunk = i64::try_from((limit - plan.out.len()).max(64)).unwrap_or(64);
-        let rows = tx
-            .query(&new, &[&topic, &cursor, &chunk])
-            .await
-            .map_err(db_err)?;
+        let (rows, chunk) = match first.take() {
+            Some(looked) => looked,
+            None => {
+                let chunk = i64::try_from((limit - plan.out.len()).max(64)).unwrap_or(64);
+                let rows = tx
+                    .query(&new, &[&topic, &cursor, &chunk])
+                    .await
+                    .map_err(db_err)?;
+                (rows, chunk)
+            }
+        };
         if rows.is_empty() {
             break;
         }
@@ -445,24 +455,48 @@ async fn pull_once(
         }
     }
     let changed = changed_by_expiry || !plan.dead.is_empty();
-    write_plan(db, &tx, topic, group, &plan).await?;
-    tx.execute(
-        &db.sql("UPDATE {s}.groups SET cursor = $3 WHERE topic = $1 AND name = $2"),
-        &[&topic, &group, &cursor],
-    )
-    .await
-    .map_err(db_err)?;
-    let next_due: Option<i64> = tx
-        .query_one(
-            &db.sql(
-                "SELECT (extract(epoch from min(due_at) - now()) * 1000)::int8
-                 FROM {s}.deliveries WHERE topic = $1 AND grp = $2 AND state <> 2",
-            ),
-            &[&topic, &group],
-        )
+    let update = tx
+        .prepare_cached(&db.sql("UPDATE {s}.groups SET cursor = $3 WHERE topic = $1 AND name = $2"))
         .await
-        .map_err(db_err)?
-        .get(0);
+        .map_err(db_err)?;
+    let next_due = tx
+        .prepare_cached(&db.sql(
+            "SELECT (extract(epoch from min(due_at) - now()) * 1000)::int8
+             FROM {s}.deliveries WHERE topic = $1 AND grp = $2 AND state <> 2",
+        ))
+        .await
+        .map_err(db_err)?;
+    // Usually the plan is one statement (the leases): then it, the cursor and the next due
+    // time go in one round trip. Otherwise the plan's statements first, in order.
+    let one_statement = plan.dead.is_empty() && plan.finished.is_empty() && plan.freed.is_empty();
+    // Prepared (once per connection) before the round trip, so that it goes out first in it.
+    tx.prepare_cached(&db.sql(UPSERT_ROWS))
+        .await
+        .map_err(db_err)?;
+    if !one_statement {
+        write_plan(db, &tx, topic, group, &plan).await?;
+    }
+    let (_, _, next_due) = futures_util::future::try_join3(
+        async {
+            if one_statement {
+                write_plan(db, &tx, topic, group, &plan).await
+            } else {
+                Ok(())
+            }
+        },
+        async {
+            tx.execute(&update, &[&topic, &group, &cursor])
+                .await
+                .map_err(db_err)
+        },
+        async {
+            tx.query_one(&next_due, &[&topic, &group])
+                .await
+                .map_err(db_err)
+        },
+    )
+    .await?;
+    let next_due: Option<i64> = next_due.get(0);
     tx.commit().await.map_err(db_err)?;
     let next_due = next_due.map(|ms| Duration::from_millis(u64::try_from(ms.max(1)).unwrap_or(1)));
     Ok((plan.out, next_due, changed))
@@ -479,18 +513,7 @@ async fn write_plan(
 ) -> Result<(), BackendError> {
     if !plan.rows.is_empty() {
         let stmt = tx
-            .prepare_cached(&db.sql(
-                "INSERT INTO {s}.deliveries
-                   (topic, grp, seq, state, due_at, handle, consumer, ordering_key, history)
-                 SELECT $1, $2, u.seq, u.state, now() + u.due * interval '1 millisecond',
-                        u.handle, u.consumer, u.k, u.history::jsonb
-                 FROM unnest($3::int8[], $4::int2[], $5::int8[], $6::int8[], $7::text[],
-                             $8::text[], $9::text[])
-                      AS u(seq, state, due, handle, consumer, k, history)
-                 ON CONFLICT (topic, grp, seq) DO UPDATE SET state = excluded.state,
-                     due_at = excluded.due_at, handle = excluded.handle,
-                     consumer = excluded.consumer, history = excluded.history",
-            ))
+            .prepare_cached(&db.sql(UPSERT_ROWS))
             .await
             .map_err(db_err)?;
         let seqs: Vec<i64> = plan.rows.iter().map(|r| r.seq).collect();
@@ -512,6 +535,18 @@ async fn write_plan(
     dead_letters(db, tx, topic, group, &plan.dead).await?;
     finish(db, tx, topic, group, &plan.finished, &plan.freed).await
 }
+
+/// Writes rows of `deliveries`, inserted or updated in place.
+const UPSERT_ROWS: &str = "INSERT INTO {s}.deliveries
+       (topic, grp, seq, state, due_at, handle, consumer, ordering_key, history)
+     SELECT $1, $2, u.seq, u.state, now() + u.due * interval '1 millisecond',
+            u.handle, u.consumer, u.k, u.history::jsonb
+     FROM unnest($3::int8[], $4::int2[], $5::int8[], $6::int8[], $7::text[],
+                 $8::text[], $9::text[])
+          AS u(seq, state, due, handle, consumer, k, history)
+     ON CONFLICT (topic, grp, seq) DO UPDATE SET state = excluded.state,
+         due_at = excluded.due_at, handle = excluded.handle,
+         consumer = excluded.consumer, history = excluded.history";
 
 /// Inserts dead letters, each with a copy of its event from the log.
 async fn dead_letters(
@@ -812,20 +847,46 @@ async fn ack_loop(db: Db, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(LeaseToke
     }
 }
 
-/// Deletes the rows of every lease still held; returns which were.
+/// Deletes the rows of every lease still held and makes the next held event of each freed key
+/// due, in one statement (its own transaction); returns which leases were held.
 async fn ack_all(
     db: &Db,
     jobs: &[(LeaseToken, AckReply)],
 ) -> Result<HashSet<(String, String, i64)>, BackendError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(db_err)?;
-    let stmt = tx
+    let client = db.client().await?;
+    // Every lease and every freed key is one index lookup that locks its row (`LIMIT 1` keeps
+    // the planner from flattening the lookups into a join that scans the table, which it picks
+    // when its statistics lag behind the churn of this table); the rows are then changed by
+    // their address. The promotion reads the held rows (state 2) as they were before the
+    // statement; the deleted rows are leased ones (state 1), so it sees every row it needs.
+    let stmt = client
         .prepare_cached(&db.sql(
-            "DELETE FROM {s}.deliveries d
-             USING unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(topic, grp, seq, h)
-             WHERE d.topic = u.topic AND d.grp = u.grp AND d.seq = u.seq AND d.handle = u.h
-               AND d.state = 1 AND d.due_at > now()
-             RETURNING d.topic, d.grp, d.seq, d.ordering_key",
+            "WITH acked AS (
+               DELETE FROM {s}.deliveries d
+               WHERE d.ctid = ANY (ARRAY(
+                 SELECT x.ctid
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
+                      AS u(topic, grp, seq, h)
+                 CROSS JOIN LATERAL (
+                   SELECT l.ctid FROM {s}.deliveries l
+                   WHERE l.topic = u.topic AND l.grp = u.grp AND l.seq = u.seq AND l.handle = u.h
+                     AND l.state = 1 AND l.due_at > now()
+                   LIMIT 1 FOR UPDATE) x))
+               RETURNING d.topic, d.grp, d.seq, d.ordering_key),
+             next AS (
+               SELECT n.tid
+               FROM (SELECT DISTINCT topic, grp, ordering_key FROM acked
+                     WHERE ordering_key IS NOT NULL) f
+               CROSS JOIN LATERAL (
+                 SELECT h.ctid AS tid FROM {s}.deliveries h
+                 WHERE h.topic = f.topic AND h.grp = f.grp AND h.ordering_key = f.ordering_key
+                   AND h.state = 2
+                 ORDER BY h.seq LIMIT 1 FOR UPDATE) n),
+             promoted AS (
+               UPDATE {s}.deliveries d SET state = 0, due_at = now()
+               WHERE d.ctid = ANY (ARRAY(SELECT tid FROM next))
+               RETURNING 1)
+             SELECT topic, grp, seq FROM acked",
         ))
         .await
         .map_err(db_err)?;
@@ -836,29 +897,14 @@ async fn ack_all(
         .iter()
         .map(|(t, _)| i64::try_from(t.handle).unwrap_or(-1))
         .collect();
-    let rows = tx
+    let rows = client
         .query(&stmt, &[&topics, &groups, &seqs, &handles])
         .await
         .map_err(db_err)?;
-    let mut acked = HashSet::with_capacity(rows.len());
-    let (mut ft, mut fg, mut fk) = (Vec::new(), Vec::new(), Vec::new());
-    for r in &rows {
-        let (t, g): (String, String) = (r.get(0), r.get(1));
-        if let Some(k) = r.get::<_, Option<String>>(3) {
-            ft.push(t.clone());
-            fg.push(g.clone());
-            fk.push(k);
-        }
-        acked.insert((t, g, r.get::<_, i64>(2)));
-    }
-    if !fk.is_empty() {
-        let promote = tx.prepare_cached(&db.sql(PROMOTE)).await.map_err(db_err)?;
-        tx.execute(&promote, &[&ft, &fg, &fk])
-            .await
-            .map_err(db_err)?;
-    }
-    tx.commit().await.map_err(db_err)?;
-    Ok(acked)
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2)))
+        .collect())
 }
 
 /// Moves the group to a position (L1): its pending work is dropped (leases are lost) and its

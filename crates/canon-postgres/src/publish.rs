@@ -178,19 +178,6 @@ async fn commit(
 ) -> Result<Vec<Result<Vec<PublishOutcome>, BackendError>>, BackendError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(db_err)?;
-    let lock = tx
-        .prepare_cached(&db.sql(
-            "SELECT last_seq, dedup_window_ms, max_bytes, bytes FROM {s}.topics
-             WHERE name = $1 FOR UPDATE",
-        ))
-        .await
-        .map_err(db_err)?;
-    let Some(row) = tx.query_opt(&lock, &[&topic]).await.map_err(db_err)? else {
-        return Err(BackendError::UnknownTopic(topic.to_owned()));
-    };
-    let (last, window, max_bytes, bytes): (i64, i64, Option<i64>, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-
     // Every dedup key and every aggregate with an expectation, looked up at once.
     let (mut kinds, mut firsts, mut seconds) = (Vec::new(), Vec::new(), Vec::new());
     let mut expecting = Vec::new();
@@ -206,38 +193,57 @@ async fn commit(
             expecting.push(k.as_str());
         }
     }
+    let lock = tx
+        .prepare_cached(
+            &db.sql("SELECT last_seq, max_bytes, bytes FROM {s}.topics WHERE name = $1 FOR UPDATE"),
+        )
+        .await
+        .map_err(db_err)?;
+    // One dedup entry per key at most (its primary key): one index lookup per key. `LIMIT 1`
+    // keeps the planner from flattening the lookups into a join that scans the table, which
+    // it picks when its statistics lag behind a fast-growing table.
     let dedup_stmt = tx
         .prepare_cached(&db.sql(
-            "SELECT d.kind, d.a, d.b, d.seq FROM {s}.dedup d
-             JOIN unnest($2::text[], $3::text[], $4::text[]) AS k(kind, a, b)
-               ON d.kind = k.kind AND d.a = k.a AND d.b = k.b
-             WHERE d.topic = $1 AND d.stored_at > now() - $5::int8 * interval '1 millisecond'",
+            "SELECT k.kind, k.a, k.b, d.seq
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS k(kind, a, b)
+             JOIN LATERAL (SELECT seq, stored_at FROM {s}.dedup
+                           WHERE topic = $1 AND kind = k.kind AND a = k.a AND b = k.b
+                           LIMIT 1) d ON true
+             WHERE d.stored_at > now() - (SELECT dedup_window_ms FROM {s}.topics
+                                          WHERE name = $1) * interval '1 millisecond'",
         ))
         .await
         .map_err(db_err)?;
-    let mut seen: HashMap<(String, String, String), i64> = tx
-        .query(&dedup_stmt, &[&topic, &kinds, &firsts, &seconds, &window])
+    let current_stmt = tx
+        .prepare_cached(
+            &db.sql("SELECT key, last_seq FROM {s}.aggregates WHERE topic = $1 AND key = ANY($2)"),
+        )
         .await
-        .map_err(db_err)?
+        .map_err(db_err)?;
+    // The lock first, the lookups behind it in the same round trip (they run in this order).
+    let (row, dedup_rows, current_rows) = futures_util::future::try_join3(
+        tx.query_opt(&lock, &[&topic]),
+        tx.query(&dedup_stmt, &[&topic, &kinds, &firsts, &seconds]),
+        async {
+            if expecting.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tx.query(&current_stmt, &[&topic, &expecting]).await
+            }
+        },
+    )
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Err(BackendError::UnknownTopic(topic.to_owned()));
+    };
+    let (last, max_bytes, bytes): (i64, Option<i64>, i64) = (row.get(0), row.get(1), row.get(2));
+    let mut seen: HashMap<(String, String, String), i64> = dedup_rows
         .iter()
         .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
         .collect();
-    let mut current: HashMap<String, i64> = if expecting.is_empty() {
-        HashMap::new()
-    } else {
-        let stmt =
-            tx.prepare_cached(&db.sql(
-                "SELECT key, last_seq FROM {s}.aggregates WHERE topic = $1 AND key = ANY($2)",
-            ))
-            .await
-            .map_err(db_err)?;
-        tx.query(&stmt, &[&topic, &expecting])
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
+    let mut current: HashMap<String, i64> =
+        current_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
 
     let mut next = last + 1;
     let mut writes = Writes::default();
@@ -249,11 +255,14 @@ async fn commit(
         }
     }
     if !writes.seqs.is_empty() {
-        insert(db, &tx, topic, &writes).await?;
         let mut bytes_after = bytes + writes.bytes;
+        let mut written = false;
         if let Some(max) = max_bytes
             && bytes_after > max
         {
+            // Over its size: the oldest events go, counting the new ones.
+            insert(db, &tx, topic, &writes).await?;
+            written = true;
             bytes_after -= crate::maintain::trim_to_size(db, &tx, topic, bytes_after, max).await?;
         }
         let update = tx
@@ -262,12 +271,28 @@ async fn commit(
             )
             .await
             .map_err(db_err)?;
-        tx.execute(&update, &[&topic, &(next - 1), &bytes_after])
+        let notify = tx
+            .prepare_cached("SELECT pg_notify($1, $2)")
             .await
             .map_err(db_err)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&&*db.channel, &topic])
-            .await
-            .map_err(db_err)?;
+        let last_seq = next - 1;
+        let channel: &str = &db.channel;
+        let update_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&topic, &last_seq, &bytes_after];
+        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &topic];
+        // The writes, the topic's row and the notification in one round trip.
+        futures_util::future::try_join3(
+            async {
+                if written {
+                    Ok(())
+                } else {
+                    insert(db, &tx, topic, &writes).await
+                }
+            },
+            async { tx.execute(&update, &update_params).await.map_err(db_err) },
+            async { tx.execute(&notify, &notify_params).await.map_err(db_err) },
+        )
+        .await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(answers)

@@ -10,7 +10,10 @@ use canon_backend::BackendError;
 use crate::{Db, db_err};
 
 /// Every migration, oldest first: (version, SQL with `{schema}` for the schema's name).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_queue_vacuum.sql")),
+];
 
 pub(crate) async fn migrate(db: &Db) -> Result<(), BackendError> {
     let mut client = db.client().await?;

@@ -11,7 +11,7 @@
 //! the lease's handle and expiry, so a lease that expired or was leased again is `lease-lost`.
 //! Acks are gathered into one transaction per round (`AckQueue`), like publishes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -461,8 +461,12 @@ async fn pull_once(
         .map_err(db_err)?;
     let next_due = tx
         .prepare_cached(&db.sql(
-            "SELECT (extract(epoch from min(due_at) - now()) * 1000)::int8
-             FROM {s}.deliveries WHERE topic = $1 AND grp = $2 AND state <> 2",
+            // Two index lookups (the first entry of each state), not a scan of the group.
+            "SELECT (extract(epoch from least(
+                 (SELECT min(due_at) FROM {s}.deliveries
+                  WHERE topic = $1 AND grp = $2 AND state = 0),
+                 (SELECT min(due_at) FROM {s}.deliveries
+                  WHERE topic = $1 AND grp = $2 AND state = 1)) - now()) * 1000)::int8",
         ))
         .await
         .map_err(db_err)?;
@@ -848,64 +852,79 @@ async fn ack_loop(db: Db, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(LeaseToke
 }
 
 /// Deletes the rows of every lease still held and makes the next held event of each freed key
-/// due, in one statement (its own transaction); returns which leases were held.
+/// due; returns which leases were held. One statement (its own transaction) per group, all
+/// pipelined; a sequence twice in one round (a stale token beside a fresh one) waits for the
+/// next statement.
 async fn ack_all(
     db: &Db,
     jobs: &[(LeaseToken, AckReply)],
 ) -> Result<HashSet<(String, String, i64)>, BackendError> {
     let client = db.client().await?;
-    // Every lease and every freed key is one index lookup that locks its row (`LIMIT 1` keeps
-    // the planner from flattening the lookups into a join that scans the table, which it picks
-    // when its statistics lag behind the churn of this table); the rows are then changed by
-    // their address. The promotion reads the held rows (state 2) as they were before the
-    // statement; the deleted rows are leased ones (state 1), so it sees every row it needs.
-    let stmt = client
-        .prepare_cached(&db.sql(
-            "WITH acked AS (
-               DELETE FROM {s}.deliveries d
-               WHERE d.ctid = ANY (ARRAY(
-                 SELECT x.ctid
-                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
-                      AS u(topic, grp, seq, h)
-                 CROSS JOIN LATERAL (
-                   SELECT l.ctid FROM {s}.deliveries l
-                   WHERE l.topic = u.topic AND l.grp = u.grp AND l.seq = u.seq AND l.handle = u.h
-                     AND l.state = 1 AND l.due_at > now()
-                   LIMIT 1 FOR UPDATE) x))
-               RETURNING d.topic, d.grp, d.seq, d.ordering_key),
-             next AS (
-               SELECT n.tid
-               FROM (SELECT DISTINCT topic, grp, ordering_key FROM acked
-                     WHERE ordering_key IS NOT NULL) f
-               CROSS JOIN LATERAL (
-                 SELECT h.ctid AS tid FROM {s}.deliveries h
-                 WHERE h.topic = f.topic AND h.grp = f.grp AND h.ordering_key = f.ordering_key
-                   AND h.state = 2
-                 ORDER BY h.seq LIMIT 1 FOR UPDATE) n),
-             promoted AS (
-               UPDATE {s}.deliveries d SET state = 0, due_at = now()
-               WHERE d.ctid = ANY (ARRAY(SELECT tid FROM next))
-               RETURNING 1)
-             SELECT topic, grp, seq FROM acked",
-        ))
-        .await
-        .map_err(db_err)?;
-    let topics: Vec<&str> = jobs.iter().map(|(t, _)| t.topic.as_str()).collect();
-    let groups: Vec<&str> = jobs.iter().map(|(t, _)| t.group.as_str()).collect();
-    let seqs: Vec<i64> = jobs.iter().map(|(t, _)| seq_i64(t.seq)).collect();
-    let handles: Vec<i64> = jobs
-        .iter()
-        .map(|(t, _)| i64::try_from(t.handle).unwrap_or(-1))
-        .collect();
-    let rows = client
-        .query(&stmt, &[&topics, &groups, &seqs, &handles])
-        .await
-        .map_err(db_err)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2)))
-        .collect())
+    let stmt = client.prepare_cached(&db.sql(ACK)).await.map_err(db_err)?;
+    let mut acked = HashSet::new();
+    let mut left: Vec<&LeaseToken> = jobs.iter().map(|(t, _)| t).collect();
+    while !left.is_empty() {
+        let mut seen = HashSet::new();
+        let mut groups: HashMap<(&str, &str), (Vec<i64>, Vec<i64>)> = HashMap::new();
+        let mut later = Vec::new();
+        for t in left {
+            let seq = seq_i64(t.seq);
+            if !seen.insert((t.topic.as_str(), t.group.as_str(), seq)) {
+                later.push(t);
+                continue;
+            }
+            let g = groups
+                .entry((t.topic.as_str(), t.group.as_str()))
+                .or_default();
+            g.0.push(seq);
+            g.1.push(i64::try_from(t.handle).unwrap_or(-1));
+        }
+        let statements = groups.iter().map(|(&(topic, group), (seqs, handles))| {
+            let stmt = &stmt;
+            let client = &client;
+            async move {
+                let rows = client
+                    .query(stmt, &[&topic, &group, seqs, handles])
+                    .await
+                    .map_err(db_err)?;
+                Ok::<_, BackendError>(
+                    rows.iter()
+                        .map(|r| (topic.to_owned(), group.to_owned(), r.get::<_, i64>(0)))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        });
+        for done in futures_util::future::try_join_all(statements).await? {
+            acked.extend(done);
+        }
+        left = later;
+    }
+    Ok(acked)
 }
+
+/// The acks of one group: the rows of leases still held (matched by sequence and handle)
+/// deleted, and in ordered groups the next held event of each freed key made due. Written
+/// with one table in each part (sequences by `= ANY` on the primary key, the handle read from
+/// the parallel array, keys by `= ANY` on the key index), so no plan joins and none scans:
+/// the planner's statistics of a work queue are always out of date.
+const ACK: &str = "WITH acked AS (
+       DELETE FROM {s}.deliveries d
+       WHERE d.topic = $1 AND d.grp = $2 AND d.seq = ANY($3::int8[])
+         AND d.handle = ($4::int8[])[array_position($3::int8[], d.seq)]
+         AND d.state = 1 AND d.due_at > now()
+       RETURNING d.seq, d.ordering_key),
+     next AS (
+       SELECT DISTINCT ON (h.ordering_key) h.seq FROM {s}.deliveries h
+       WHERE h.topic = $1 AND h.grp = $2 AND h.state = 2
+         AND h.ordering_key = ANY (ARRAY(
+               SELECT ordering_key FROM acked WHERE ordering_key IS NOT NULL))
+       ORDER BY h.ordering_key, h.seq),
+     promoted AS (
+       UPDATE {s}.deliveries d SET state = 0, due_at = now()
+       WHERE d.topic = $1 AND d.grp = $2 AND d.seq = ANY (ARRAY(SELECT seq FROM next))
+         AND d.state = 2
+       RETURNING 1)
+     SELECT seq FROM acked";
 
 /// Moves the group to a position (L1): its pending work is dropped (leases are lost) and its
 /// cursor set just before the position.

@@ -1,6 +1,7 @@
 //! Background upkeep, once a second in every process (each pass is idempotent, so processes
-//! need not agree who does it): retention by age (L2) and pruning of dedup entries older than
-//! their topic's window. Retention by size runs in the publish that goes over the limit.
+//! need not agree who does it): retention by age (L2), pruning of dedup entries older than
+//! their topic's window, and fresh planner statistics for the fast-changing tables. Retention
+//! by size runs in the publish that goes over the limit.
 //!
 //! Retention deletes only events: pending rows of groups whose event is gone are finished when
 //! they come due, and dead letters keep their own copy of the event.
@@ -70,19 +71,65 @@ async fn pass(db: &Db) -> Result<(), BackendError> {
         }
         tx.commit().await.map_err(db_err)?;
     }
+    // Per topic, a range of its time index (nothing to read when nothing is old enough).
     client
         .execute(
             &db.sql(
-                "DELETE FROM {s}.dedup WHERE ctid IN (
-                   SELECT d.ctid FROM {s}.dedup d JOIN {s}.topics t ON t.name = d.topic
-                   WHERE d.stored_at < now() - t.dedup_window_ms * interval '1 millisecond'
-                   LIMIT $1)",
+                "DELETE FROM {s}.dedup WHERE ctid = ANY (ARRAY(
+                   SELECT x.ctid FROM {s}.topics t
+                   CROSS JOIN LATERAL (
+                     SELECT d.ctid FROM {s}.dedup d
+                     WHERE d.topic = t.name
+                       AND d.stored_at < now() - t.dedup_window_ms * interval '1 millisecond'
+                     LIMIT $1) x
+                   LIMIT $1))",
             ),
             &[&BATCH],
         )
         .await
         .map_err(db_err)?;
-    Ok(())
+    analyze_if_stale(db, &mut client).await
+}
+
+/// Refreshes the planner's statistics of the tables that grow or churn fast once they have
+/// changed by more than a fifth (and at least 5,000 rows) since they were last gathered.
+/// Autovacuum would do it too, but it looks at most once a minute: in between, statistics of
+/// an empty `events` table make the planner read a whole topic to find the next thousand
+/// events. One process at a time (an advisory lock), the others skip.
+async fn analyze_if_stale(
+    db: &Db,
+    client: &mut deadpool_postgres::Object,
+) -> Result<(), BackendError> {
+    let tx = client.transaction().await.map_err(db_err)?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtext('canon-analyze'), hashtext($1))",
+            &[&&*db.schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    if !locked {
+        return Ok(());
+    }
+    let stale: Vec<String> = tx
+        .query(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname IN ('events', 'deliveries', 'dedup')
+               AND n_mod_since_analyze > greatest(5000, n_live_tup / 5)",
+            &[&&*db.schema],
+        )
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in stale {
+        tx.batch_execute(&format!("ANALYZE {}.{table}", db.schema))
+            .await
+            .map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)
 }
 
 /// Deletes a topic's oldest events until it holds at most `max` bytes (given that it holds

@@ -67,7 +67,9 @@ impl Location {
     pub fn display(&self) -> String {
         match self {
             Location::Embedded(p) => format!("embedded://{}", p.display()),
-            Location::Nats(u) | Location::Postgres(u) => match u.split_once('@') {
+            // The last `@` ends the credentials (a password written with a raw `@` in it
+            // must not leave its tail in the logs).
+            Location::Nats(u) | Location::Postgres(u) => match u.rsplit_once('@') {
                 Some((scheme_user, host)) => {
                     let scheme = scheme_user.split("://").next().unwrap_or("");
                     format!("{scheme}://…@{host}")
@@ -333,6 +335,8 @@ mod tests {
         );
         let pg = Location::parse("postgres://app:secret@db/app", dir).expect("pg");
         assert_eq!(pg.display(), "postgres://…@db/app");
+        let raw_at = Location::parse("postgres://app:p@ss@db/app", dir).expect("pg");
+        assert_eq!(raw_at.display(), "postgres://…@db/app");
         assert!(Location::parse("kafka://x", dir).is_err());
     }
 }

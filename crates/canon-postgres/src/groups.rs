@@ -865,7 +865,8 @@ async fn ack_all(
     let mut left: Vec<&LeaseToken> = jobs.iter().map(|(t, _)| t).collect();
     while !left.is_empty() {
         let mut seen = HashSet::new();
-        let mut groups: HashMap<(&str, &str), (Vec<i64>, Vec<i64>)> = HashMap::new();
+        // (topic, group) → (sequences, handles), parallel arrays.
+        let mut groups: HashMap<(&str, &str), Parallel> = HashMap::new();
         let mut later = Vec::new();
         for t in left {
             let seq = seq_i64(t.seq);
@@ -901,6 +902,9 @@ async fn ack_all(
     }
     Ok(acked)
 }
+
+/// Sequences and their lease handles, index by index.
+type Parallel = (Vec<i64>, Vec<i64>);
 
 /// The acks of one group: the rows of leases still held (matched by sequence and handle)
 /// deleted, and in ordered groups the next held event of each freed key made due. Written

@@ -334,13 +334,8 @@ pub(crate) async fn pull(
         }
         // What JetStream has now, each message admitted as it arrives.
         let want = max - out.len();
-        let mut f = Fetch::start(b, t, g, want, Duration::ZERO).await?;
-        while let Some(m) = f.next().await {
-            if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
-                out.push(d);
-            }
-        }
-        let got = f.finish(t, g).await?;
+        let f = Fetch::start(b, t, g, want, Duration::ZERO).await?;
+        let got = admit_all(b, t, g, consumer, f, started, &mut ack_floor, &mut out).await?;
         // Fewer than asked for: asking again at once is pointless.
         let drained = got < want;
         if got == 0 {
@@ -358,14 +353,9 @@ pub(crate) async fn pull(
             if g.config.ordered && has_held(g) {
                 until = until.min(Duration::from_millis(50));
             }
-            let mut f = Fetch::start(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
+            let f = Fetch::start(b, t, g, 1, until.max(Duration::from_millis(1))).await?;
             let started = Instant::now();
-            while let Some(m) = f.next().await {
-                if let Some(d) = admit(b, t, g, consumer, m, started, &mut ack_floor).await? {
-                    out.push(d);
-                }
-            }
-            if f.finish(t, g).await? == 0 {
+            if admit_all(b, t, g, consumer, f, started, &mut ack_floor, &mut out).await? == 0 {
                 if Instant::now() >= deadline {
                     break;
                 }
@@ -381,6 +371,26 @@ pub(crate) async fn pull(
         }
     }
     Ok(out)
+}
+
+/// Admits a pull's messages as they arrive into `out`; how many the answer held.
+#[allow(clippy::too_many_arguments, reason = "admit's inputs, passed through")]
+async fn admit_all(
+    b: &NatsBackend,
+    t: &Topic,
+    g: &Group,
+    consumer: &str,
+    mut f: Fetch,
+    fetched: Instant,
+    ack_floor: &mut Option<u64>,
+    out: &mut Vec<Delivery>,
+) -> Result<usize, BackendError> {
+    while let Some(m) = f.next().await {
+        if let Some(d) = admit(b, t, g, consumer, m, fetched, ack_floor).await? {
+            out.push(d);
+        }
+    }
+    f.finish(t, g).await
 }
 
 fn has_held(g: &Group) -> bool {

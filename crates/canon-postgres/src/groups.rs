@@ -9,7 +9,7 @@
 //!
 //! Settling needs no group lock: an ack, nack or dead-letter works on its own row, matched by
 //! the lease's handle and expiry, so a lease that expired or was leased again is `lease-lost`.
-//! Acks are gathered into one transaction per round (`AckQueue`), like publishes.
+//! Acks are gathered per round (`AckQueue`), like publishes: one statement per group.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -621,25 +621,29 @@ async fn finish(
             .map_err(db_err)?;
     }
     if !freed.is_empty() {
-        let stmt = tx.prepare_cached(&db.sql(PROMOTE)).await.map_err(db_err)?;
-        let topics = vec![topic; freed.len()];
-        let groups = vec![group; freed.len()];
-        tx.execute(&stmt, &[&topics, &groups, &freed])
+        let stmt = tx
+            .prepare_cached(&db.sql(&promote("$3::text[]")))
+            .await
+            .map_err(db_err)?;
+        tx.execute(&stmt, &[&topic, &group, &freed])
             .await
             .map_err(db_err)?;
     }
     Ok(())
 }
 
-/// Makes the oldest held event of each (topic, group, key) due now.
-const PROMOTE: &str = "UPDATE {s}.deliveries d SET state = 0, due_at = now()
-    FROM (SELECT DISTINCT ON (h.topic, h.grp, h.ordering_key) h.topic, h.grp, h.seq
-          FROM {s}.deliveries h
-          JOIN unnest($1::text[], $2::text[], $3::text[]) AS f(topic, grp, k)
-            ON h.topic = f.topic AND h.grp = f.grp AND h.ordering_key = f.k
-          WHERE h.state = 2
-          ORDER BY h.topic, h.grp, h.ordering_key, h.seq) n
-    WHERE d.topic = n.topic AND d.grp = n.grp AND d.seq = n.seq";
+/// Makes the oldest held event of each key in `keys` (an SQL array of the group's keys) due
+/// now, in group `$1`/`$2`: keys by `= ANY` on the key index, rows by `= ANY` on the primary
+/// key, no join.
+fn promote(keys: &str) -> String {
+    format!(
+        "UPDATE {{s}}.deliveries d SET state = 0, due_at = now()
+         WHERE d.topic = $1 AND d.grp = $2 AND d.state = 2 AND d.seq = ANY (ARRAY(
+           SELECT DISTINCT ON (h.ordering_key) h.seq FROM {{s}}.deliveries h
+           WHERE h.topic = $1 AND h.grp = $2 AND h.state = 2 AND h.ordering_key = ANY ({keys})
+           ORDER BY h.ordering_key, h.seq))"
+    )
+}
 
 /// The lease's row, locked, if the lease is still held: (consumer, key, history, config).
 async fn held_lease(
@@ -860,7 +864,10 @@ async fn ack_all(
     jobs: &[(LeaseToken, AckReply)],
 ) -> Result<HashSet<(String, String, i64)>, BackendError> {
     let client = db.client().await?;
-    let stmt = client.prepare_cached(&db.sql(ACK)).await.map_err(db_err)?;
+    let stmt = client
+        .prepare_cached(&db.sql(&ack_sql()))
+        .await
+        .map_err(db_err)?;
     let mut acked = HashSet::new();
     let mut left: Vec<&LeaseToken> = jobs.iter().map(|(t, _)| t).collect();
     while !left.is_empty() {
@@ -909,26 +916,21 @@ type Parallel = (Vec<i64>, Vec<i64>);
 /// The acks of one group: the rows of leases still held (matched by sequence and handle)
 /// deleted, and in ordered groups the next held event of each freed key made due. Written
 /// with one table in each part (sequences by `= ANY` on the primary key, the handle read from
-/// the parallel array, keys by `= ANY` on the key index), so no plan joins and none scans:
-/// the planner's statistics of a work queue are always out of date.
-const ACK: &str = "WITH acked AS (
-       DELETE FROM {s}.deliveries d
-       WHERE d.topic = $1 AND d.grp = $2 AND d.seq = ANY($3::int8[])
-         AND d.handle = ($4::int8[])[array_position($3::int8[], d.seq)]
-         AND d.state = 1 AND d.due_at > now()
-       RETURNING d.seq, d.ordering_key),
-     next AS (
-       SELECT DISTINCT ON (h.ordering_key) h.seq FROM {s}.deliveries h
-       WHERE h.topic = $1 AND h.grp = $2 AND h.state = 2
-         AND h.ordering_key = ANY (ARRAY(
-               SELECT ordering_key FROM acked WHERE ordering_key IS NOT NULL))
-       ORDER BY h.ordering_key, h.seq),
-     promoted AS (
-       UPDATE {s}.deliveries d SET state = 0, due_at = now()
-       WHERE d.topic = $1 AND d.grp = $2 AND d.seq = ANY (ARRAY(SELECT seq FROM next))
-         AND d.state = 2
-       RETURNING 1)
-     SELECT seq FROM acked";
+/// the parallel array), so no plan joins and none scans: the planner's statistics of a work
+/// queue are always out of date.
+fn ack_sql() -> String {
+    format!(
+        "WITH acked AS (
+           DELETE FROM {{s}}.deliveries d
+           WHERE d.topic = $1 AND d.grp = $2 AND d.seq = ANY($3::int8[])
+             AND d.handle = ($4::int8[])[array_position($3::int8[], d.seq)]
+             AND d.state = 1 AND d.due_at > now()
+           RETURNING d.seq, d.ordering_key),
+         promoted AS ({} RETURNING 1)
+         SELECT seq FROM acked",
+        promote("ARRAY(SELECT ordering_key FROM acked WHERE ordering_key IS NOT NULL)")
+    )
+}
 
 /// Moves the group to a position (L1): its pending work is dropped (leases are lost) and its
 /// cursor set just before the position.

@@ -99,3 +99,52 @@ async fn two_backends_on_one_schema_share_a_group_without_double_delivery() {
     drop((one, two));
     h.close().await;
 }
+
+/// Acks of several groups and the same lease twice in one round: each group's ack lands, the
+/// repeat (settled by a later statement of the round) changes nothing, and nothing comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ack_round_settles_several_groups_and_a_repeated_lease() {
+    let h = PgHarness::new();
+    let b = h.open().await;
+    b.create_topic(TopicConfig::new("t")).await.expect("topic");
+    let lease = GroupConfig {
+        lease: Duration::from_millis(300),
+        ..GroupConfig::default()
+    };
+    for g in ["a", "b"] {
+        b.create_group("t", g, lease.clone()).await.expect("group");
+    }
+    let batch: Vec<PublishRequest> = (0..20)
+        .map(|i| PublishRequest::new(CloudEvent::new(format!("e{i}"), "/test", "t.happened")))
+        .collect();
+    b.publish("t", batch).await.expect("publish");
+    let a = b
+        .pull("t", "a", "c", 20, Duration::ZERO)
+        .await
+        .expect("pull a");
+    let bs = b
+        .pull("t", "b", "c", 20, Duration::ZERO)
+        .await
+        .expect("pull b");
+    assert_eq!((a.len(), bs.len()), (20, 20));
+    // All at once, so that they meet in one round of the ack queue; every lease of `a` twice.
+    let acks = a.iter().chain(&a).chain(&bs).map(|d| b.ack(&d.token));
+    let results = futures_util::future::join_all(acks).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Past the leases: nothing was left leased to come back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for g in ["a", "b"] {
+        let again = b.pull("t", g, "c", 20, Duration::ZERO).await.expect("pull");
+        assert!(
+            again.is_empty(),
+            "group {g} got {} events again",
+            again.len()
+        );
+        let info = b.group_info("t", g).await.expect("info");
+        assert_eq!(
+            (info.pending, info.in_flight, info.acked_through),
+            (0, 0, 20)
+        );
+    }
+    h.close().await;
+}

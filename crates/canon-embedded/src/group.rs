@@ -168,8 +168,13 @@ impl GroupState {
         // New events from the log. Acks can move the floor past the read position (events acked
         // out of order, then the one before them): what is at or below the floor is done.
         self.cursor = self.cursor.max(self.floor + 1);
+        // Read as many as are wanted: whatever is read past the last one leased is read again by
+        // the next pull (a small pull, as a push worker makes, must not decode a large chunk).
+        // Events skipped (done out of order, in flight after a reset) widen the next read.
+        let mut skipped = 0usize;
         while out.len() < limit && self.cursor <= committed {
-            let events = log.range(self.cursor, committed, (limit - out.len()).max(16));
+            let want = (limit - out.len()).saturating_add(skipped.min(1024));
+            let events = log.range(self.cursor, committed, want);
             let Some(last) = events.last().map(|e| e.seq) else {
                 self.cursor = committed + 1;
                 break;
@@ -185,6 +190,7 @@ impl GroupState {
                     || self.inflight.contains_key(&seq)
                     || self.waiting.contains_key(&seq)
                 {
+                    skipped += 1;
                     continue;
                 }
                 if self.config.ordered
@@ -192,6 +198,7 @@ impl GroupState {
                     && self.busy.get(k).is_some_and(|s| *s != seq)
                 {
                     self.held.entry(k.clone()).or_default().push_back(seq);
+                    skipped += 1;
                     continue;
                 }
                 let history = self.failures.remove(&seq).unwrap_or_default();

@@ -98,6 +98,14 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         .dapr
         .as_ref()
         .map(|d| Arc::new(crate::dapr::deliver::Routes::compile(d)));
+    // Parsed once: reqwest would parse (and IDNA-map) a string URL on every request.
+    let target = match reqwest::Url::parse(&spec.url) {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            tracing::error!(subscription = %sub.name, url = %spec.url, error = %e, "push: the URL does not parse; nothing is delivered");
+            return;
+        }
+    };
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -108,6 +116,22 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.wait_for(|s| *s) => break,
         };
+        // Under load permits come back one at a time; leasing one event per returned permit
+        // would make a pull (a log read) per request. While requests are in flight, wait a
+        // moment for a few more to finish so that one pull fills several slots. An idle worker
+        // (nothing in flight) pulls at once, so this adds no latency to a quiet subscription.
+        let gather = (concurrency / 8).max(1);
+        let in_flight = concurrency - permits.available_permits() - 1;
+        let mut extra = Vec::new();
+        if in_flight > 0 && permits.available_permits() + 1 < gather {
+            let want = u32::try_from(gather - 1).unwrap_or(u32::MAX);
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(GATHER_WAIT, permits.clone().acquire_many_owned(want)).await
+            {
+                extra.push(p);
+            }
+        }
+        drop(extra);
         let room = (permits.available_permits() + 1) * batch;
         let pulled = tokio::select! {
             r = crate::subs::filtered_pull(&app, &sub, filter.as_ref(), &consumer, room, Duration::from_secs(5)) => r,
@@ -143,7 +167,8 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let Ok(settling) = unsettled.clone().acquire_many_owned(n).await else {
                 break;
             };
-            let (app, sub, url) = (app.clone(), sub.clone(), spec.url.clone());
+            let (app, sub, url, target) =
+                (app.clone(), sub.clone(), spec.url.clone(), target.clone());
             let format = spec.format;
             let dapr = dapr_routes.clone();
             tokio::spawn(async move {
@@ -155,9 +180,9 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
                         crate::dapr::deliver::deliver(&app, &sub, &url, &dapr, d, permit).await;
                     }
                 } else if batch > 1 {
-                    deliver_batch(&app, &sub, &url, chunk, permit).await;
+                    deliver_batch(&app, &sub, &target, chunk, permit).await;
                 } else if let Some(d) = chunk.into_iter().next() {
-                    deliver(&app, &sub, &url, format, d, permit).await;
+                    deliver(&app, &sub, &target, format, d, permit).await;
                 }
                 drop(settling);
             });
@@ -167,11 +192,14 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     let _ = unsettled.acquire_many(UNSETTLED).await;
 }
 
+/// How long a busy push worker waits for more request slots before it pulls (see `run`).
+const GATHER_WAIT: Duration = Duration::from_millis(1);
+
 /// Sends one delivery and settles it.
 async fn deliver<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    url: &str,
+    url: &reqwest::Url,
     format: PushFormat,
     d: Delivery,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -224,7 +252,13 @@ async fn deliver<B: Backend>(
     {
         headers.insert("traceparent", v);
     }
-    let answer = app.http.post(url).headers(headers).body(body).send().await;
+    let answer = app
+        .http
+        .post(url.clone())
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
     let label = SubLabel {
         subscription: sub.name.clone(),
     };
@@ -267,7 +301,7 @@ async fn deliver<B: Backend>(
 async fn deliver_batch<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    url: &str,
+    url: &reqwest::Url,
     chunk: Vec<Delivery>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -283,7 +317,7 @@ async fn deliver_batch<B: Backend>(
     body.push(b']');
     let answer = app
         .http
-        .post(url)
+        .post(url.clone())
         .header(CONTENT_TYPE, "application/cloudevents-batch+json")
         .body(body)
         .send()
@@ -295,7 +329,7 @@ async fn deliver_batch<B: Backend>(
         .push_seconds
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
-    let outcomes = batch_outcomes(answer, &chunk, url).await;
+    let outcomes = batch_outcomes(answer, &chunk, url.as_str()).await;
     drop(permit);
     let settles = chunk
         .iter()

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use canon_catalog::Catalog;
 
+/// The allocator the `canon` binary ships with, so the figure is the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "coach".into());

@@ -834,6 +834,7 @@ async fn ack_loop(db: Db, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(LeaseToke
                         token.topic.clone(),
                         token.group.clone(),
                         seq_i64(token.seq),
+                        i64::try_from(token.handle).unwrap_or(-1),
                     ));
                     topics.insert(token.topic);
                     let _ = reply.send(if ok {
@@ -856,13 +857,13 @@ async fn ack_loop(db: Db, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(LeaseToke
 }
 
 /// Deletes the rows of every lease still held and makes the next held event of each freed key
-/// due; returns which leases were held. One statement (its own transaction) per group, all
-/// pipelined; a sequence twice in one round (a stale token beside a fresh one) waits for the
-/// next statement.
+/// due; returns which leases were held, by sequence and handle (a stale token beside a fresh
+/// one of the same sequence is not held). One statement (its own transaction) per group, all
+/// pipelined; a sequence twice in one round waits for the next statement.
 async fn ack_all(
     db: &Db,
     jobs: &[(LeaseToken, AckReply)],
-) -> Result<HashSet<(String, String, i64)>, BackendError> {
+) -> Result<HashSet<(String, String, i64, i64)>, BackendError> {
     let client = db.client().await?;
     let stmt = client
         .prepare_cached(&db.sql(&ack_sql()))
@@ -895,9 +896,15 @@ async fn ack_all(
                     .query(stmt, &[&topic, &group, seqs, handles])
                     .await
                     .map_err(db_err)?;
+                // Each sequence is once in a statement: its handle is the one sent with it.
+                let handle: HashMap<i64, i64> =
+                    seqs.iter().copied().zip(handles.iter().copied()).collect();
                 Ok::<_, BackendError>(
                     rows.iter()
-                        .map(|r| (topic.to_owned(), group.to_owned(), r.get::<_, i64>(0)))
+                        .filter_map(|r| {
+                            let seq = r.get::<_, i64>(0);
+                            Some((topic.to_owned(), group.to_owned(), seq, *handle.get(&seq)?))
+                        })
                         .collect::<Vec<_>>(),
                 )
             }

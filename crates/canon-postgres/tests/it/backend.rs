@@ -100,8 +100,10 @@ async fn two_backends_on_one_schema_share_a_group_without_double_delivery() {
     h.close().await;
 }
 
-/// Acks of several groups and the same lease twice in one round: each group's ack lands, the
-/// repeat (settled by a later statement of the round) changes nothing, and nothing comes back.
+/// Acks of several groups and the same lease twice, sent at once so that they usually meet in
+/// one round of the ack queue: each group's ack lands, the repeat changes nothing (it answers
+/// Ok when it met the first in the round, LeaseLost when a later round found the lease gone),
+/// and nothing comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ack_round_settles_several_groups_and_a_repeated_lease() {
     let h = PgHarness::new();
@@ -128,9 +130,16 @@ async fn one_ack_round_settles_several_groups_and_a_repeated_lease() {
         .expect("pull b");
     assert_eq!((a.len(), bs.len()), (20, 20));
     // All at once, so that they meet in one round of the ack queue; every lease of `a` twice.
-    let acks = a.iter().chain(&a).chain(&bs).map(|d| b.ack(&d.token));
+    let acks = a.iter().chain(&bs).chain(&a).map(|d| b.ack(&d.token));
     let results = futures_util::future::join_all(acks).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (first, repeats) = results.split_at(40);
+    assert!(first.iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        repeats
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(BackendError::LeaseLost))),
+        "{results:?}"
+    );
     // Past the leases: nothing was left leased to come back.
     tokio::time::sleep(Duration::from_millis(400)).await;
     for g in ["a", "b"] {
@@ -146,5 +155,47 @@ async fn one_ack_round_settles_several_groups_and_a_repeated_lease() {
             (0, 0, 20)
         );
     }
+    h.close().await;
+}
+
+/// A stale token (its lease expired and the event leased again) acked beside the fresh one:
+/// the fresh ack lands, the stale one is refused, whether or not they meet in one round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_acked_beside_the_fresh_one_is_refused() {
+    let h = PgHarness::new();
+    let b = h.open().await;
+    b.create_topic(TopicConfig::new("t")).await.expect("topic");
+    let lease = GroupConfig {
+        lease: Duration::from_millis(200),
+        ..GroupConfig::default()
+    };
+    b.create_group("t", "g", lease).await.expect("group");
+    b.publish(
+        "t",
+        vec![PublishRequest::new(CloudEvent::new(
+            "e",
+            "/test",
+            "t.happened",
+        ))],
+    )
+    .await
+    .expect("publish");
+    let old = b
+        .pull("t", "g", "c", 1, Duration::ZERO)
+        .await
+        .expect("pull");
+    assert_eq!(old.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = b
+        .pull("t", "g", "c", 1, Duration::from_secs(2))
+        .await
+        .expect("pull again");
+    assert_eq!(fresh.len(), 1, "the expired lease must come back");
+    assert_ne!(old[0].token.handle, fresh[0].token.handle);
+    let (stale, ok) = tokio::join!(b.ack(&old[0].token), b.ack(&fresh[0].token));
+    assert!(matches!(stale, Err(BackendError::LeaseLost)), "{stale:?}");
+    assert!(ok.is_ok(), "{ok:?}");
+    let info = b.group_info("t", "g").await.expect("info");
+    assert_eq!((info.in_flight, info.acked_through), (0, 1));
     h.close().await;
 }

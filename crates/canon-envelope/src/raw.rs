@@ -114,18 +114,22 @@ impl<'a> Scalar<'a> {
     }
 }
 
+/// Reads JSON from bytes checked as UTF-8 once, as a whole: read from bytes, serde_json would
+/// check every borrowed string and raw value again. Invalid UTF-8 takes the byte path, which
+/// reports where it is.
+fn from_bytes<'a, T: Deserialize<'a>>(input: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(input) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(input),
+    }
+}
+
 /// Parses the members of one JSON object, reporting syntax errors and non-objects with a
 /// location.
 pub(crate) fn parse_object(input: &[u8]) -> Result<Members<'_>, EnvelopeErrors> {
     refuse_bad_escapes(input)?;
     match first_byte(input) {
-        // Checked as UTF-8 once, as a whole: read from bytes, serde_json would check every
-        // borrowed string and raw value again. Invalid UTF-8 takes the byte path, which
-        // reports where it is.
-        Some(b'{') => match std::str::from_utf8(input) {
-            Ok(text) => serde_json::from_str::<Members<'_>>(text).map_err(json_error),
-            Err(_) => serde_json::from_slice::<Members<'_>>(input).map_err(json_error),
-        },
+        Some(b'{') => from_bytes::<Members<'_>>(input).map_err(json_error),
         Some(_) => match serde_json::from_slice::<&RawValue>(input) {
             Ok(_) => Err(EnvelopeErrors::one(
                 ErrorCode::NotAnObject,
@@ -146,10 +150,7 @@ pub(crate) fn parse_object(input: &[u8]) -> Result<Members<'_>, EnvelopeErrors> 
 pub(crate) fn parse_array(input: &[u8]) -> Result<Vec<&RawValue>, EnvelopeErrors> {
     refuse_bad_escapes(input)?;
     match first_byte(input) {
-        Some(b'[') => match std::str::from_utf8(input) {
-            Ok(text) => serde_json::from_str::<Vec<&RawValue>>(text).map_err(json_error),
-            Err(_) => serde_json::from_slice::<Vec<&RawValue>>(input).map_err(json_error),
-        },
+        Some(b'[') => from_bytes::<Vec<&RawValue>>(input).map_err(json_error),
         Some(_) => match serde_json::from_slice::<&RawValue>(input) {
             Ok(_) => Err(EnvelopeErrors::one(
                 ErrorCode::NotAnArray,

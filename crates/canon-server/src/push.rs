@@ -98,7 +98,8 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         .dapr
         .as_ref()
         .map(|d| Arc::new(crate::dapr::deliver::Routes::compile(d)));
-    // Parsed once: reqwest would parse (and IDNA-map) a string URL on every request.
+    // Parsed once (creating the subscription checked that it parses): reqwest would parse and
+    // IDNA-map a string URL on every request. Dapr deliveries append a route to the text.
     let target = match reqwest::Url::parse(&spec.url) {
         Ok(u) => Arc::new(u),
         Err(e) => {
@@ -106,6 +107,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             return;
         }
     };
+    let base: Arc<str> = spec.url.as_str().into();
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -120,18 +122,13 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         // would make a pull (a log read) per request. While requests are in flight, wait a
         // moment for a few more to finish so that one pull fills several slots. An idle worker
         // (nothing in flight) pulls at once, so this adds no latency to a quiet subscription.
+        // The permits waited for are given back at once: this worker is their only taker.
         let gather = (concurrency / 8).max(1);
         let in_flight = concurrency - permits.available_permits() - 1;
-        let mut extra = Vec::new();
         if in_flight > 0 && permits.available_permits() + 1 < gather {
             let want = u32::try_from(gather - 1).unwrap_or(u32::MAX);
-            if let Ok(Ok(p)) =
-                tokio::time::timeout(GATHER_WAIT, permits.clone().acquire_many_owned(want)).await
-            {
-                extra.push(p);
-            }
+            let _ = tokio::time::timeout(GATHER_WAIT, permits.acquire_many(want)).await;
         }
-        drop(extra);
         let room = (permits.available_permits() + 1) * batch;
         let pulled = tokio::select! {
             r = crate::subs::filtered_pull(&app, &sub, filter.as_ref(), &consumer, room, Duration::from_secs(5)) => r,
@@ -167,17 +164,16 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let Ok(settling) = unsettled.clone().acquire_many_owned(n).await else {
                 break;
             };
-            let (app, sub, url, target) =
-                (app.clone(), sub.clone(), spec.url.clone(), target.clone());
+            let (app, sub, base, target) = (app.clone(), sub.clone(), base.clone(), target.clone());
             let format = spec.format;
             let dapr = dapr_routes.clone();
             tokio::spawn(async move {
                 if let Some(dapr) = dapr {
                     if batch > 1 {
-                        crate::dapr::deliver::deliver_bulk(&app, &sub, &url, &dapr, chunk, permit)
+                        crate::dapr::deliver::deliver_bulk(&app, &sub, &base, &dapr, chunk, permit)
                             .await;
                     } else if let Some(d) = chunk.into_iter().next() {
-                        crate::dapr::deliver::deliver(&app, &sub, &url, &dapr, d, permit).await;
+                        crate::dapr::deliver::deliver(&app, &sub, &base, &dapr, d, permit).await;
                     }
                 } else if batch > 1 {
                     deliver_batch(&app, &sub, &target, chunk, permit).await;

@@ -366,7 +366,7 @@ pub(crate) async fn install<B: Backend>(
         )));
     }
     if let Some(p) = &sub.push
-        && !(p.url.starts_with("http://"))
+        && !reqwest::Url::parse(&p.url).is_ok_and(|u| u.scheme() == "http" && u.host().is_some())
     {
         return Err(fail(Problem::new(
             "invalid-request",

@@ -326,6 +326,25 @@ async fn batched_push_is_settled_per_entry() {
         (400, Some("invalid-request")),
         "batches are structured"
     );
+    // A push URL must parse, with a host, over http: refused when created, not when delivering.
+    for bad in [
+        "http://",
+        "https://example.com/x",
+        "http//nope",
+        "http://exa mple.com/",
+    ] {
+        let (status, v) = s
+            .post(
+                "/v1/subscriptions",
+                &json!({"name": "u", "topic": "post.generated", "push": {"url": bad}}),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid-request")),
+            "{bad}"
+        );
+    }
     subscribe(
         &s,
         "bulk",

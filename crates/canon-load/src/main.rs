@@ -57,9 +57,13 @@ pub(crate) struct Args {
     /// Canon's durability: `sync` (default) or `buffered` (survives a process crash, not an OS crash).
     #[arg(long, default_value = "sync")]
     durability: String,
-    /// Data directory for Canon (emptied first).
+    /// Data directory for Canon (emptied first, unless --keep-data).
     #[arg(long, default_value = "target/canon-load-data")]
     dir: String,
+    /// Run the embedded phases on what --dir already holds instead of emptying it: the
+    /// figures then describe a backend with that backlog. Event ids get a prefix of this run.
+    #[arg(long)]
+    keep_data: bool,
     /// The JetStream server; empty to skip the peer.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
@@ -101,8 +105,13 @@ pub(crate) struct Args {
     relay_rate: u64,
 }
 
+/// What this run's event ids start with: `ev-`, or with --keep-data `ev-<run>-`, so that a
+/// run on a kept directory does not publish the ids of an earlier run (they would be dedup hits).
+static ID_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
-    let mut ev = CloudEvent::new(format!("ev-{i}"), "/canon-load", "load.tick");
+    let prefix = ID_PREFIX.get().map_or("ev-", String::as_str);
+    let mut ev = CloudEvent::new(format!("{prefix}{i}"), "/canon-load", "load.tick");
     let empty = ev.to_json().len() + r#","data":{"pad":""}"#.len();
     let pad = "x".repeat(size.saturating_sub(empty));
     ev.data = Data::json(format!(r#"{{"pad":"{pad}"}}"#)).ok();
@@ -172,7 +181,9 @@ pub(crate) fn report(name: &str, f: &Figures) {
 }
 
 async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
-    let _ = std::fs::remove_dir_all(&args.dir);
+    if !args.keep_data {
+        let _ = std::fs::remove_dir_all(&args.dir);
+    }
     let b = Arc::new(EmbeddedBackend::open(&args.dir, durability)?);
     let f = workload(args, &b).await?;
     drop(b);
@@ -549,6 +560,12 @@ async fn jetstream(args: &Args) -> Result<Figures> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.keep_data {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let _ = ID_PREFIX.set(format!("ev-{run}-"));
+    }
     let durability = match args.durability.as_str() {
         "sync" => Durability::Sync,
         "buffered" => Durability::LoseRecentOnOsCrash,
@@ -576,8 +593,13 @@ async fn main() -> Result<()> {
                 let started = Instant::now();
                 let reopened = EmbeddedBackend::open(&args.dir, durability)?;
                 println!(
-                    "canon open with {} events stored: {:.0} ms",
+                    "canon open with {} events stored{}: {:.0} ms",
                     2 * args.events + (args.rate * args.latency_secs) as usize,
+                    if args.keep_data {
+                        " by this run, beside what --dir held"
+                    } else {
+                        ""
+                    },
                     started.elapsed().as_secs_f64() * 1e3
                 );
                 drop(reopened);

@@ -25,6 +25,7 @@ use canon_backend::{
     AttemptRecord, BackendError, DeadLetterReason, GroupConfig, StoredEvent, codec,
 };
 use canon_envelope::CloudEvent;
+use fjall::config::{PartitioningPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 /// The keyspaces of one data directory.
@@ -63,19 +64,39 @@ impl Store {
             .manual_journal_persist(false)
             .open()
             .map_err(BackendError::storage)?;
-        let ks = |name: &str| {
+        // Index and filter blocks are split into partitions at every level: a merged segment of
+        // the dedup keyspace grows to 64 MiB, whose whole filter (1.5 MB) is too large for the
+        // block cache to keep, so every lookup read it from the file again (publishing fell
+        // from 66,000/s to 3,000/s with ten million ids stored). Partitions are small, cached
+        // like data blocks, and only their top-level index stays in memory.
+        let options = || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(16 * 1024 * 1024)
+                .index_block_partitioning_policy(PartitioningPolicy::all(true))
+                .filter_block_partitioning_policy(PartitioningPolicy::all(true))
+        };
+        let ks = |name: &str| db.keyspace(name, options).map_err(BackendError::storage);
+        // Keys that only grow (sequence numbers) are never merged: a flushed segment moves down
+        // the levels as it is. fjall pins the index and filter blocks of a freshly flushed
+        // segment in memory and keeps them pinned when it moves, so memory grew with the log
+        // (peak RSS 341 MB with 20 million events stored; 170 MB unpinned and partitioned).
+        // Unpinned, they are read through the bounded block cache. fjall fixes these options
+        // when a keyspace is created: existing data directories keep theirs.
+        let unpinned = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024)
+                options()
+                    .index_block_pinning_policy(PinningPolicy::all(false))
+                    .filter_block_pinning_policy(PinningPolicy::all(false))
             })
             .map_err(BackendError::storage)
         };
         Ok(Store {
-            log: ks("log")?,
+            log: unpinned("log")?,
             dedup: ks("dedup")?,
             agg: ks("agg")?,
             topic: ks("topic")?,
             group: ks("group")?,
-            done: ks("done")?,
+            done: unpinned("done")?,
             attempt: ks("attempt")?,
             dlq: ks("dlq")?,
             requeue: ks("requeue")?,

@@ -137,6 +137,12 @@ pub struct PayloadVersion {
 }
 
 impl PayloadVersion {
+    /// The compiled validator of this version's schema (JSON Schema 2020-12, formats
+    /// asserted); `None` when the schema did not compile, which the catalog reports.
+    pub fn validator(&self) -> Option<&jsonschema::Validator> {
+        self.validator.as_deref()
+    }
+
     /// Why moving from `self` to the later version `next` needs a new major version under
     /// `mode`: the breaking changes, if `next` keeps the major. Empty when the bump is right.
     pub(crate) fn missing_bump(

@@ -8,6 +8,7 @@
 //! and JSON pointer, and put back when the event is written in the same dialect again.
 
 mod extra;
+mod fast;
 mod spec;
 
 use std::fmt;
@@ -67,7 +68,28 @@ impl Dialect {
     }
 
     /// Decodes one event written in this dialect into the canonical form.
+    ///
+    /// A document in the common form (each member once, no nulls, nothing that has to travel in
+    /// `canonextra`) is read in one pass ([`Dialect::decode_fast`]); any other goes through the
+    /// full decoder ([`Dialect::decode_full`]), which reports every problem. Both give the same
+    /// event for a document both accept.
     pub fn decode(self, input: &[u8]) -> Result<CloudEvent, EnvelopeErrors> {
+        match fast::decode(self, input) {
+            Some(event) => Ok(event),
+            None => self.decode_full(input),
+        }
+    }
+
+    /// The one-pass reader of [`Dialect::decode`] alone: the event if the document is valid and
+    /// in the common form, `None` otherwise. Exposed so that tests and fuzz targets can compare
+    /// it with [`Dialect::decode_full`].
+    pub fn decode_fast(self, input: &[u8]) -> Option<CloudEvent> {
+        fast::decode(self, input)
+    }
+
+    /// The full decoder of [`Dialect::decode`] alone: every document, every problem reported
+    /// with its location.
+    pub fn decode_full(self, input: &[u8]) -> Result<CloudEvent, EnvelopeErrors> {
         let members = raw::parse_object(input)?;
         match self.spec() {
             None => crate::json::from_members(&members),

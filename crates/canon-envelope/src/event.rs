@@ -308,10 +308,9 @@ impl CloudEvent {
                 "the payload holds a \\u escape that is not valid Unicode (a lone surrogate)",
             );
         }
-        if let (Some(Data::Text(_)), true) = (
-            &self.data,
-            rules::is_json_media_type(self.effective_content_type()),
-        ) {
+        if matches!(self.data, Some(Data::Text(_)))
+            && rules::is_json_media_type(self.effective_content_type())
+        {
             // Text data is only for non-JSON media types; under JSON the string is JSON data.
             p.push(
                 ErrorCode::InvalidData,

@@ -19,8 +19,7 @@ pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
 impl CloudEvent {
     /// Decodes one event in the JSON format, checking every rule; returns all problems found.
     pub fn from_json(input: &[u8]) -> Result<CloudEvent, EnvelopeErrors> {
-        let members = raw::parse_object(input)?;
-        from_members(&members)
+        crate::Dialect::CloudEvents.decode(input)
     }
 
     /// Decodes a batch (a JSON array of events). Any invalid member fails the whole batch;

@@ -192,22 +192,21 @@ fn is_tracestate_key(key: &str) -> bool {
 /// Whether `name` is one of the extensions Canon types as String (correlationid, sequence,
 /// traceparent, ...).
 pub fn is_string_extension(name: &str) -> bool {
-    KNOWN_STRING.contains(&name)
+    matches!(
+        name,
+        ext::NOT_BEFORE
+            | ext::CORRELATION_ID
+            | ext::CAUSATION_ID
+            | ext::SEQUENCE
+            | ext::PARTITION_KEY
+            | ext::TRACEPARENT
+            | ext::TRACESTATE
+            | ext::EXPIRATION
+            | ext::DATA_VERSION
+            | ext::ACTOR
+            | ext::DIALECT_EXTRA
+    )
 }
-
-const KNOWN_STRING: [&str; 11] = [
-    ext::NOT_BEFORE,
-    ext::CORRELATION_ID,
-    ext::CAUSATION_ID,
-    ext::SEQUENCE,
-    ext::PARTITION_KEY,
-    ext::TRACEPARENT,
-    ext::TRACESTATE,
-    ext::EXPIRATION,
-    ext::DATA_VERSION,
-    ext::ACTOR,
-    ext::DIALECT_EXTRA,
-];
 
 /// A non-empty CloudEvents String (the rule for every present string attribute).
 pub(crate) fn check_required_string(p: &mut Problems, name: &str, value: &str) {

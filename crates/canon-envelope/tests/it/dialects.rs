@@ -246,3 +246,162 @@ fn a_negative_zero_and_escaped_member_names_survive_the_round_trip() {
         json(go4u.as_bytes())
     );
 }
+
+#[test]
+fn every_seed_event_takes_the_one_pass_reader_and_gets_the_full_decoders_event() {
+    for (file, dialect, events) in fixtures() {
+        for original in events {
+            let doc = original.to_string();
+            let fast = dialect
+                .decode_fast(doc.as_bytes())
+                .unwrap_or_else(|| panic!("{file}: left the one-pass reader: {doc}"));
+            assert_eq!(
+                Ok(fast),
+                dialect.decode_full(doc.as_bytes()),
+                "{file}: {doc}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_one_pass_reader_leaves_unusual_documents_to_the_full_decoder() {
+    // Each is valid (or nearly) but not in the common form; where the one-pass reader answers
+    // at all, it must answer what the full decoder does.
+    let cases: &[(Dialect, &str)] = &[
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","subject":null}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":-0}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":2147483648}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":1.0}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","id":"2"}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"\u0031","source":"s","t\u0079pe":"t"}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"text/plain","data":"hi"}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"aGk="}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":"\ud800"}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","sequence":7}"#,
+        ),
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t"} x"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","metadata":{"timestamp":"2025-01-01T00:00:00Z","sequence":5}}"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","metadata":{"timestamp":"2025-01-01T00:00:00","source":"x"}}"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","metadata":{"timestamp":"2025-01-01T00:00:00Z","source":"x","source":"y"}}"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","metadata":{"timestamp":"2025-01-01T00:00:00Z","canonextra":"{}"}}"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","metadata":{}}"#,
+        ),
+        (
+            Dialect::Bme,
+            r#"{"eventId":"e","type":"a.B","extra":1,"metadata":{"timestamp":"2025-01-01T00:00:00Z"}}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","event_version":"1","occurred_at":"2025-09-25T10:20:30Z","producer":"p"}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","event_version":"","occurred_at":"2025-09-25T10:20:30Z","producer":"p"}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","event_version":9223372036854775808,"occurred_at":"2025-09-25T10:20:30Z","producer":"p"}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","occurred_at":"2025-09-25T10:20:30Z","producer":"p","metadata":{"dataversion":"9"}}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","occurred_at":"2025-09-25T10:20:30Z","producer":"p","payload":null,"metadata":{"Ip":"x"}}"#,
+        ),
+        (
+            Dialect::LifeOs,
+            r#"{"event_id":"e","event_type":"T","timestamp":"2025-03-01T09:30:00","a":1}"#,
+        ),
+        (
+            Dialect::LifeOs,
+            r#"{"event_id":"e","event_type":"T","timestamp":"2025-03-01T09:30:00Z","metadata":{"x":1},"a":1,"a":2}"#,
+        ),
+    ];
+    for (dialect, doc) in cases {
+        if let Some(fast) = dialect.decode_fast(doc.as_bytes()) {
+            assert_eq!(
+                Ok(fast),
+                dialect.decode_full(doc.as_bytes()),
+                "{dialect}: {doc}"
+            );
+        }
+        assert_eq!(
+            dialect.decode(doc.as_bytes()),
+            dialect.decode_full(doc.as_bytes()),
+            "{dialect}: {doc}"
+        );
+    }
+    // The plain forms of the same documents do take the one-pass reader.
+    for (dialect, doc) in [
+        (
+            Dialect::CloudEvents,
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"t","n":-5,"b":true,"data":null}"#,
+        ),
+        (
+            Dialect::Go4u,
+            r#"{"event_id":"e","event_name":"a.b","event_version":2,"occurred_at":"2025-09-25T10:20:30Z","producer":"p","payload":null,"metadata":{"ip":"x"}}"#,
+        ),
+        (
+            Dialect::LifeOs,
+            r#"{"event_id":"e","event_type":"T","timestamp":"2025-03-01T09:30:00Z","metadata":{"x":1},"a":1}"#,
+        ),
+    ] {
+        let fast = dialect
+            .decode_fast(doc.as_bytes())
+            .unwrap_or_else(|| panic!("{doc}"));
+        assert_eq!(
+            Ok(fast),
+            dialect.decode_full(doc.as_bytes()),
+            "{dialect}: {doc}"
+        );
+    }
+}

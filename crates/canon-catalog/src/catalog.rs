@@ -10,6 +10,7 @@ use canon_envelope::{Dialect, pointer_token};
 use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::fast::FastCheck;
 use crate::lint;
 use crate::model::{
     Compatibility, DeliveryModel, DeprecationModel, FileModel, HandlersModel, NamingModel, PiiRule,
@@ -128,6 +129,9 @@ pub struct PayloadVersion {
     /// Its JSON Schema (shorthand already expanded).
     pub schema: Value,
     pub(crate) validator: Option<Arc<jsonschema::Validator>>,
+    /// The one-pass check of valid payloads, when the schema is in its subset
+    /// ([`crate::fast`]).
+    pub(crate) fast: Option<Arc<FastCheck>>,
     /// JSON pointer of this version's entry in the file (the type, or `versions/<i>`).
     pub(crate) base: String,
     /// JSON pointer of this version's `payload` or `schema`.
@@ -141,6 +145,15 @@ impl PayloadVersion {
     /// asserted); `None` when the schema did not compile, which the catalog reports.
     pub fn validator(&self) -> Option<&jsonschema::Validator> {
         self.validator.as_deref()
+    }
+
+    /// The one-pass check of this version's payloads alone: `Some(true)` when it knows
+    /// `payload` (JSON text) valid, personal-data rules included; `Some(false)` when it does not
+    /// (the payload may be invalid, or in a form only the full validator judges); `None` when
+    /// the schema uses keywords outside the check's subset. For tests and fuzz targets that
+    /// compare it with [`Catalog::validate_full`].
+    pub fn fast_check(&self, payload: &str) -> Option<bool> {
+        self.fast.as_ref().map(|fast| fast.accepts(payload))
     }
 
     /// Why moving from `self` to the later version `next` needs a new major version under
@@ -565,6 +578,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             version,
             schema,
             validator,
+            fast: None,
             base: at,
             pointer: schema_pointer,
             shorthand: payload.is_some(),
@@ -586,6 +600,16 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
                 .and_then(|v| version_text(cx, &format!("{base}/deprecated/since"), v)),
         }),
     });
+    let personal_data: BTreeMap<FieldPath, PiiRule> = t
+        .personal_data
+        .iter()
+        .map(|(k, v)| (FieldPath::parse(k), *v))
+        .collect();
+    for pv in &mut versions {
+        if pv.validator.is_some() {
+            pv.fast = FastCheck::compile(&pv.schema, &personal_data).map(Arc::new);
+        }
+    }
     ok.then(|| EventType {
         name: name.to_owned(),
         summary: t.summary.clone(),
@@ -598,11 +622,7 @@ fn resolve_type(cx: &mut Cx<'_>, name: &str, t: &TypeModel, topic: String) -> Op
             .as_deref()
             .map(|s| s.split('+').map(FieldPath::parse).collect())
             .unwrap_or_default(),
-        personal_data: t
-            .personal_data
-            .iter()
-            .map(|(k, v)| (FieldPath::parse(k), *v))
-            .collect(),
+        personal_data,
         consent: t.consent.clone(),
         handlers: t.handlers.clone().unwrap_or_default(),
         deprecated,

@@ -10,6 +10,7 @@ pub mod code;
 pub mod compat;
 mod diagnostic;
 mod diff;
+mod fast;
 mod keys;
 mod lint;
 mod model;

@@ -82,7 +82,14 @@ fn hash_regex() -> &'static regex::Regex {
     })
 }
 
-fn looks_like_raw_pii(s: &str) -> bool {
+/// Whether a string holds a hash reference (`sha256:<hex>`), as a `hashed` field must.
+pub(crate) fn is_hash(s: &str) -> bool {
+    hash_regex().is_match(s)
+}
+
+/// Whether a string looks like a raw email address or phone number, which a `reference` field
+/// must not hold.
+pub(crate) fn looks_like_raw_pii(s: &str) -> bool {
     let email = s.contains('@')
         && s.rsplit_once('@')
             .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
@@ -118,7 +125,21 @@ impl Catalog {
     /// Validates a canonical event: its type must be declared, its payload must match the
     /// schema of its version (`dataversion`, a `.vN` type suffix, or the first version), and
     /// the personal-data rules must hold.
+    ///
+    /// A payload is first given to the version's one-pass check
+    /// ([`PayloadVersion::fast_check`]); only a payload it does not know valid is parsed and
+    /// checked in full ([`Catalog::validate_full`]).
     pub fn validate(&self, event: &CloudEvent) -> Vec<Violation> {
+        self.validate_with(event, true)
+    }
+
+    /// [`Catalog::validate`] without the one-pass check: every payload parsed and checked in
+    /// full. The answer is the same; this is for comparing the two paths.
+    pub fn validate_full(&self, event: &CloudEvent) -> Vec<Violation> {
+        self.validate_with(event, false)
+    }
+
+    fn validate_with(&self, event: &CloudEvent, fast_path: bool) -> Vec<Violation> {
         let mut out = Vec::new();
         let Some((ty, suffix_version)) = self.lookup(&event.ty) else {
             let mut message = format!("type {} is not declared in catalog {}", event.ty, self.name);
@@ -165,6 +186,13 @@ impl Catalog {
             location,
             message,
         };
+        // Most payloads are valid: the one-pass check says so without building a tree. When it
+        // cannot, the payload is parsed and every problem is collected.
+        if let (true, Some(fast), Some(Data::Json(raw))) = (fast_path, &pv.fast, &event.data)
+            && fast.accepts(raw.get())
+        {
+            return out;
+        }
         let payload: Value = match &event.data {
             None => {
                 out.push(violation(
@@ -241,7 +269,7 @@ impl Catalog {
                 }
                 PiiRule::Hashed => {
                     if let Some(s) = value.as_str()
-                        && !hash_regex().is_match(s)
+                        && !is_hash(s)
                     {
                         out.push(violation(
                             code::PII_NOT_HASHED,

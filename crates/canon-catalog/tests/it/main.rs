@@ -9,6 +9,7 @@
 mod codes;
 mod diff;
 mod examples;
+mod fast;
 mod invalid;
 mod keys;
 mod lint;

@@ -290,12 +290,17 @@ impl Node {
         }
     }
 
-    /// Checks a value that is neither an object nor an array; `value` builds it for jsonschema
+    /// Checks a value that is neither an object nor an array; `valid` asks jsonschema about it
     /// when `delegate` says so.
-    fn scalar(&self, kind: u8, delegate: bool, value: impl FnOnce() -> Value) -> bool {
+    fn scalar(
+        &self,
+        kind: u8,
+        delegate: bool,
+        valid: impl FnOnce(&jsonschema::Validator) -> bool,
+    ) -> bool {
         self.types & kind != 0
             && !(self.pii == Some(PiiRule::Forbidden) && kind != NULL)
-            && (!delegate || self.scalar.as_ref().is_some_and(|v| v.is_valid(&value())))
+            && (!delegate || self.scalar.as_ref().is_some_and(valid))
     }
 
     fn string(&self, s: &str) -> bool {
@@ -318,11 +323,26 @@ impl Node {
             Some(PiiRule::Reference) => !crate::validate::looks_like_raw_pii(s),
             _ => true,
         };
-        pii_ok
-            && self.scalar(STRING, self.delegate_strings, || {
-                Value::String(s.to_owned())
-            })
+        pii_ok && self.scalar(STRING, self.delegate_strings, |v| is_valid_string(v, s))
     }
+}
+
+/// Whether jsonschema finds the string `s` valid under `validator`. The `Value` it needs is
+/// built in a buffer kept per thread, so checking a string allocates nothing once the buffer
+/// has grown (jsonschema does the same for member names).
+fn is_valid_string(validator: &jsonschema::Validator, s: &str) -> bool {
+    thread_local! {
+        static BUFFER: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    }
+    let mut buffer = BUFFER.take();
+    buffer.clear();
+    buffer.push_str(s);
+    let value = Value::String(buffer);
+    let valid = validator.is_valid(&value);
+    if let Value::String(buffer) = value {
+        BUFFER.set(buffer);
+    }
+    valid
 }
 
 /// Reads one value against a node.
@@ -354,28 +374,39 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         let node = self.0;
-        check(node.null_always || node.scalar(NULL, node.delegate_others, || Value::Null))
+        check(
+            node.null_always
+                || node.scalar(NULL, node.delegate_others, |v| v.is_valid(&Value::Null)),
+        )
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
         let node = self.0;
-        check(node.scalar(BOOLEAN, node.delegate_others, || Value::Bool(v)))
+        check(node.scalar(BOOLEAN, node.delegate_others, |s| {
+            s.is_valid(&Value::Bool(v))
+        }))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
         let node = self.0;
-        check(node.scalar(INTEGER, node.delegate_integers, || Value::from(v)))
+        check(node.scalar(INTEGER, node.delegate_integers, |s| {
+            s.is_valid(&Value::from(v))
+        }))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
         let node = self.0;
-        check(node.scalar(INTEGER, node.delegate_integers, || Value::from(v)))
+        check(node.scalar(INTEGER, node.delegate_integers, |s| {
+            s.is_valid(&Value::from(v))
+        }))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         let node = self.0;
         // serde_json reads JSON numbers as finite floats, as `Value` holds them.
-        check(node.scalar(FRACTION, node.delegate_fractions, || Value::from(v)))
+        check(node.scalar(FRACTION, node.delegate_fractions, |s| {
+            s.is_valid(&Value::from(v))
+        }))
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {

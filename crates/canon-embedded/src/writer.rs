@@ -243,26 +243,23 @@ fn keyspace(store: &Store, space: Space) -> &fjall::Keyspace {
     }
 }
 
-/// Dedup and aggregate values written by the commit being built, so that later jobs in it see
-/// earlier ones; and the group-state writes of the commit, last one per key.
+/// A map keyed by storage keys, hashed with foldhash: the writer builds a few per commit,
+/// one entry per event, and SipHash was a measurable part of its time. Entries are bounded by
+/// the commit's size, so the weaker guarantee against crafted keys costs at most that.
+type KeyMap<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
+
+/// Dedup entries and aggregate sequences written by the commit being built, so that later jobs
+/// in it see earlier ones; and the group-state writes of the commit, last one per key.
 #[derive(Default)]
 struct Overlay {
-    dedup: HashMap<Vec<u8>, Vec<u8>>,
-    agg: HashMap<Vec<u8>, Vec<u8>>,
+    /// Dedup key -> (sequence, stored-at ms).
+    dedup: KeyMap<(u64, u64)>,
+    /// Aggregate key -> its last sequence.
+    agg: KeyMap<u64>,
     /// fjall gives every item of a batch the same sequence number, so a put and a delete of one
     /// key in one commit would be ambiguous (which one wins differs between the live memtable
     /// and a journal replay). Group state is written once per key per commit: the last write.
     group: HashMap<(Space, Vec<u8>), Option<Vec<u8>>>,
-}
-
-impl Overlay {
-    fn of(&mut self, space: Space) -> Option<&mut HashMap<Vec<u8>, Vec<u8>>> {
-        match space {
-            Space::Dedup => Some(&mut self.dedup),
-            Space::Agg => Some(&mut self.agg),
-            _ => None,
-        }
-    }
 }
 
 enum Pending {
@@ -321,7 +318,9 @@ fn run(
                 } => {
                     let before = topic.next_seq.load(Ordering::SeqCst);
                     let result = plan_publish(store, &topic, requests, &overlay).map(
-                        |(outcomes, ops, next)| {
+                        |(outcomes, ops, next, local)| {
+                            overlay.dedup.extend(local.dedup);
+                            overlay.agg.extend(local.agg);
                             let mut added = 0;
                             for op in ops {
                                 if let Op::Put(Space::Log, _, v) = &op {
@@ -417,12 +416,7 @@ fn apply(store: &Store, batch: &mut fjall::OwnedWriteBatch, overlay: &mut Overla
         Op::Delete(space, k) if is_group_state(space) => {
             drop(overlay.group.insert((space, k), None));
         }
-        Op::Put(space, k, v) => {
-            if let Some(map) = overlay.of(space) {
-                map.insert(k.clone(), v.clone());
-            }
-            batch.insert(keyspace(store, space), k, v);
-        }
+        Op::Put(space, k, v) => batch.insert(keyspace(store, space), k, v),
         Op::Delete(space, k) => batch.remove(keyspace(store, space), k),
     }
 }
@@ -440,26 +434,43 @@ fn is_group_state(space: Space) -> bool {
     )
 }
 
-/// Reads a key as this commit sees it: its own writes first, then the disk.
-fn read(
+/// A dedup entry as this commit sees it: the job's own writes, then the commit's, then the
+/// disk.
+fn dedup_entry(
     store: &Store,
     overlay: &Overlay,
-    local: &HashMap<Vec<u8>, Vec<u8>>,
-    space: Space,
+    local: &Local,
     key: &[u8],
-) -> Result<Option<Vec<u8>>, BackendError> {
-    let committed = match space {
-        Space::Dedup => overlay.dedup.get(key),
-        Space::Agg => overlay.agg.get(key),
-        _ => None,
-    };
-    if let Some(v) = local.get(key).or(committed) {
-        return Ok(Some(v.clone()));
+) -> Result<Option<(u64, u64)>, BackendError> {
+    if let Some(entry) = local.dedup.get(key).or_else(|| overlay.dedup.get(key)) {
+        return Ok(Some(*entry));
     }
-    keyspace(store, space)
-        .get(key)
-        .map(|v| v.map(|s| s.to_vec()))
-        .map_err(BackendError::storage)
+    let stored = store.dedup.get(key).map_err(BackendError::storage)?;
+    Ok(stored.and_then(|v| store::decode_seq_time(&v)))
+}
+
+/// An aggregate's last sequence as this commit sees it (0: none yet).
+fn agg_seq(
+    store: &Store,
+    overlay: &Overlay,
+    local: &Local,
+    key: &[u8],
+) -> Result<u64, BackendError> {
+    if let Some(seq) = local.agg.get(key).or_else(|| overlay.agg.get(key)) {
+        return Ok(*seq);
+    }
+    let stored = store.agg.get(key).map_err(BackendError::storage)?;
+    Ok(stored
+        .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// The dedup and aggregate writes of one publish job, seen by its later events, and merged into
+/// the commit's overlay when the job is planned in full (a refused job leaves no trace).
+#[derive(Default)]
+struct Local {
+    dedup: KeyMap<(u64, u64)>,
+    agg: KeyMap<u64>,
 }
 
 /// One event ready for the writer: everything that does not depend on the topic's state is
@@ -511,34 +522,32 @@ impl Prepared {
     }
 }
 
-/// Decides a publish: duplicates, conflicts, sequences. Returns the outcomes, the writes and the
-/// topic's next sequence; writes nothing itself.
+/// Decides a publish: duplicates, conflicts, sequences. Returns the outcomes, the writes, the
+/// topic's next sequence and the job's dedup and aggregate entries; writes nothing itself.
 fn plan_publish(
     store: &Store,
     topic: &TopicShared,
     requests: Vec<Prepared>,
     overlay: &Overlay,
-) -> Result<(Vec<PublishOutcome>, Vec<Op>, u64), BackendError> {
+) -> Result<(Vec<PublishOutcome>, Vec<Op>, u64, Local), BackendError> {
     let now = store::now_ms();
     let window = topic.dedup_window_ms.load(Ordering::SeqCst);
-    let fresh = |v: Option<Vec<u8>>| {
-        v.and_then(|v| store::decode_seq_time(&v))
+    let fresh = |entry: Option<(u64, u64)>| {
+        entry
             .filter(|(_, at)| now.saturating_sub(*at) <= window)
             .map(|(seq, _)| seq)
     };
     let mut next = topic.next_seq.load(Ordering::SeqCst);
     let mut ops = Vec::with_capacity(requests.len() * 3);
     let mut outcomes = Vec::with_capacity(requests.len());
-    // This job's own dedup and aggregate writes, seen by its later events.
-    let mut local_dedup: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let mut local_agg: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut local = Local::default();
     for r in requests {
-        if let Some(seq) = fresh(read(store, overlay, &local_dedup, Space::Dedup, &r.id_key)?) {
+        if let Some(seq) = fresh(dedup_entry(store, overlay, &local, &r.id_key)?) {
             outcomes.push(PublishOutcome::Duplicate { seq });
             continue;
         }
         if let Some(k) = &r.idem_key
-            && let Some(seq) = fresh(read(store, overlay, &local_dedup, Space::Dedup, k)?)
+            && let Some(seq) = fresh(dedup_entry(store, overlay, &local, k)?)
         {
             outcomes.push(PublishOutcome::Duplicate { seq });
             continue;
@@ -547,9 +556,7 @@ fn plan_publish(
             let Some(k) = &r.agg_key else {
                 return Err(BackendError::ExpectedSequenceWithoutKey);
             };
-            let current = read(store, overlay, &local_agg, Space::Agg, k)?
-                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
+            let current = agg_seq(store, overlay, &local, k)?;
             if current != expected {
                 return Err(BackendError::Conflict {
                     key: r.ordering_key.unwrap_or_default(),
@@ -560,7 +567,6 @@ fn plan_publish(
         }
         let seq = next;
         next += 1;
-        let entry = store::encode_seq_time(seq, r.stored_ms);
         ops.push(Op::Put(
             Space::Log,
             store::log_key(&topic.name, seq),
@@ -570,19 +576,20 @@ fn plan_publish(
             k.extend_from_slice(&seq.to_be_bytes());
             ops.push(Op::Put(Space::Index, k, Vec::new()));
         }
-        local_dedup.insert(r.id_key.clone(), entry.clone());
-        ops.push(Op::Put(Space::Dedup, r.id_key, entry.clone()));
+        let entry = store::encode_seq_time(seq, r.stored_ms);
         if let Some(k) = r.idem_key {
-            local_dedup.insert(k.clone(), entry.clone());
-            ops.push(Op::Put(Space::Dedup, k, entry));
+            local.dedup.insert(k.clone(), (seq, r.stored_ms));
+            ops.push(Op::Put(Space::Dedup, k, entry.clone()));
         }
+        local.dedup.insert(r.id_key.clone(), (seq, r.stored_ms));
+        ops.push(Op::Put(Space::Dedup, r.id_key, entry));
         if let Some(k) = r.agg_key {
-            local_agg.insert(k.clone(), seq.to_be_bytes().to_vec());
+            local.agg.insert(k.clone(), seq);
             ops.push(Op::Put(Space::Agg, k, seq.to_be_bytes().to_vec()));
         }
         outcomes.push(PublishOutcome::Stored { seq });
     }
-    Ok((outcomes, ops, next))
+    Ok((outcomes, ops, next, local))
 }
 
 /// Deletes a topic's oldest records while it is over its age or size limit (L2), at most

@@ -423,8 +423,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
             return Err(invalid());
         }
         let mut seen = 0u64;
-        while let Some(name) = map.next_key::<Name<'de>>()? {
-            let name = name.as_str();
+        // A member name with escapes cannot be borrowed: such a payload takes the full path.
+        while let Some(name) = map.next_key::<&'de str>()? {
             let declared = node.properties.iter().position(|p| p.name == name);
             if let Some(i) = declared {
                 seen |= 1 << i;
@@ -466,34 +466,6 @@ impl<'de> Visitor<'de> for Seed<'_> {
             node.min_items.is_none_or(|min| count >= min)
                 && node.max_items.is_none_or(|max| count <= max),
         )
-    }
-}
-
-/// A member name, borrowed from the text unless it has escapes.
-struct Name<'de>(std::borrow::Cow<'de, str>);
-
-impl Name<'_> {
-    fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> de::Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(v.into()))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
-                Ok(Name(v.to_owned().into()))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 

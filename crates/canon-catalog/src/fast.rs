@@ -159,7 +159,6 @@ impl Node {
             return match any_of.as_slice() {
                 [inner, null] if *null == serde_json::json!({"type": "null"}) => {
                     let mut node = Node::compile(inner)?;
-                    node.types |= NULL;
                     node.null_always = true;
                     Some(node)
                 }
@@ -407,10 +406,6 @@ impl<'de> Visitor<'de> for Seed<'_> {
         check(node.scalar(FRACTION, node.delegate_fractions, |s| {
             s.is_valid(&Value::from(v))
         }))
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
-        check(self.0.string(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {

@@ -30,14 +30,12 @@ pub(super) fn decode(dialect: Dialect, input: &[u8]) -> Option<CloudEvent> {
     if rules::has_invalid_unicode_escape(text) {
         return None;
     }
+    let spec = dialect.spec();
     let mut reader = Reader {
-        spec: dialect.spec(),
+        spec,
         ev: CloudEvent::new(
             String::new(),
-            dialect
-                .spec()
-                .and_then(|s| s.implied_source)
-                .unwrap_or_default(),
+            spec.and_then(|s| s.implied_source).unwrap_or_default(),
             String::new(),
         ),
         extensions: Vec::with_capacity(8),
@@ -388,10 +386,6 @@ impl<'de> Visitor<'de> for Extension {
         i32::try_from(v).map(ExtValue::Integer).map_err(|_| bail())
     }
 
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<ExtValue, E> {
-        Ok(ExtValue::String(v.to_owned()))
-    }
-
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ExtValue, E> {
         Ok(ExtValue::String(v.to_owned()))
     }
@@ -425,10 +419,6 @@ impl<'de> Visitor<'de> for IntegerOrText {
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
         // The full decoder reads integers as i64.
         i64::try_from(v).map(|v| v.to_string()).map_err(|_| bail())
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<String, E> {
-        self.visit_str(v)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {

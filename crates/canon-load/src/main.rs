@@ -54,6 +54,11 @@ pub(crate) struct Args {
     /// Length of the latency phase, seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
+    /// Pause before each latency phase, seconds, the same for every system: the flushes and
+    /// compactions that the bulk phases before it left behind finish first, so the phase
+    /// measures a steady 5,000/s rather than the tail of a bulk load.
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
     /// Canon's durability: `sync` (default) or `buffered` (survives a process crash, not an OS crash).
     #[arg(long, default_value = "sync")]
     durability: String,
@@ -262,13 +267,20 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
     b.reset("bench", "latency", canon_backend::StartPosition::Latest)
         .await?;
     let clock = Instant::now();
+    let give_up = latency_deadline(args);
     let consumer = {
         let b = Arc::clone(b);
         let expect = (args.rate * args.latency_secs) as usize;
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(expect);
-            let deadline = Instant::now() + Duration::from_secs(30);
+            // Acks run beside the next pull, as the JetStream consumer below acks without
+            // waiting for the server: a delivery's latency is not the previous ack's commit.
+            let mut acks = tokio::task::JoinSet::new();
+            let deadline = give_up;
             while lat.len() < expect && Instant::now() < deadline {
+                while let Some(r) = acks.try_join_next() {
+                    r??;
+                }
                 let got = b
                     .pull("bench", "latency", "c", 1000, Duration::from_millis(50))
                     .await?;
@@ -284,9 +296,18 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
                         .unwrap_or(0);
                     lat.push(now.saturating_sub(Duration::from_nanos(sent)));
                 }
-                for r in futures_util::future::join_all(got.iter().map(|d| b.ack(&d.token))).await {
-                    r?;
-                }
+                let b = Arc::clone(&b);
+                acks.spawn(async move {
+                    for r in futures_util::future::join_all(got.iter().map(|d| b.ack(&d.token)))
+                        .await
+                    {
+                        r?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = acks.join_next().await {
+                r??;
             }
             anyhow::Ok(lat)
         })
@@ -308,13 +329,19 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
     Ok(f)
 }
 
-/// Calls `publish(i)` at `args.rate` per second for `args.latency_secs`, each call on its own
-/// task so a slow one does not hold back the schedule.
+/// When a latency phase's consumer stops waiting for what is still missing.
+pub(crate) fn latency_deadline(args: &Args) -> Instant {
+    Instant::now() + Duration::from_secs(30 + args.settle_secs + args.latency_secs)
+}
+
+/// After `args.settle_secs`, calls `publish(i)` at `args.rate` per second for
+/// `args.latency_secs`, each call on its own task so a slow one does not hold back the schedule.
 pub(crate) async fn paced<F, Fut>(args: &Args, publish: F) -> Result<()>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
 {
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let total = (args.rate * args.latency_secs) as usize;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -520,12 +547,15 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         .await?;
     let clock = Instant::now();
     let expect = (args.rate * args.latency_secs) as usize;
+    // The first message comes after the settling pause.
+    let quiet = Duration::from_secs(2 + args.settle_secs);
+    let give_up = latency_deadline(args);
     let receiver = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(expect);
         let mut messages = latency.messages().await.map_err(|e| anyhow::anyhow!(e))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = give_up;
         while lat.len() < expect && Instant::now() < deadline {
-            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+            let Ok(Some(m)) = tokio::time::timeout(quiet, messages.next()).await
             else {
                 break;
             };
@@ -688,7 +718,7 @@ async fn main() -> Result<()> {
         report("postgresql (raw queue table)", &raw);
         if let Some(p) = &on_pg {
             println!(
-                "ratios canon-on-postgresql/raw: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
+                "ratios canon-on-postgresql/raw: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.3}x",
                 p.publish_eps / raw.publish_eps,
                 p.consume_eps / raw.consume_eps,
                 p.p99.as_secs_f64() / raw.p99.as_secs_f64().max(1e-9)
@@ -704,7 +734,7 @@ async fn main() -> Result<()> {
         );
         if let Some(c) = &c {
             println!(
-                "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.2}x",
+                "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.3}x",
                 c.publish_eps / j.publish_eps,
                 c.consume_eps / j.consume_eps,
                 c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
@@ -712,7 +742,7 @@ async fn main() -> Result<()> {
         }
         if let Some(n) = &on_nats {
             println!(
-                "ratios canon-on-jetstream/raw: each-event publish {:.2}x (raw async with Nats-Msg-Id), atomic batch publish {:.2}x (raw atomic batches), consume+ack {:.2}x (raw with confirmed acks), {:.2}x (raw with plain acks), p99 latency {:.2}x",
+                "ratios canon-on-jetstream/raw: each-event publish {:.2}x (raw async with Nats-Msg-Id), atomic batch publish {:.2}x (raw atomic batches), consume+ack {:.2}x (raw with confirmed acks), {:.2}x (raw with plain acks), p99 latency {:.3}x",
                 n.publish_each_eps / j.publish_msgid_eps,
                 n.publish_eps / j.publish_atomic_eps,
                 n.consume_eps / j.consume_sync_eps,

@@ -105,9 +105,10 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
         });
     }
     listener.batch_execute("LISTEN canon_load_raw").await?;
+    let give_up = crate::latency_deadline(args);
     let consumer = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(expect);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = give_up;
         while lat.len() < expect && Instant::now() < deadline {
             let tx = client.transaction().await?;
             let rows = tx

@@ -29,6 +29,9 @@ use canon_envelope::CloudEvent;
 use fjall::config::{PartitioningPolicy, PinningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
+/// The size at which a keyspace's memtable is sealed and flushed.
+pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The keyspaces of one data directory.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -55,6 +58,25 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Every keyspace.
+    pub(crate) fn keyspaces(&self) -> [&Keyspace; 13] {
+        [
+            &self.log,
+            &self.dedup,
+            &self.agg,
+            &self.topic,
+            &self.group,
+            &self.done,
+            &self.attempt,
+            &self.dlq,
+            &self.requeue,
+            &self.floor,
+            &self.index,
+            &self.stats,
+            &self.kv,
+        ]
+    }
+
     pub(crate) fn open(dir: &std::path::Path) -> Result<Store, BackendError> {
         std::fs::create_dir_all(dir).map_err(BackendError::storage)?;
         // A small journal bounds what a restart after a crash must replay; a bounded block cache
@@ -87,7 +109,7 @@ impl Store {
                 .compaction_strategy(Arc::new(
                     fjall::compaction::Leveled::default().with_table_target_size(8 * 1024 * 1024),
                 ))
-                .max_memtable_size(16 * 1024 * 1024)
+                .max_memtable_size(MEMTABLE_BYTES)
                 .index_block_partitioning_policy(PartitioningPolicy::all(true))
                 .filter_block_partitioning_policy(PartitioningPolicy::all(true))
         };
@@ -160,21 +182,7 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("canon-flush".into())
             .spawn(move || {
-                for ks in [
-                    &store.log,
-                    &store.dedup,
-                    &store.agg,
-                    &store.topic,
-                    &store.group,
-                    &store.done,
-                    &store.attempt,
-                    &store.dlq,
-                    &store.requeue,
-                    &store.index,
-                    &store.floor,
-                    &store.stats,
-                    &store.kv,
-                ] {
+                for ks in store.keyspaces() {
                     // Best effort: a failure leaves the journal, which the next open replays.
                     let _ = ks.rotate_memtable_and_wait();
                 }

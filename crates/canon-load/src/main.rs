@@ -298,8 +298,8 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
                 }
                 let b = Arc::clone(&b);
                 acks.spawn(async move {
-                    for r in futures_util::future::join_all(got.iter().map(|d| b.ack(&d.token)))
-                        .await
+                    for r in
+                        futures_util::future::join_all(got.iter().map(|d| b.ack(&d.token))).await
                     {
                         r?;
                     }
@@ -555,8 +555,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         let mut messages = latency.messages().await.map_err(|e| anyhow::anyhow!(e))?;
         let deadline = give_up;
         while lat.len() < expect && Instant::now() < deadline {
-            let Ok(Some(m)) = tokio::time::timeout(quiet, messages.next()).await
-            else {
+            let Ok(Some(m)) = tokio::time::timeout(quiet, messages.next()).await else {
                 break;
             };
             let m = m.map_err(|e| anyhow::anyhow!(e))?;

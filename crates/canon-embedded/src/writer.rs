@@ -1,10 +1,15 @@
 //! The single writer: every change to the data directory goes through one thread, which
-//! commits whatever has queued up as one fjall batch and syncs it once (group commit). A publish
-//! or an ack is answered only after the batch holding it is durable, so throughput does not
-//! fall to the disk's sync rate: while one sync runs, the next batch fills up.
+//! commits whatever has queued up as one fjall batch (group commit). A publish or an ack is
+//! answered only after the batch holding it is durable, so throughput does not fall to the
+//! disk's sync rate: while one sync runs, the next batch fills up.
+//!
+//! With `Durability::Sync` the sync is pipelined: the writer writes a batch into fjall's
+//! journal and hands it to a second thread, the syncer, which syncs the journal (once for every
+//! batch queued by then) and only then makes the batch visible to readers and answers it. The
+//! writer meanwhile plans the next batch (dedup lookups, encoding), which is most of its CPU.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
 
@@ -270,6 +275,41 @@ enum Pending {
     Write(Reply<()>),
 }
 
+/// A batch written to the journal, waiting for its sync: what to publish and answer then.
+struct Written {
+    /// Each topic the batch advanced, and its last sequence once the batch is durable.
+    committed: Vec<(Arc<TopicShared>, u64)>,
+    pending: Vec<Pending>,
+}
+
+impl Written {
+    /// The batch is durable: readers may see it, its callers get their answers.
+    fn done(self) {
+        for (topic, last) in self.committed {
+            topic.committed.store(last, Ordering::SeqCst);
+            topic.notify.notify_waiters();
+        }
+        for p in self.pending {
+            match p {
+                Pending::Publish(reply, result) => drop(reply.send(result)),
+                Pending::Write(reply) => drop(reply.send(Ok(()))),
+            }
+        }
+    }
+
+    fn fail(self, err: &BackendError) {
+        for p in self.pending {
+            match p {
+                Pending::Publish(reply, _) => drop(reply.send(Err(err.clone()))),
+                Pending::Write(reply) => drop(reply.send(Err(err.clone()))),
+            }
+        }
+    }
+}
+
+/// Batches a sync has not covered yet, at most: bounds what waits in memory behind a slow disk.
+const SYNC_QUEUE: usize = 4;
+
 fn run(
     store: &Store,
     durability: Durability,
@@ -277,8 +317,97 @@ fn run(
     failed: &AtomicBool,
     topics: &Topics,
 ) {
+    match durability {
+        Durability::Sync => {
+            let queued = AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                let (tx, synced) = mpsc::sync_channel(SYNC_QUEUE);
+                let waiting = &queued;
+                let syncer = std::thread::Builder::new()
+                    .name("canon-sync".into())
+                    .spawn_scoped(scope, move || sync(store, &synced, waiting, failed));
+                match syncer {
+                    Ok(_) => write(store, rx, failed, topics, Persist::Syncer(tx, &queued)),
+                    // No second thread: sync in line.
+                    Err(_) => write(
+                        store,
+                        rx,
+                        failed,
+                        topics,
+                        Persist::Inline(PersistMode::SyncData),
+                    ),
+                }
+                // `tx` is dropped with `write`: the syncer finishes what is queued, and the scope
+                // waits for it.
+            });
+        }
+        // Into the OS buffers: safe from a crash of this process (the journal is flushed by
+        // hand, once per commit).
+        Durability::LoseRecentOnOsCrash => {
+            write(
+                store,
+                rx,
+                failed,
+                topics,
+                Persist::Inline(PersistMode::Buffer),
+            );
+        }
+    }
+}
+
+/// The syncer: syncs the journal once for every batch queued, then answers them in order.
+/// After a failed sync nothing more is answered with success: fjall refuses further writes
+/// (it is poisoned), and the backend refuses work until the directory is reopened.
+fn sync(store: &Store, queue: &mpsc::Receiver<Written>, queued: &AtomicUsize, failed: &AtomicBool) {
+    let mut broken: Option<BackendError> = None;
+    while let Ok(first) = queue.recv() {
+        let mut batches = vec![first];
+        batches.extend(queue.try_iter());
+        if broken.is_none()
+            && let Err(e) = store.db.persist(PersistMode::SyncData)
+        {
+            failed.store(true, Ordering::SeqCst);
+            broken = Some(BackendError::storage(e));
+        }
+        let n = batches.len();
+        for b in batches {
+            match &broken {
+                None => b.done(),
+                Some(err) => b.fail(err),
+            }
+        }
+        queued.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// How a written batch becomes durable.
+enum Persist<'a> {
+    /// Synced by the syncer when more work waits (or the syncer has batches): the writer goes
+    /// on to the next batch meanwhile. Synced here when nothing else waits, which spares a
+    /// quiet writer the hand-over (a thread wake-up per commit). The count is of the batches
+    /// the syncer has not answered yet; while it is not zero, everything goes to the syncer, so
+    /// batches are answered in the order they were written.
+    Syncer(mpsc::SyncSender<Written>, &'a AtomicUsize),
+    /// Persisted here in this mode before it is answered.
+    Inline(PersistMode),
+}
+
+/// The writer's loop: plans and writes one batch per round.
+fn write(
+    store: &Store,
+    rx: &mpsc::Receiver<Job>,
+    failed: &AtomicBool,
+    topics: &Topics,
+    persist: Persist<'_>,
+) {
+    // A job taken from the queue while deciding how to persist a batch: the next batch's first.
+    let mut taken: Option<Job> = None;
     loop {
-        let first = match rx.recv_timeout(RETENTION_INTERVAL) {
+        let next = match taken.take() {
+            Some(job) => Ok(job),
+            None => rx.recv_timeout(RETENTION_INTERVAL),
+        };
+        let first = match next {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Quiet: age-based retention still has to run.
@@ -363,26 +492,50 @@ fn run(
             .concat();
             batch.insert(&store.stats, store::topic_prefix(&topic.name), stats);
         }
-        let committed = batch.commit().and_then(|()| match durability {
-            Durability::Sync => store.db.persist(PersistMode::SyncData),
-            // Into the OS buffers: safe from a crash of this process (the journal is flushed
-            // by hand, once per commit).
-            Durability::LoseRecentOnOsCrash => store.db.persist(PersistMode::Buffer),
+        let committed = batch.commit().and_then(|()| {
+            let (hand_over, mode) = match &persist {
+                Persist::Syncer(_, queued) => {
+                    let busy = queued.load(Ordering::SeqCst) > 0
+                        || match rx.try_recv() {
+                            Ok(job) => {
+                                taken = Some(job);
+                                true
+                            }
+                            Err(_) => false,
+                        };
+                    if busy {
+                        (true, PersistMode::Buffer)
+                    } else {
+                        (false, PersistMode::SyncData)
+                    }
+                }
+                Persist::Inline(mode) => (false, *mode),
+            };
+            store.db.persist(mode).map(|()| hand_over)
         });
         match committed {
-            Ok(()) => {
+            Ok(hand_over) => {
+                let mut written = Written {
+                    committed: Vec::with_capacity(touched.len()),
+                    pending,
+                };
                 for (topic, _, added) in &touched {
                     topic.bytes.fetch_add(*added, Ordering::SeqCst);
-                    topic
+                    written
                         .committed
-                        .store(topic.next_seq.load(Ordering::SeqCst) - 1, Ordering::SeqCst);
-                    topic.notify.notify_waiters();
+                        .push((Arc::clone(topic), topic.next_seq.load(Ordering::SeqCst) - 1));
                 }
-                for p in pending {
-                    match p {
-                        Pending::Publish(reply, result) => drop(reply.send(result)),
-                        Pending::Write(reply) => drop(reply.send(Ok(()))),
+                match &persist {
+                    Persist::Syncer(tx, queued) if hand_over => {
+                        // Waits while `SYNC_QUEUE` batches wait for their sync. A syncer that
+                        // is gone has failed on its way out: answer with the failure.
+                        queued.fetch_add(1, Ordering::SeqCst);
+                        if let Err(mpsc::SendError(w)) = tx.send(written) {
+                            failed.store(true, Ordering::SeqCst);
+                            w.fail(&BackendError::storage("the syncer thread stopped"));
+                        }
                     }
+                    _ => written.done(),
                 }
                 for (topic, _, _) in &touched {
                     enforce_retention(store, topic);
@@ -440,7 +593,12 @@ fn bound_write_buffer(store: &Store) {
         return;
     }
     let size = |ks: &fjall::Keyspace| ks.tree.active_memtable().size();
-    let sealed = || store.keyspaces().iter().any(|ks| ks.sealed_memtable_count() > 0);
+    let sealed = || {
+        store
+            .keyspaces()
+            .iter()
+            .any(|ks| ks.sealed_memtable_count() > 0)
+    };
     for ks in store.keyspaces() {
         if size(ks) >= store::MEMTABLE_BYTES {
             // Best effort: on failure the worker still rotates it when it gets to it.

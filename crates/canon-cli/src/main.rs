@@ -242,6 +242,7 @@ enum Outcome {
 struct Usage(String);
 
 fn main() -> ExitCode {
+    canon_server::tune_allocator();
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     let result: Result<Outcome, client_cmd::Failure> = match cli.command {

@@ -586,9 +586,13 @@ async fn jetstream(args: &Args) -> Result<Figures> {
     Ok(f)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> Result<()> {
+    // As `canon` does, before the runtime's threads start.
+    canon_server::tune_allocator();
+    tokio::runtime::Runtime::new()?.block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> Result<()> {
     if args.keep_data {
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

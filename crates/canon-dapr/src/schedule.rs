@@ -42,6 +42,17 @@ impl Schedule {
                         "schedule {s:?}: a cron schedule has 6 fields (second minute hour day-of-month month day-of-week)"
                     ));
                 }
+                // croner skips an empty item of a list (`1,,2`, `,`): a field of nothing but
+                // commas would match no time, and the search for the next tick would run to
+                // the year 5000 (minutes of CPU, found by the job_schedule fuzz target).
+                if let Some(field) = s
+                    .split_whitespace()
+                    .find(|f| f.split(',').any(|item| item.trim().is_empty()))
+                {
+                    return Err(format!(
+                        "schedule {s:?}: the field {field:?} has an empty item in its list"
+                    ));
+                }
                 s
             }
         };
@@ -192,6 +203,9 @@ mod tests {
             "61 * * * * *",
             "@every soon",
             "@every 0s",
+            "*/55 , * * * sun-sat",
+            "0 1,,2 * * * *",
+            "0 0 0 * * 1,",
         ] {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
         }

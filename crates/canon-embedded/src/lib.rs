@@ -167,10 +167,15 @@ impl EmbeddedBackend {
             })
     }
 
+    /// Reads a topic's log up to what is committed now: a record the writer has written but
+    /// not yet synced (its batch waits for the syncer) is not there for readers.
     fn log_reader(&self, topic: &str) -> LogReader<'_> {
         LogReader {
             store: &self.store,
             topic: topic.to_owned(),
+            committed: self
+                .topic(topic)
+                .map_or(0, |t| t.committed.load(Ordering::SeqCst)),
         }
     }
 
@@ -393,10 +398,16 @@ fn last_seq(store: &Store, topic: &str) -> Result<u64, BackendError> {
 struct LogReader<'a> {
     store: &'a Store,
     topic: String,
+    /// The topic's last committed sequence when the reader was made: nothing above it is read.
+    committed: u64,
 }
 
 impl Log for LogReader<'_> {
     fn range(&self, from: u64, to: u64, limit: usize) -> Vec<StoredEvent> {
+        let to = to.min(self.committed);
+        if from > to {
+            return Vec::new();
+        }
         let (start, end) = (
             store::log_key(&self.topic, from),
             store::log_key(&self.topic, to),
@@ -411,6 +422,9 @@ impl Log for LogReader<'_> {
     }
 
     fn get(&self, seq: u64) -> Option<StoredEvent> {
+        if seq > self.committed {
+            return None;
+        }
         let v = self
             .store
             .log

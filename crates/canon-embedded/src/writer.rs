@@ -402,26 +402,30 @@ fn write(
 ) {
     // A job taken from the queue while deciding how to persist a batch: the next batch's first.
     let mut taken: Option<Job> = None;
+    // Every topic gets a retention pass at least once a `RETENTION_INTERVAL`, busy or quiet:
+    // age needs no publish to expire, and a topic whose last batch is still at the syncer
+    // when its own pass runs is trimmed by the next one.
+    let mut last_sweep = std::time::Instant::now();
     loop {
+        if last_sweep.elapsed() >= RETENTION_INTERVAL {
+            last_sweep = std::time::Instant::now();
+            let all: Vec<Arc<TopicShared>> = topics
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for t in all {
+                enforce_retention(store, &t);
+            }
+        }
         let next = match taken.take() {
             Some(job) => Ok(job),
             None => rx.recv_timeout(RETENTION_INTERVAL),
         };
         let first = match next {
             Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Quiet: age-based retention still has to run.
-                let all: Vec<Arc<TopicShared>> = topics
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .values()
-                    .cloned()
-                    .collect();
-                for t in all {
-                    enforce_retention(store, &t);
-                }
-                continue;
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let mut jobs = vec![first];
@@ -581,8 +585,8 @@ const MAX_STALL: Duration = Duration::from_secs(2);
 /// none is full and none is waiting for its flush), which queues their flush. Only over
 /// `WRITE_BUFFER_HARD` does it wait for the worker to flush: at full-rate ingest writes then
 /// slow to what the disk and the worker sustain instead of growing memory, and at moderate
-/// rates (5,000 events/s) a compaction never makes a commit wait. Replies of the commit just
-/// made have already gone out.
+/// rates (5,000 events/s) a compaction never makes a commit wait. The commit just made has
+/// been answered already, or handed to the syncer, which answers it without the writer.
 ///
 /// `Keyspace::rotate_memtable` is public but hidden from fjall's documentation, so a fjall
 /// upgrade may change it (a removal fails the build; a change of meaning shows in the

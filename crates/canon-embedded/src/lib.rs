@@ -169,13 +169,11 @@ impl EmbeddedBackend {
 
     /// Reads a topic's log up to what is committed now: a record the writer has written but
     /// not yet synced (its batch waits for the syncer) is not there for readers.
-    fn log_reader(&self, topic: &str) -> LogReader<'_> {
+    fn log_reader(&self, topic: &TopicShared) -> LogReader<'_> {
         LogReader {
             store: &self.store,
-            topic: topic.to_owned(),
-            committed: self
-                .topic(topic)
-                .map_or(0, |t| t.committed.load(Ordering::SeqCst)),
+            topic: topic.name.clone(),
+            committed: topic.committed.load(Ordering::SeqCst),
         }
     }
 
@@ -186,7 +184,7 @@ impl EmbeddedBackend {
         group: &str,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetter>, BackendError> {
-        let log = self.log_reader(topic);
+        let log = self.log_reader(&*self.topic(topic)?);
         let mut out = Vec::new();
         for g in self.store.dlq.prefix(store::group_prefix(topic, group)) {
             if filter.limit > 0 && out.len() == filter.limit {
@@ -220,10 +218,10 @@ impl EmbeddedBackend {
 
     /// The retained events with an id, from the dedup entries (one per source), in sequence
     /// order. After the dedup window a re-used (source, id) points at its newest event.
-    fn by_id(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
+    fn by_id(&self, topic: &TopicShared, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
         let log = self.log_reader(topic);
         let mut out = Vec::new();
-        for g in self.store.dedup.prefix(store::id_prefix(topic, id)) {
+        for g in self.store.dedup.prefix(store::id_prefix(&topic.name, id)) {
             let v = g.value().map_err(BackendError::storage)?;
             if let Some(e) = store::decode_seq_time(&v).and_then(|(seq, _)| log.get(seq)) {
                 out.push(e);
@@ -236,7 +234,7 @@ impl EmbeddedBackend {
     /// The retained events an index lists for a value, in sequence order.
     fn indexed(
         &self,
-        topic: &str,
+        topic: &TopicShared,
         kind: Index,
         value: &str,
     ) -> Result<Vec<StoredEvent>, BackendError> {
@@ -245,7 +243,7 @@ impl EmbeddedBackend {
         for g in self
             .store
             .index
-            .prefix(store::index_prefix(topic, kind, value))
+            .prefix(store::index_prefix(&topic.name, kind, value))
         {
             let k = g.key().map_err(BackendError::storage)?;
             if let Some(e) = store::seq_suffix(&k).and_then(|seq| log.get(seq)) {
@@ -258,12 +256,11 @@ impl EmbeddedBackend {
     /// The first sequence at or after a position (L1, L5).
     fn first_at(
         &self,
-        topic: &str,
         shared: &TopicShared,
         position: &StartPosition,
     ) -> Result<u64, BackendError> {
-        let committed = shared.committed.load(Ordering::SeqCst);
-        let log = self.log_reader(topic);
+        let log = self.log_reader(shared);
+        let committed = log.committed;
         Ok(match position {
             StartPosition::Earliest => log
                 .range(1, committed, 1)
@@ -284,7 +281,7 @@ impl EmbeddedBackend {
                     from = last + 1;
                 }
             }
-            StartPosition::EventId(id) => match self.by_id(topic, id)?.first() {
+            StartPosition::EventId(id) => match self.by_id(shared, id)?.first() {
                 Some(e) => e.seq,
                 None => {
                     return Err(BackendError::InvalidConfig(format!(
@@ -562,14 +559,9 @@ impl Backend for EmbeddedBackend {
             notified.as_mut().enable();
             let now = Instant::now();
             let (deliveries, ops, next_due) = {
+                let log = self.log_reader(&shared);
                 let mut g = lock(&handle);
-                let (d, ops) = g.pull(
-                    now,
-                    shared.committed.load(Ordering::SeqCst),
-                    max,
-                    consumer,
-                    &self.log_reader(topic),
-                );
+                let (d, ops) = g.pull(now, log.committed, max, consumer, &log);
                 (d, ops, g.next_due())
             };
             if !ops.is_empty() {
@@ -596,15 +588,10 @@ impl Backend for EmbeddedBackend {
         delay: Option<Duration>,
         error: Option<String>,
     ) -> Result<(), BackendError> {
+        let log = self.log_reader(&*self.topic(&token.topic)?);
         self.on_lease(token, |g| {
-            g.nack(
-                Instant::now(),
-                token,
-                delay,
-                error,
-                &self.log_reader(&token.topic),
-            )
-            .map(|ops| ((), ops))
+            g.nack(Instant::now(), token, delay, error, &log)
+                .map(|ops| ((), ops))
         })
         .await
     }
@@ -622,11 +609,9 @@ impl Backend for EmbeddedBackend {
         token: &LeaseToken,
         error: Option<String>,
     ) -> Result<(), BackendError> {
-        self.on_lease(token, |g| {
-            g.reject(token, error, &self.log_reader(&token.topic))
-                .map(|ops| ((), ops))
-        })
-        .await
+        let log = self.log_reader(&*self.topic(&token.topic)?);
+        self.on_lease(token, |g| g.reject(token, error, &log).map(|ops| ((), ops)))
+            .await
     }
 
     async fn dead_letters(
@@ -698,7 +683,7 @@ impl Backend for EmbeddedBackend {
     ) -> Result<(), BackendError> {
         let shared = self.topic(topic)?;
         let handle = self.group(topic, group)?;
-        let floor = self.first_at(topic, &shared, &position)? - 1;
+        let floor = self.first_at(&shared, &position)? - 1;
         let prefix = store::group_prefix(topic, group);
         let mut ops = lock(&handle).reset(floor);
         for (space, ks) in [
@@ -719,8 +704,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn events_by_id(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
-        self.topic(topic)?;
-        self.by_id(topic, id)
+        self.by_id(&*self.topic(topic)?, id)
     }
 
     async fn events_by_correlation(
@@ -728,13 +712,11 @@ impl Backend for EmbeddedBackend {
         topic: &str,
         correlation_id: &str,
     ) -> Result<Vec<StoredEvent>, BackendError> {
-        self.topic(topic)?;
-        self.indexed(topic, Index::Correlation, correlation_id)
+        self.indexed(&*self.topic(topic)?, Index::Correlation, correlation_id)
     }
 
     async fn effects_of(&self, topic: &str, id: &str) -> Result<Vec<StoredEvent>, BackendError> {
-        self.topic(topic)?;
-        self.indexed(topic, Index::Causation, id)
+        self.indexed(&*self.topic(topic)?, Index::Causation, id)
     }
 
     async fn topics(&self) -> Result<Vec<String>, BackendError> {
@@ -780,9 +762,9 @@ impl Backend for EmbeddedBackend {
             let notified = shared.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let committed = shared.committed.load(Ordering::SeqCst);
-            let events = if from <= committed && max > 0 {
-                self.log_reader(topic).range(from.max(1), committed, max)
+            let log = self.log_reader(&shared);
+            let events = if from <= log.committed && max > 0 {
+                log.range(from.max(1), log.committed, max)
             } else {
                 Vec::new()
             };
@@ -795,7 +777,7 @@ impl Backend for EmbeddedBackend {
 
     async fn locate(&self, topic: &str, position: &StartPosition) -> Result<u64, BackendError> {
         let shared = self.topic(topic)?;
-        self.first_at(topic, &shared, position)
+        self.first_at(&shared, position)
     }
 
     async fn groups(&self, topic: &str) -> Result<Vec<String>, BackendError> {

@@ -298,11 +298,16 @@ impl Written {
     }
 
     fn fail(self, err: &BackendError) {
-        for p in self.pending {
-            match p {
-                Pending::Publish(reply, _) => drop(reply.send(Err(err.clone()))),
-                Pending::Write(reply) => drop(reply.send(Err(err.clone()))),
-            }
+        fail_all(self.pending, err);
+    }
+}
+
+/// Answers every job of a batch that is not durable with the error.
+fn fail_all(pending: Vec<Pending>, err: &BackendError) {
+    for p in pending {
+        match p {
+            Pending::Publish(reply, _) => drop(reply.send(Err(err.clone()))),
+            Pending::Write(reply) => drop(reply.send(Err(err.clone()))),
         }
     }
 }
@@ -497,21 +502,20 @@ fn write(
             batch.insert(&store.stats, store::topic_prefix(&topic.name), stats);
         }
         let committed = batch.commit().and_then(|()| {
+            // Hand over when the syncer still holds batches (answers stay in order) or when
+            // more work waits (the writer has something to plan while the journal syncs).
             let (hand_over, mode) = match &persist {
                 Persist::Syncer(_, queued) => {
-                    let busy = queued.load(Ordering::SeqCst) > 0
-                        || match rx.try_recv() {
-                            Ok(job) => {
-                                taken = Some(job);
-                                true
-                            }
-                            Err(_) => false,
-                        };
-                    if busy {
-                        (true, PersistMode::Buffer)
+                    let busy = queued.load(Ordering::SeqCst) > 0 || {
+                        taken = rx.try_recv().ok();
+                        taken.is_some()
+                    };
+                    let mode = if busy {
+                        PersistMode::Buffer
                     } else {
-                        (false, PersistMode::SyncData)
-                    }
+                        PersistMode::SyncData
+                    };
+                    (busy, mode)
                 }
                 Persist::Inline(mode) => (false, *mode),
             };
@@ -553,13 +557,7 @@ fn write(
                 for (topic, before, _) in touched {
                     topic.next_seq.store(before, Ordering::SeqCst);
                 }
-                let err = BackendError::storage(e);
-                for p in pending {
-                    match p {
-                        Pending::Publish(reply, _) => drop(reply.send(Err(err.clone()))),
-                        Pending::Write(reply) => drop(reply.send(Err(err.clone()))),
-                    }
-                }
+                fail_all(pending, &BackendError::storage(e));
             }
         }
     }

@@ -56,7 +56,7 @@ pub use crate::subs::{PushFormat, PushSpec, RetrySpec, Subscription};
 /// at full-rate ingest), so a second of freed memory kept was the largest swing of the
 /// process's RSS: a peak of 204 MB over ten million events, 167 MB with this (BENCHMARKS.md).
 /// Binaries whose global allocator is mimalloc call it first thing in `main`, before other
-/// threads start. A `MIMALLOC_PURGE_DELAY` in the environment wins.
+/// threads start. A `MIMALLOC_PURGE_DELAY` in the environment wins, unless it is v3's own 1000.
 #[allow(unsafe_code)]
 pub fn tune_allocator() {
     // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys names no

@@ -35,6 +35,8 @@ pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// The keyspaces of one data directory.
 #[derive(Clone)]
 pub(crate) struct Store {
+    /// The data directory (fjall's journals are files in it).
+    pub(crate) dir: Arc<std::path::Path>,
     pub(crate) db: Database,
     pub(crate) log: Keyspace,
     pub(crate) dedup: Keyspace,
@@ -143,6 +145,7 @@ impl Store {
             index: ks("index")?,
             kv: ks("kv")?,
             db,
+            dir: Arc::from(dir),
         })
     }
 }

@@ -145,7 +145,8 @@ impl Store {
             index: ks("index")?,
             kv: ks("kv")?,
             db,
-            dir: Arc::from(dir),
+            // Absolute, as fjall keeps it: the syncer lists it (`writer::ActiveJournal`).
+            dir: Arc::from(std::path::absolute(dir).map_err(BackendError::storage)?),
         })
     }
 }

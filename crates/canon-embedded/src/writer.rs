@@ -485,62 +485,93 @@ fn sync(store: &Store, queue: &mpsc::Receiver<Written>, queued: &AtomicUsize, fa
 /// lock: `Database::persist` holds that lock while the disk syncs, and every commit of the
 /// writer waits for it (a fifth of the writer's time in a measured run).
 ///
-/// This leans on two facts of fjall 3's journal, which `journal_layout` tests pin: the journals
-/// are files `<n>.jnl` in the data directory, the active one the highest `n`; and fjall syncs a
-/// journal in full before it creates the next one. A batch handed to the syncer has been
-/// written to the OS (the writer persisted it with `PersistMode::Buffer`), into the journal that
-/// was active then. Listing the directory afterwards finds that journal or a newer one; a newer
-/// one exists only once the older one has been synced, so syncing the newest covers the batch
-/// either way. Where the directory holds no journal that this recognises, it falls back to
-/// `Database::persist`.
+/// This leans on facts of fjall 3's journal (the version is pinned; `journal_layout` tests the
+/// layout): the journals are files `<n>.jnl` in the data directory, fjall writes the newest,
+/// and it deletes a journal only once everything in it is flushed to tables. A batch handed to
+/// the syncer has been written to the OS (the writer persisted it with `PersistMode::Buffer`)
+/// into the journal that was the newest then, or (if fjall failed half way through moving to
+/// a new journal, after creating the file) into the one before. So each round syncs every
+/// journal from the newest at the previous round up to the newest now: normally that is one
+/// file. A journal gone meanwhile was flushed and needs no sync. Where the directory holds no
+/// journal this recognises, or the newest vanishes, it falls back to `Database::persist`.
 struct ActiveJournal<'a> {
     store: &'a Store,
+    /// The newest journal at the previous round (or when the syncer started).
+    from: Option<u64>,
     open: Option<(u64, std::fs::File)>,
 }
 
 impl<'a> ActiveJournal<'a> {
     fn new(store: &'a Store) -> ActiveJournal<'a> {
-        ActiveJournal { store, open: None }
+        let from = journals(&store.dir)
+            .ok()
+            .and_then(|all| all.last().copied());
+        ActiveJournal {
+            store,
+            from,
+            open: None,
+        }
     }
 
     fn sync(&mut self) -> Result<(), BackendError> {
-        let newest = newest_journal(&self.store.dir).map_err(BackendError::storage)?;
-        let Some(newest) = newest else {
-            return self
-                .store
-                .db
-                .persist(PersistMode::SyncData)
-                .map_err(BackendError::storage);
+        let all = journals(&self.store.dir).map_err(BackendError::storage)?;
+        let Some(&newest) = all.last() else {
+            return self.fall_back();
         };
+        let from = self.from.unwrap_or(newest);
+        for &n in all.iter().filter(|&&n| n >= from && n < newest) {
+            match self.open_journal(n) {
+                Ok(file) => file.sync_data().map_err(BackendError::storage)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BackendError::storage(e)),
+            }
+        }
         if self.open.as_ref().is_none_or(|(n, _)| *n != newest) {
-            let path = self.store.dir.join(format!("{newest}.jnl"));
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(BackendError::storage)?;
-            self.open = Some((newest, file));
+            match self.open_journal(newest) {
+                Ok(file) => self.open = Some((newest, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.fall_back(),
+                Err(e) => return Err(BackendError::storage(e)),
+            }
         }
-        match &self.open {
-            Some((_, file)) => file.sync_data().map_err(BackendError::storage),
-            None => Ok(()),
+        if let Some((_, file)) = &self.open {
+            file.sync_data().map_err(BackendError::storage)?;
         }
+        self.from = Some(newest);
+        Ok(())
+    }
+
+    fn open_journal(&self, n: u64) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.store.dir.join(format!("{n}.jnl")))
+    }
+
+    /// fjall's own sync, under its journal lock; the next round lists the journals again.
+    fn fall_back(&mut self) -> Result<(), BackendError> {
+        self.open = None;
+        self.from = None;
+        self.store
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(BackendError::storage)
     }
 }
 
-/// The number of the newest fjall journal (`<n>.jnl`) in a data directory.
-pub(crate) fn newest_journal(dir: &std::path::Path) -> std::io::Result<Option<u64>> {
-    let mut newest = None;
+/// The numbers of fjall's journals (`<n>.jnl`) in a data directory, oldest first.
+pub(crate) fn journals(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
+    let mut all = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let n = name
+        if let Some(n) = name
             .to_str()
             .and_then(|n| n.strip_suffix(".jnl"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if n > newest {
-            newest = n;
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            all.push(n);
         }
     }
-    Ok(newest)
+    all.sort_unstable();
+    Ok(all)
 }
 
 /// How a written batch becomes durable.
@@ -664,7 +695,14 @@ fn write(
             .concat();
             batch.insert(&store.stats, store::topic_prefix(&topic.name), stats);
         }
-        let committed = batch.commit().and_then(|()| {
+        // A failed sync on the syncer fails everything after it, as a failed commit does:
+        // fjall does not know of the syncer's failure (it is not poisoned by it).
+        let committed = if failed.load(Ordering::SeqCst) {
+            Err(fjall::Error::Poisoned)
+        } else {
+            batch.commit()
+        }
+        .and_then(|()| {
             // Hand over when the syncer still holds batches (answers stay in order) or when
             // more work waits (the writer has something to plan while the journal syncs).
             let (hand_over, mode) = match &persist {
@@ -1082,13 +1120,27 @@ mod tests {
     use canon_backend::{Backend, PublishOutcome, PublishRequest, TopicConfig};
     use canon_envelope::CloudEvent;
 
-    use super::newest_journal;
+    use super::{Recent, journals};
     use crate::{Durability, EmbeddedBackend};
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
+    /// A fresh directory, removed when the test ends, passed or failed.
+    struct TempDir(std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("canon-writer-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        dir
+        TempDir(dir)
+    }
+
+    fn newest(dir: &std::path::Path) -> u64 {
+        let all = journals(dir).expect("list");
+        *all.last().expect("a journal")
     }
 
     /// The facts of fjall's journal that `ActiveJournal` rests on: the journals are `<n>.jnl`
@@ -1098,14 +1150,15 @@ mod tests {
     /// both, and this test fails if the layout changes.
     #[test]
     fn journal_layout() {
-        let dir = temp_dir("journal");
+        let tmp = temp_dir("journal");
+        let dir = tmp.0.clone();
         let store = crate::store::Store::open(&dir).expect("open");
         let written_to_newest = |marker: &[u8]| {
             let mut batch = store.db.batch();
             batch.insert(&store.kv, marker.to_vec(), b"v".to_vec());
             batch.commit().expect("commit");
             store.db.persist(fjall::PersistMode::Buffer).expect("flush");
-            let n = newest_journal(&dir).expect("list").expect("a journal");
+            let n = newest(&dir);
             let bytes = std::fs::read(dir.join(format!("{n}.jnl"))).expect("read journal");
             let found = bytes.windows(marker.len()).any(|w| w == marker);
             (n, found)
@@ -1122,7 +1175,7 @@ mod tests {
             if i % 16 == 15 {
                 let _ = store.log.rotate_memtable();
             }
-            n = newest_journal(&dir).expect("list").expect("a journal");
+            n = newest(&dir);
             if n > first {
                 break;
             }
@@ -1130,14 +1183,13 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while n == first && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
-            n = newest_journal(&dir).expect("list").expect("a journal");
+            n = newest(&dir);
         }
         assert!(n > first, "fjall moved to a new journal");
         let (now, found) = written_to_newest(b"marker-after-rotation");
         assert_eq!(now, n);
         assert!(found, "a commit after the move is in the newest journal");
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Publishers race with the same ids and idempotency keys while the writer's dedup epochs
@@ -1146,17 +1198,17 @@ mod tests {
     /// every other publish of it is answered as a duplicate of that one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_duplicates_are_stored_once() {
-        let dir = temp_dir("dedup");
-        let b = Arc::new(EmbeddedBackend::open(&dir, Durability::Sync).expect("open"));
+        let tmp = temp_dir("dedup");
+        let b = Arc::new(EmbeddedBackend::open(&tmp.0, Durability::Sync).expect("open"));
         // A few rounds, each on a fresh topic: a race that goes wrong does not in every round.
-        for round in 0..4 {
-            race(&b, &format!("t{round}")).await;
+        // Rounds with shared ids only, and with idempotency keys shared by different ids.
+        for round in 0..6 {
+            race(&b, &format!("t{round}"), round % 2 == 1).await;
         }
         drop(b);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    async fn race(b: &Arc<EmbeddedBackend>, topic: &str) {
+    async fn race(b: &Arc<EmbeddedBackend>, topic: &str, idempotency_keys: bool) {
         const IDS: usize = 1500;
         const PUBLISHERS: usize = 8;
         const BATCH: usize = 25;
@@ -1175,16 +1227,19 @@ mod tests {
                     let batch = chunk
                         .iter()
                         .map(|&i| {
-                            // Even publishers share event ids; odd ones send their own ids with
-                            // the same idempotency key.
-                            let id = if p % 2 == 0 {
+                            // Without idempotency keys every publisher sends the same ids. With
+                            // them, even publishers share ids and odd ones send their own ids
+                            // with the same idempotency key.
+                            let id = if p % 2 == 0 || !idempotency_keys {
                                 format!("e-{i}")
                             } else {
                                 format!("p{p}-{i}")
                             };
                             let mut r =
                                 PublishRequest::new(CloudEvent::new(id, "/test", "t.happened"));
-                            r.idempotency_key = Some(format!("k-{i}"));
+                            if idempotency_keys {
+                                r.idempotency_key = Some(format!("k-{i}"));
+                            }
                             r
                         })
                         .collect();
@@ -1217,5 +1272,48 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(events.len(), IDS, "the log holds each key once");
+    }
+
+    /// `Recent` vouches for a lookup only if no key with its hash was written since its epoch,
+    /// and only for the current and the previous epoch.
+    #[test]
+    fn recent_vouches_only_for_unwritten_keys_of_recent_epochs() {
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut recent = Recent::new(Arc::clone(&epoch));
+        let (a, b) = (b"key-a".to_vec(), b"key-b".to_vec());
+        assert!(recent.holds(0, &a), "nothing written yet");
+        recent.wrote([&a].into_iter());
+        assert!(!recent.holds(0, &a), "written in this epoch");
+        assert!(recent.holds(0, &b));
+        // Fill the epoch and roll: `a` is now in the previous epoch, still remembered.
+        let filler: Vec<Vec<u8>> = (0..super::RECENT_EPOCH)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect();
+        recent.wrote(filler.iter());
+        recent.roll();
+        assert_eq!(epoch.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!recent.holds(0, &a), "written in the previous epoch");
+        assert!(
+            recent.holds(0, &b),
+            "a lookup of the previous epoch still holds"
+        );
+        assert!(recent.holds(1, &b));
+        // Another full epoch: lookups from epoch 0 are too old, whatever the key.
+        recent.wrote([&b"other".to_vec()].into_iter());
+        let filler: Vec<Vec<u8>> = (0..super::RECENT_EPOCH)
+            .map(|i| (i + 1_000_000).to_be_bytes().to_vec())
+            .collect();
+        recent.wrote(filler.iter());
+        recent.roll();
+        assert!(!recent.holds(0, &b), "too old to vouch for");
+        assert!(recent.holds(1, &b));
+        assert!(
+            recent.holds(2, &a),
+            "forgotten two epochs later, but read after it was written"
+        );
+        // No roll below a full epoch.
+        recent.wrote([&a].into_iter());
+        recent.roll();
+        assert_eq!(epoch.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

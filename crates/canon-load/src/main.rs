@@ -14,6 +14,7 @@
 )]
 
 mod dapr;
+mod disk;
 mod http;
 mod pg;
 mod relay;
@@ -108,6 +109,10 @@ pub(crate) struct Args {
     /// Rows per second for the relay's latency phase (each its own transaction).
     #[arg(long, default_value_t = 1_000)]
     relay_rate: u64,
+    /// First measure the disk under --dir: fdatasync latency after a small write, quiet and
+    /// beside 8 MB fsynced writes (what a synced publish's latency cannot go below).
+    #[arg(long)]
+    disk: bool,
 }
 
 /// What this run's event ids start with: `ev-`, or with --keep-data `ev-<run>-`, so that a
@@ -608,6 +613,10 @@ async fn run(args: Args) -> Result<()> {
         "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s",
         args.events, args.size, args.batch, args.publishers, args.rate, args.latency_secs
     );
+    if args.disk {
+        let dir = std::path::PathBuf::from(&args.dir);
+        tokio::task::spawn_blocking(move || disk::probe(&dir)).await??;
+    }
     let backends: Vec<&str> = args
         .backends
         .split(',')

@@ -558,7 +558,7 @@ impl<'a> ActiveJournal<'a> {
 }
 
 /// The numbers of fjall's journals (`<n>.jnl`) in a data directory, oldest first.
-pub(crate) fn journals(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
+fn journals(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -1123,21 +1123,6 @@ mod tests {
     use super::{Recent, journals};
     use crate::{Durability, EmbeddedBackend};
 
-    /// A fresh directory, removed when the test ends, passed or failed.
-    struct TempDir(std::path::PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("canon-writer-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
     fn newest(dir: &std::path::Path) -> u64 {
         let all = journals(dir).expect("list");
         *all.last().expect("a journal")
@@ -1150,8 +1135,8 @@ mod tests {
     /// both, and this test fails if the layout changes.
     #[test]
     fn journal_layout() {
-        let tmp = temp_dir("journal");
-        let dir = tmp.0.clone();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
         let store = crate::store::Store::open(&dir).expect("open");
         let written_to_newest = |marker: &[u8]| {
             let mut batch = store.db.batch();
@@ -1198,8 +1183,8 @@ mod tests {
     /// every other publish of it is answered as a duplicate of that one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_duplicates_are_stored_once() {
-        let tmp = temp_dir("dedup");
-        let b = Arc::new(EmbeddedBackend::open(&tmp.0, Durability::Sync).expect("open"));
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let b = Arc::new(EmbeddedBackend::open(tmp.path(), Durability::Sync).expect("open"));
         // A few rounds, each on a fresh topic: a race that goes wrong does not in every round.
         // Rounds with shared ids only, and with idempotency keys shared by different ids.
         for round in 0..6 {

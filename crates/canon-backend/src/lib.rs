@@ -85,6 +85,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Acknowledges a delivery: the event is done for this group (C5).
     fn ack(&self, token: &LeaseToken) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Acknowledges deliveries for a caller that tells nobody it did, with one answer per token
+    /// in order. The answer may come before the acks are durable against a machine crash, after
+    /// which the group may get those events again (as at-least-once allows for deliveries that
+    /// were never acknowledged). Push delivery acks this way: the subscriber's answer was the
+    /// acknowledgment, and nothing waits on Canon's record of it. Otherwise each is an `ack`
+    /// (C5a). A backend without a cheaper way keeps this default, which acks each token.
+    fn ack_unconfirmed(
+        &self,
+        tokens: &[LeaseToken],
+    ) -> impl Future<Output = Vec<Result<(), BackendError>>> + Send {
+        futures_util::future::join_all(tokens.iter().map(|t| self.ack(t)))
+    }
+
     /// Gives a delivery back to be retried after `delay`, or after the group's retry policy delay
     /// when `None` (C6, R1). A last attempt goes to the DLQ instead (R2).
     fn nack(

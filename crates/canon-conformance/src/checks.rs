@@ -324,6 +324,38 @@ pub async fn c5_an_ack_holds_across_restart<H: Harness>(h: &H) {
     );
 }
 
+/// C5a: unconfirmed acks, one answer per token in order, have the effect of acks (checked
+/// across a clean restart; what a machine crash may undo cannot be checked here).
+pub async fn c5a_unconfirmed_acks_are_acks<H: Harness>(h: &H) {
+    let b = setup(h, &[("g", quick(false))]).await;
+    publish(&b, &["a", "b", "c", "d"]).await;
+    let got = pull(&b, "g", 4).await;
+    assert_eq!(ids(&got), ["a", "b", "c", "d"]);
+    let tokens = [got[0].token.clone(), got[2].token.clone()];
+    let answers = b.ack_unconfirmed(&tokens).await;
+    assert_eq!(answers.len(), 2, "C5a: one answer per token");
+    assert!(answers.iter().all(Result::is_ok), "C5a: {answers:?}");
+    drop(got);
+    drop(b);
+    let b = h.open().await;
+    let again = pull_n(&b, "g", 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        ids(&again),
+        ["b", "d"],
+        "C5a: unconfirmed acks hold across a clean restart"
+    );
+    let answers = b
+        .ack_unconfirmed(&again.iter().map(|d| d.token.clone()).collect::<Vec<_>>())
+        .await;
+    assert!(answers.iter().all(Result::is_ok), "C5a: {answers:?}");
+    assert!(
+        pull_n(&b, "g", 1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "C5a: and nothing else comes back"
+    );
+}
+
 /// C6: nack with a delay redelivers no earlier than the delay.
 pub async fn c6_nack_with_delay_redelivers_no_earlier<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;

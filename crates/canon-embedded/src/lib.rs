@@ -582,6 +582,40 @@ impl Backend for EmbeddedBackend {
             .await
     }
 
+    /// One write for all the acks, answered once it is written to the OS (safe from a crash
+    /// of this process), without waiting for its sync.
+    async fn ack_unconfirmed(&self, tokens: &[LeaseToken]) -> Vec<Result<(), BackendError>> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        let mut ops = Vec::new();
+        let mut topics: Vec<&str> = Vec::new();
+        for token in tokens {
+            let acked = self
+                .group(&token.topic, &token.group)
+                .and_then(|group| lock(&group).ack(token).map_err(lost));
+            if let Ok(more) = &acked
+                && !more.is_empty()
+                && !topics.contains(&token.topic.as_str())
+            {
+                topics.push(&token.topic);
+            }
+            answers.push(acked.map(|more| ops.extend(more)));
+        }
+        if !ops.is_empty() {
+            if let Err(e) = self.writer.write_unsynced(ops).await {
+                for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                    *a = Err(e.clone());
+                }
+            }
+            // As `on_lease`: waiting pulls look again.
+            for t in topics {
+                if let Ok(shared) = self.topic(t) {
+                    shared.notify.notify_waiters();
+                }
+            }
+        }
+        answers
+    }
+
     async fn nack(
         &self,
         token: &LeaseToken,

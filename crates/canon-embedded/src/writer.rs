@@ -149,6 +149,8 @@ enum Job {
     Write {
         ops: Vec<Op>,
         reply: Reply<()>,
+        /// Answer once written to the OS, without waiting for the sync (see `write_unsynced`).
+        unsynced: bool,
     },
 }
 
@@ -243,9 +245,24 @@ impl Writer {
     }
 
     pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+        self.submit(ops, false).await
+    }
+
+    /// Writes `ops` and answers once they are written to the OS, before the sync that makes
+    /// them durable against a machine crash (a process crash does not lose them). A later
+    /// synced write covers them: the journal is synced in order.
+    pub(crate) async fn write_unsynced(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+        self.submit(ops, true).await
+    }
+
+    async fn submit(&self, ops: Vec<Op>, unsynced: bool) -> Result<(), BackendError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .send(Job::Write { ops, reply })
+            .send(Job::Write {
+                ops,
+                reply,
+                unsynced,
+            })
             .map_err(|_| BackendError::storage("the writer has stopped"))?;
         rx.await
             .map_err(|_| BackendError::storage("the writer has stopped"))?
@@ -640,6 +657,8 @@ fn write(
         // and the bytes the commit adds to them.
         let mut touched: Vec<(Arc<TopicShared>, u64, u64)> = Vec::new();
         let mut pending = Vec::with_capacity(jobs.len());
+        // Unsynced writes: answered once the commit is written to the OS.
+        let mut early: Vec<Reply<()>> = Vec::new();
         for job in jobs {
             match job {
                 Job::Publish {
@@ -672,11 +691,19 @@ fn write(
                     );
                     pending.push(Pending::Publish(reply, result));
                 }
-                Job::Write { ops, reply } => {
+                Job::Write {
+                    ops,
+                    reply,
+                    unsynced,
+                } => {
                     for op in ops {
                         apply(store, &mut batch, &mut overlay, op);
                     }
-                    pending.push(Pending::Write(reply));
+                    if unsynced {
+                        early.push(reply);
+                    } else {
+                        pending.push(Pending::Write(reply));
+                    }
                 }
             }
         }
@@ -706,6 +733,9 @@ fn write(
             // Hand over when the syncer still holds batches (answers stay in order) or when
             // more work waits (the writer has something to plan while the journal syncs).
             let (hand_over, mode) = match &persist {
+                // Nothing of this commit waits for a sync: into the OS buffers only. A later
+                // synced commit covers it.
+                _ if pending.is_empty() => (false, PersistMode::Buffer),
                 Persist::Syncer(_, queued) => {
                     let busy = queued.load(Ordering::SeqCst) > 0 || {
                         taken = rx.try_recv().ok();
@@ -725,6 +755,9 @@ fn write(
 
         match committed {
             Ok(hand_over) => {
+                for reply in early {
+                    drop(reply.send(Ok(())));
+                }
                 let mut written = Written {
                     committed: Vec::with_capacity(touched.len()),
                     pending,
@@ -760,7 +793,11 @@ fn write(
                 for (topic, before, _) in touched {
                     topic.next_seq.store(before, Ordering::SeqCst);
                 }
-                fail_all(pending, &BackendError::storage(e));
+                let err = BackendError::storage(e);
+                for reply in early {
+                    drop(reply.send(Err(err.clone())));
+                }
+                fail_all(pending, &err);
             }
         }
     }

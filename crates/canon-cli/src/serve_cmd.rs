@@ -17,6 +17,10 @@ pub(crate) struct DaprRun {
     /// /dapr/subscribe and delivers events and jobs to it.
     #[arg(long, requires = "app_id")]
     app_port: Option<u16>,
+    /// The HTTP version the app serves (Dapr's --app-protocol): `http` (HTTP/1.1) or `h2c`
+    /// (HTTP/2 without TLS).
+    #[arg(long, requires = "app_port", value_parser = ["http", "h2c"], default_value = "http")]
+    app_protocol: String,
     /// The port Canon listens on, on 127.0.0.1 (Dapr's --dapr-http-port; instead of --listen).
     #[arg(long, alias = "dapr-http-port", conflicts_with = "listen")]
     port: Option<u16>,
@@ -35,6 +39,11 @@ impl DaprRun {
             config.dapr.apps.push(canon_server::config::DaprApp {
                 id,
                 url: format!("http://127.0.0.1:{port}"),
+                protocol: if self.app_protocol == "h2c" {
+                    canon_server::PushProtocol::H2c
+                } else {
+                    canon_server::PushProtocol::Http
+                },
             });
         }
         config.dapr.resources.extend(self.resources_path);

@@ -89,6 +89,7 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
     config.dapr.apps.push(DaprApp {
         id: "bench".to_owned(),
         url: app_url,
+        protocol: Default::default(),
     });
     let server = canon_server::start(config).await?;
     let base = format!("http://{}", server.addr);

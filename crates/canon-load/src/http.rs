@@ -20,20 +20,26 @@ pub(crate) struct HttpFigures {
     pub(crate) single_p99: Duration,
     pub(crate) pull_eps: f64,
     pub(crate) sdk_eps: f64,
-    pub(crate) push_eps: f64,
+    /// Push delivery, events/s, per HTTP version.
+    pub(crate) push_eps: Vec<(String, f64)>,
     pub(crate) push_batch: usize,
 }
 
 pub(crate) fn report(f: &HttpFigures) {
+    let push: Vec<String> = f
+        .push_eps
+        .iter()
+        .map(|(p, eps)| format!("push {p} {eps:>9.0} ev/s"))
+        .collect();
     println!(
-        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | sdk consumer {:>9.0} ev/s ({:.2}x pull+ack) | push {:>9.0} ev/s ({} per request)",
+        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | sdk consumer {:>9.0} ev/s ({:.2}x pull+ack) | {} ({} per request)",
         f.publish_eps,
         f.single_p50.as_secs_f64() * 1e3,
         f.single_p99.as_secs_f64() * 1e3,
         f.pull_eps,
         f.sdk_eps,
         f.sdk_eps / f.pull_eps.max(1.0),
-        f.push_eps,
+        push.join(" | "),
         f.push_batch
     );
 }
@@ -221,43 +227,52 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     lat.sort_unstable();
     f.single_p50 = percentile(&lat, 0.5);
     f.single_p99 = percentile(&lat, 0.99);
-    // Push delivery to a local subscriber that answers 200 with an empty body.
-    let received = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&received);
-    let batched = args.push_batch > 1;
-    let app = axum::Router::new().route(
-        "/events",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            // A batch: count its events (a JSON array of objects), answer 200 empty: all done.
-            let n = if batched {
-                serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&body)
-                    .map_or(0, |v| v.len())
-            } else {
-                1
-            };
-            counter.fetch_add(n, Ordering::Relaxed);
-            async {}
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sub_addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let started = Instant::now();
-    post(
-        &http,
-        &format!("{base}/v1/subscriptions"),
-        "application/json",
-        serde_json::to_vec(
-            &json!({"name": "push", "topic": "bench", "max_in_flight": 10000,
-            "push": {"url": format!("http://{sub_addr}/events"), "concurrency": 64, "batch": args.push_batch}}),
-        )?,
-    )
-    .await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Push delivery to a local subscriber that answers 200 with an empty body (HTTP/1.1 and
+    // HTTP/2 both: axum detects the HTTP/2 preface).
+    for protocol in &args.push_protocols {
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
+        let batched = args.push_batch > 1;
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                // A batch: count its events (a JSON array of objects), answer 200 empty: all done.
+                let n = if batched {
+                    serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&body)
+                        .map_or(0, |v| v.len())
+                } else {
+                    1
+                };
+                counter.fetch_add(n, Ordering::Relaxed);
+                async {}
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let sub_addr = listener.local_addr()?;
+        let subscriber = tokio::spawn(async move { axum::serve(listener, app).await });
+        let started = Instant::now();
+        post(
+            &http,
+            &format!("{base}/v1/subscriptions"),
+            "application/json",
+            serde_json::to_vec(&json!({"name": format!("push-{protocol}"), "topic": "bench",
+                "max_in_flight": 10000,
+                "push": {"url": format!("http://{sub_addr}/events"), "concurrency": args.push_concurrency,
+                         "batch": args.push_batch, "protocol": protocol}}))?,
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let eps = received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        f.push_eps.push((protocol.clone(), eps));
+        http.delete(format!("{base}/v1/subscriptions/push-{protocol}"))
+            .send()
+            .await?
+            .error_for_status()?;
+        subscriber.abort();
     }
-    f.push_eps = received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
 
     server.shutdown().await?;
     Ok(f)

@@ -80,6 +80,13 @@ pub(crate) struct Args {
     /// Events per push request in the HTTP mode (1: one event per request).
     #[arg(long, default_value_t = 1)]
     push_batch: usize,
+    /// The HTTP versions of the push phase, each measured over every event with its own
+    /// subscription and subscriber connection: `http` (HTTP/1.1), `h2c` (HTTP/2, prior knowledge).
+    #[arg(long, value_delimiter = ',', default_value = "http,h2c")]
+    push_protocols: Vec<String>,
+    /// Push requests in flight (the subscription's `concurrency`).
+    #[arg(long, default_value_t = 64)]
+    push_concurrency: usize,
     /// Skip the embedded backend's own phases.
     #[arg(long)]
     no_embedded: bool,
@@ -763,11 +770,16 @@ async fn run(args: Args) -> Result<()> {
             );
         }
         if let Some(h) = &h {
+            let push: Vec<String> = h
+                .push_eps
+                .iter()
+                .map(|(p, eps)| format!("push {p} {:.2}x", eps / j.consume_eps))
+                .collect();
             println!(
-                "ratios canon http/jetstream: publish {:.2}x, pull+ack {:.2}x, push {:.2}x (jetstream consume)",
+                "ratios canon http/jetstream: publish {:.2}x, pull+ack {:.2}x, {} (jetstream consume)",
                 h.publish_eps / j.publish_eps,
                 h.pull_eps / j.consume_eps,
-                h.push_eps / j.consume_eps
+                push.join(", ")
             );
         }
     }

@@ -119,6 +119,10 @@ pub struct DaprApp {
     pub id: String,
     /// Its base URL (`http://127.0.0.1:8000`).
     pub url: String,
+    /// The HTTP version it serves: `http` (HTTP/1.1) or `h2c` (HTTP/2 without TLS), as
+    /// Dapr's `--app-protocol`.
+    #[serde(default)]
+    pub protocol: crate::subs::PushProtocol,
 }
 
 impl Default for DaprConfig {

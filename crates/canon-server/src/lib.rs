@@ -49,7 +49,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::config::{Config, DurabilitySetting};
 use crate::metrics::{CodeLabel, Metrics};
 use crate::problem::Problem;
-pub use crate::subs::{PushFormat, PushSpec, RetrySpec, Subscription};
+pub use crate::subs::{PushFormat, PushProtocol, PushSpec, RetrySpec, Subscription};
 
 /// Has mimalloc return freed memory to the OS after 100 ms instead of v3's default second.
 /// The embedded backend allocates and frees memtables at the rate events arrive (about 90 MB/s
@@ -114,7 +114,11 @@ pub struct App<B: Backend> {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Names this server's consumers (`<host>-<pid>`).
     pub(crate) instance: String,
+    /// The client of the calls to Dapr apps other than deliveries (discovery, jobs), HTTP/1.1.
+    /// Push deliveries have their own (`push::Subscriber`).
     pub(crate) http: reqwest::Client,
+    /// The same over HTTP/2 with prior knowledge, for apps that speak `h2c`.
+    pub(crate) h2c: reqwest::Client,
     /// The Dapr API's secret stores.
     pub(crate) secrets: dapr::SecretStores,
     /// Dapr resources read at start-up (declarative subscriptions).
@@ -136,6 +140,14 @@ impl<B: Backend> std::fmt::Debug for App<B> {
 type Shared<B> = Arc<App<B>>;
 
 impl<B: Backend> App<B> {
+    /// The client for a subscriber that speaks `protocol`.
+    pub(crate) fn client(&self, protocol: subs::PushProtocol) -> &reqwest::Client {
+        match protocol {
+            subs::PushProtocol::Http => &self.http,
+            subs::PushProtocol::H2c => &self.h2c,
+        }
+    }
+
     /// A server over an engine.
     pub async fn new(engine: Engine<B>, mut config: Config) -> Result<Shared<B>, ServeError> {
         let auth = Authenticator::new(&config.auth).map_err(ServeError::Config)?;
@@ -176,6 +188,11 @@ impl<B: Backend> App<B> {
             .pool_max_idle_per_host(config.push.concurrency.max(1) * 2)
             .build()
             .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
+        let h2c = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.push.timeout_ms))
+            .http2_prior_knowledge()
+            .build()
+            .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
         let secrets =
             dapr::SecretStores::open(&config.dapr.secret_stores).map_err(ServeError::Config)?;
         let app = Arc::new(App {
@@ -195,6 +212,7 @@ impl<B: Backend> App<B> {
                 std::process::id()
             ),
             http,
+            h2c,
             relays: std::sync::Mutex::new(Vec::new()),
         });
         outbox::start(&app)?;

@@ -19,13 +19,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use canon_backend::{Backend, Delivery, Outcome, settle};
+use canon_backend::{Backend, Delivery, LeaseToken, Outcome, settle};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::metrics::{SubLabel, SubOutcome};
 use crate::subs::{PushFormat, Subscription};
 use crate::{App, Shared};
+
+mod client;
+pub(crate) use client::{Answer, Subscriber};
 
 /// A running push worker.
 #[derive(Debug)]
@@ -107,7 +110,25 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             return;
         }
     };
-    let base: Arc<str> = spec.url.as_str().into();
+    let client = match Subscriber::new(
+        &target,
+        spec.protocol,
+        Duration::from_millis(app.config.push.timeout_ms),
+    ) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(subscription = %sub.name, url = %spec.url, error = %e, "push: no subscriber to connect to; nothing is delivered");
+            return;
+        }
+    };
+    // The request target: the URL's path and query; a Dapr app's routes go under its path.
+    let path: Arc<str> = match (target.query(), &dapr_routes) {
+        (_, Some(_)) => target.path().trim_end_matches('/').into(),
+        (Some(q), None) => format!("{}?{q}", target.path()).into(),
+        (None, None) => target.path().into(),
+    };
+    let (acks, acked) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_batches(app.clone(), sub.clone(), acked));
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -164,28 +185,98 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let Ok(settling) = unsettled.clone().acquire_many_owned(n).await else {
                 break;
             };
-            let (app, sub, base, target) = (app.clone(), sub.clone(), base.clone(), target.clone());
+            let to = To {
+                client: client.clone(),
+                url: target.clone(),
+                path: path.clone(),
+                acks: acks.clone(),
+                label: SubLabel {
+                    subscription: sub.name.clone(),
+                },
+            };
+            let (app, sub) = (app.clone(), sub.clone());
             let format = spec.format;
             let dapr = dapr_routes.clone();
             tokio::spawn(async move {
                 if let Some(dapr) = dapr {
                     if batch > 1 {
-                        crate::dapr::deliver::deliver_bulk(&app, &sub, &base, &dapr, chunk, permit)
+                        crate::dapr::deliver::deliver_bulk(&app, &sub, &to, &dapr, chunk, permit)
                             .await;
                     } else if let Some(d) = chunk.into_iter().next() {
-                        crate::dapr::deliver::deliver(&app, &sub, &base, &dapr, d, permit).await;
+                        crate::dapr::deliver::deliver(&app, &sub, &to, &dapr, d, permit).await;
                     }
                 } else if batch > 1 {
-                    deliver_batch(&app, &sub, &target, chunk, permit).await;
+                    deliver_batch(&app, &sub, &to, chunk, permit).await;
                 } else if let Some(d) = chunk.into_iter().next() {
-                    deliver(&app, &sub, &target, format, d, permit).await;
+                    deliver(&app, &sub, &to, format, d, permit).await;
                 }
                 drop(settling);
             });
         }
     }
-    // Drain: every permit back means every request answered and settled.
+    // Drain: every permit back means every request answered and settled or handed to the
+    // acker, which ends once it has acked what it holds.
     let _ = unsettled.acquire_many(UNSETTLED).await;
+    drop(acks);
+    let _ = acker.await;
+}
+
+/// A success or a drop, for the acker.
+struct Acked {
+    token: LeaseToken,
+    seq: u64,
+    /// The outcome's metric label.
+    outcome: &'static str,
+}
+
+/// The most acks written at once.
+const ACK_BATCH: usize = 1024;
+
+/// A push worker's acker: acks what its deliveries' subscribers answered for, in batches
+/// (`Backend::ack_unconfirmed`: the subscriber's answer was the acknowledgment, so the acks need
+/// not be durable before the next request; a machine crash may deliver those events again, as
+/// at-least-once allows). One write for many acks, instead of one per event, is what lets push
+/// keep up with a fast topic (BENCHMARKS.md). Ends when every sender is gone and all is acked.
+async fn ack_batches<B: Backend>(
+    app: Shared<B>,
+    sub: Arc<Subscription>,
+    mut rx: mpsc::UnboundedReceiver<Acked>,
+) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        let tokens: Vec<LeaseToken> = batch.iter().map(|a| a.token.clone()).collect();
+        let answers = app.engine.backend().ack_unconfirmed(&tokens).await;
+        for (acked, answer) in batch.drain(..).zip(answers) {
+            match answer {
+                Ok(()) => {
+                    app.metrics
+                        .delivered
+                        .get_or_create(&SubOutcome {
+                            subscription: sub.name.clone(),
+                            outcome: acked.outcome,
+                        })
+                        .inc();
+                }
+                // The lease ran out while the subscriber worked: the event is redelivered.
+                Err(e) => {
+                    tracing::warn!(subscription = %sub.name, seq = acked.seq, error = %e, "push: settling failed");
+                }
+            }
+        }
+    }
+}
+
+/// Where a push worker's requests go.
+pub(crate) struct To {
+    pub(crate) client: Arc<Subscriber>,
+    /// The subscription's URL, for messages.
+    pub(crate) url: Arc<reqwest::Url>,
+    /// The request target (path and query); for a Dapr app, the prefix of its routes.
+    pub(crate) path: Arc<str>,
+    /// To the worker's acker.
+    acks: mpsc::UnboundedSender<Acked>,
+    /// The subscription's metric label.
+    pub(crate) label: SubLabel,
 }
 
 /// How long a busy push worker waits for more request slots before it pulls (see `run`).
@@ -195,7 +286,7 @@ const GATHER_WAIT: Duration = Duration::from_millis(1);
 async fn deliver<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    url: &reqwest::Url,
+    to: &To,
     format: PushFormat,
     d: Delivery,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -248,19 +339,12 @@ async fn deliver<B: Backend>(
     {
         headers.insert("traceparent", v);
     }
-    let answer = app
-        .http
-        .post(url.clone())
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    let label = SubLabel {
-        subscription: sub.name.clone(),
-    };
+    let answer = to.client.post(&to.path, headers, body).await;
+    let url = &to.url;
+    let label = &to.label;
     app.metrics
         .push_seconds
-        .get_or_create(&label)
+        .get_or_create(label)
         .observe(started.elapsed().as_secs_f64());
     let (outcome, error) = match answer {
         Err(e) => (
@@ -268,11 +352,10 @@ async fn deliver<B: Backend>(
             Some(format!("push to {url} failed: {e}")),
         ),
         Ok(res) => {
-            let status = res.status();
-            let retry_after = retry_after(&res);
+            let status = res.status;
+            let retry_after = retry_after(&res.headers);
             if status.is_success() {
-                let body = res.bytes().await.unwrap_or_default();
-                interpret(&body, retry_after)
+                interpret(&res.body, retry_after)
             } else if status == reqwest::StatusCode::NOT_FOUND {
                 (
                     Outcome::DeadLetter,
@@ -287,7 +370,7 @@ async fn deliver<B: Backend>(
         }
     };
     drop(permit);
-    settle_and_count(app, sub, &label, &d, outcome, error).await;
+    settle_and_count(app, to, sub, &d, outcome, error).await;
 }
 
 /// Sends deliveries as one `application/cloudevents-batch+json` request and settles each by
@@ -297,7 +380,7 @@ async fn deliver<B: Backend>(
 async fn deliver_batch<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    url: &reqwest::Url,
+    to: &To,
     chunk: Vec<Delivery>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -311,34 +394,31 @@ async fn deliver_batch<B: Backend>(
         body.extend_from_slice(&d.event.event.to_json());
     }
     body.push(b']');
-    let answer = app
-        .http
-        .post(url.clone())
-        .header(CONTENT_TYPE, "application/cloudevents-batch+json")
-        .body(body)
-        .send()
-        .await;
-    let label = SubLabel {
-        subscription: sub.name.clone(),
-    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/cloudevents-batch+json"),
+    );
+    let answer = to.client.post(&to.path, headers, body).await;
+    let label = &to.label;
     app.metrics
         .push_seconds
-        .get_or_create(&label)
+        .get_or_create(label)
         .observe(started.elapsed().as_secs_f64());
-    let outcomes = batch_outcomes(answer, &chunk, url.as_str()).await;
+    let outcomes = batch_outcomes(answer, &chunk, to.url.as_str());
     drop(permit);
     let settles = chunk
         .iter()
         .zip(outcomes)
-        .map(|(d, (outcome, error))| settle_and_count(app, sub, &label, d, outcome, error));
+        .map(|(d, (outcome, error))| settle_and_count(app, to, sub, d, outcome, error));
     futures_util::future::join_all(settles).await;
 }
 
 /// Per delivery, the outcome of a batch request's answer: `statuses` by `entryId` (the event
 /// id; one left out is RETRY), a 2xx without `statuses` success for all, 404 drop for all,
 /// anything else retry for all.
-pub(crate) async fn batch_outcomes(
-    answer: Result<reqwest::Response, reqwest::Error>,
+pub(crate) fn batch_outcomes(
+    answer: Result<Answer, String>,
     chunk: &[Delivery],
     url: &str,
 ) -> Vec<(Outcome, Option<String>)> {
@@ -351,11 +431,10 @@ pub(crate) async fn batch_outcomes(
             chunk.len()
         ],
         Ok(res) => {
-            let status = res.status();
-            let retry_after = retry_after(&res);
+            let status = res.status;
+            let retry_after = retry_after(&res.headers);
             if status.is_success() {
-                let body = res.bytes().await.unwrap_or_default();
-                let statuses = serde_json::from_slice::<serde_json::Value>(&body)
+                let statuses = serde_json::from_slice::<serde_json::Value>(&res.body)
                     .ok()
                     .and_then(|v| v.get("statuses").and_then(|s| s.as_array()).cloned());
                 match statuses {
@@ -401,8 +480,8 @@ pub(crate) async fn batch_outcomes(
 /// Settles one delivery and counts it.
 pub(crate) async fn settle_and_count<B: Backend>(
     app: &App<B>,
+    to: &To,
     sub: &Subscription,
-    label: &SubLabel,
     d: &Delivery,
     outcome: Outcome,
     error: Option<String>,
@@ -418,8 +497,23 @@ pub(crate) async fn settle_and_count<B: Backend>(
     {
         app.metrics
             .end_to_end_seconds
-            .get_or_create(label)
+            .get_or_create(&to.label)
             .observe(age.as_secs_f64());
+    }
+    // Acks go to the worker's acker, which writes them in batches.
+    if matches!(outcome, Outcome::Success | Outcome::Drop) {
+        let acked = Acked {
+            token: d.token.clone(),
+            seq: d.event.seq,
+            outcome: name,
+        };
+        if let Err(mpsc::error::SendError(acked)) = to.acks.send(acked) {
+            // The acker has stopped (the worker is going away): ack here.
+            if let Err(e) = app.engine.backend().ack(&acked.token).await {
+                tracing::warn!(subscription = %sub.name, seq = d.event.seq, error = %e, "push: settling failed");
+            }
+        }
+        return;
     }
     match settle(app.engine.backend(), &d.token, outcome, error).await {
         Ok(()) => {
@@ -439,8 +533,8 @@ pub(crate) async fn settle_and_count<B: Backend>(
 }
 
 /// The `Retry-After` of an answer, in seconds.
-pub(crate) fn retry_after(res: &reqwest::Response) -> Option<Duration> {
-    res.headers()
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())

@@ -38,6 +38,18 @@ pub enum PushFormat {
     Data,
 }
 
+/// The HTTP version of push requests, named as Dapr's `--app-protocol` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PushProtocol {
+    /// HTTP/1.1: a connection per request in flight.
+    #[default]
+    Http,
+    /// HTTP/2 without TLS, with prior knowledge (the subscriber must accept HTTP/2 on a plain
+    /// connection). All requests in flight share one connection, and many go out in one write.
+    H2c,
+}
+
 /// Where and how events are pushed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +59,9 @@ pub struct PushSpec {
     /// The request format.
     #[serde(default)]
     pub format: PushFormat,
+    /// The HTTP version: `http` (HTTP/1.1, the default) or `h2c`.
+    #[serde(default)]
+    pub protocol: PushProtocol,
     /// Requests in flight at once (default: the server's `push.concurrency`).
     pub concurrency: Option<usize>,
     /// Events per request (default 1). Above 1 the body is a JSON array of events

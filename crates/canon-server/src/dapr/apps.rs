@@ -249,7 +249,7 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
 async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
     let url = format!("{}/dapr/subscribe", a.url.trim_end_matches('/'));
     let res = app
-        .http
+        .client(a.protocol)
         .get(&url)
         .timeout(Duration::from_secs(5))
         .send()
@@ -371,6 +371,7 @@ async fn install<B: Backend>(
     let push = PushSpec {
         url: a.url.trim_end_matches('/').to_owned(),
         format: crate::subs::PushFormat::Structured,
+        protocol: a.protocol,
         concurrency: None,
         batch,
         dapr: Some(delivery),
@@ -380,6 +381,7 @@ async fn install<B: Backend>(
         if existing.push.as_ref().and_then(|p| p.dapr.as_ref()) != push.dapr.as_ref()
             || existing.push.as_ref().map(|p| &p.url) != Some(&push.url)
             || existing.push.as_ref().and_then(|p| p.batch) != push.batch
+            || existing.push.as_ref().map(|p| p.protocol) != Some(push.protocol)
         {
             crate::subs::replace_push(app, &existing, Some(push))
                 .await

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use canon_backend::{Backend, Delivery, Outcome, PublishRequest, TopicConfig};
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::metrics::SubLabel;
-use crate::push::{interpret, retry_after, settle_and_count};
+use crate::push::{To, interpret, retry_after, settle_and_count};
 use crate::subs::{DaprDelivery, Subscription};
 use canon_dapr::rules;
 
@@ -72,20 +71,27 @@ fn outgoing(d: &Delivery, sub: &Subscription, dapr: &Routes) -> canon_envelope::
     out
 }
 
+/// The request target of a route in the app, and its URL for messages.
+fn to_route(to: &To, route: &str) -> (String, String) {
+    let route = route.trim_start_matches('/');
+    (
+        format!("{}/{route}", to.path),
+        format!("{}/{route}", to.url.as_str().trim_end_matches('/')),
+    )
+}
+
 /// Bulk subscribe: the events of a chunk go in one request per route, in Dapr's bulk shape
 /// (`{"entries":[{"entryId","event","contentType"}], "topic", "pubsubname", "type":
 /// "com.dapr.event.sent.bulk"}`); the app answers per entry with `statuses`.
 pub(crate) async fn deliver_bulk<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    base: &str,
+    to: &To,
     dapr: &Routes,
     chunk: Vec<Delivery>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let label = SubLabel {
-        subscription: sub.name.clone(),
-    };
+    let label = &to.label;
     // Deliveries with their event as JSON, grouped by route (`None`: no route).
     type Group = (Option<String>, Vec<(Delivery, Value)>);
     let mut by_path: Vec<Group> = Vec::new();
@@ -109,7 +115,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
             );
             continue;
         };
-        let url = format!("{base}/{}", path.trim_start_matches('/'));
+        let (target, url) = to_route(to, &path);
         let entries: Vec<Value> = group
             .iter()
             .map(|(d, doc)| {
@@ -121,20 +127,18 @@ pub(crate) async fn deliver_bulk<B: Backend>(
         let body = json!({"entries": entries, "id": id, "metadata": {}, "pubsubname": dapr.pubsub,
                           "topic": sub.topic, "type": "com.dapr.event.sent.bulk"});
         let started = Instant::now();
-        let answer = app
-            .http
-            .post(&url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body.to_string())
-            .send()
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let answer = to
+            .client
+            .post(&target, headers, body.to_string().into_bytes())
             .await;
         app.metrics
             .push_seconds
-            .get_or_create(&label)
+            .get_or_create(label)
             .observe(started.elapsed().as_secs_f64());
         let deliveries: Vec<Delivery> = group.into_iter().map(|(d, _)| d).collect();
         let outcomes = crate::push::batch_outcomes(answer, &deliveries, &url)
-            .await
             .into_iter()
             .map(|(o, e)| match o {
                 Outcome::Retry(Some(d)) => (Outcome::Retry(Some(d.min(MAX_RETRY_AFTER))), e),
@@ -149,7 +153,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
     }
     drop(permit);
     for (d, outcome, error) in settled {
-        finish(app, sub, &label, dapr, &d, outcome, error).await;
+        finish(app, to, sub, dapr, &d, outcome, error).await;
     }
 }
 
@@ -157,15 +161,13 @@ pub(crate) async fn deliver_bulk<B: Backend>(
 pub(crate) async fn deliver<B: Backend>(
     app: &App<B>,
     sub: &Subscription,
-    base: &str,
+    to: &To,
     dapr: &Routes,
     d: Delivery,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let label = SubLabel {
-        subscription: sub.name.clone(),
-    };
+    let label = &to.label;
     let out = outgoing(&d, sub, dapr);
     let json = out.to_json();
     let doc: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
@@ -173,43 +175,32 @@ pub(crate) async fn deliver<B: Backend>(
     let Some(path) = path else {
         drop(permit);
         let why = "no routing rule matches and the subscription has no default route";
-        finish(
-            app,
-            sub,
-            &label,
-            dapr,
-            &d,
-            Outcome::Drop,
-            Some(why.to_owned()),
-        )
-        .await;
+        finish(app, to, sub, dapr, &d, Outcome::Drop, Some(why.to_owned())).await;
         return;
     };
-    let url = format!("{base}/{}", path.trim_start_matches('/'));
+    let (target, url) = to_route(to, path);
     let body = if dapr.raw_payload {
         raw_envelope(&d, &sub.topic, &dapr.pubsub)
     } else {
         json
     };
-    let mut req = app
-        .http
-        .post(&url)
-        .header(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/cloudevents+json"),
-        )
-        .body(body);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/cloudevents+json"),
+    );
     if let Some(tp) = out
         .traceparent()
         .and(out.extensions.get("traceparent"))
         .and_then(|v| v.as_str())
+        .and_then(|v| HeaderValue::try_from(v).ok())
     {
-        req = req.header("traceparent", tp);
+        headers.insert("traceparent", tp);
     }
-    let answer = req.send().await;
+    let answer = to.client.post(&target, headers, body).await;
     app.metrics
         .push_seconds
-        .get_or_create(&label)
+        .get_or_create(label)
         .observe(started.elapsed().as_secs_f64());
     let (outcome, error) = match answer {
         Err(e) => (
@@ -217,13 +208,12 @@ pub(crate) async fn deliver<B: Backend>(
             Some(format!("delivery to {url} failed: {e}")),
         ),
         Ok(res) => {
-            let status = res.status();
+            let status = res.status;
             // Capped, so that an event that always fails reaches its dead-letter topic within a
             // minute whatever the app asks for.
-            let after = retry_after(&res).map(|d| d.min(MAX_RETRY_AFTER));
+            let after = retry_after(&res.headers).map(|d| d.min(MAX_RETRY_AFTER));
             if status.is_success() {
-                let body = res.bytes().await.unwrap_or_default();
-                interpret(&body, after)
+                interpret(&res.body, after)
             } else if status == reqwest::StatusCode::NOT_FOUND {
                 (
                     Outcome::DeadLetter,
@@ -238,7 +228,7 @@ pub(crate) async fn deliver<B: Backend>(
         }
     };
     drop(permit);
-    finish(app, sub, &label, dapr, &d, outcome, error).await;
+    finish(app, to, sub, dapr, &d, outcome, error).await;
 }
 
 /// What Dapr sends for a rawPayload subscription: the stored bytes, base64, in a fresh
@@ -263,8 +253,8 @@ fn raw_envelope(d: &Delivery, topic: &str, pubsub: &str) -> Vec<u8> {
 /// the app dropped it (DROP, 404, no route) or its last attempt failed.
 async fn finish<B: Backend>(
     app: &App<B>,
+    to: &To,
     sub: &Subscription,
-    label: &SubLabel,
     dapr: &Routes,
     d: &Delivery,
     outcome: Outcome,
@@ -277,7 +267,7 @@ async fn finish<B: Backend>(
         .as_deref()
         .filter(|_| matches!(outcome, Outcome::DeadLetter | Outcome::Drop) || last)
     else {
-        settle_and_count(app, sub, label, d, outcome, error).await;
+        settle_and_count(app, to, sub, d, outcome, error).await;
         return;
     };
     let backend = app.engine.backend();
@@ -301,14 +291,14 @@ async fn finish<B: Backend>(
         Ok(_) => {
             tracing::warn!(subscription = %sub.name, seq = d.event.seq, topic = dlt,
                 error = error.as_deref().unwrap_or(""), "dapr: sent to the dead-letter topic");
-            settle_and_count(app, sub, label, d, Outcome::Success, error).await;
+            settle_and_count(app, to, sub, d, Outcome::Success, error).await;
         }
         Err(e) => {
             let why = format!("dead-letter topic {dlt} unavailable: {e}");
             settle_and_count(
                 app,
+                to,
                 sub,
-                label,
                 d,
                 Outcome::Retry(Some(Duration::from_secs(1))),
                 Some(why),

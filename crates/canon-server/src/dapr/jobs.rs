@@ -714,7 +714,7 @@ async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
     let mut retries = 0u32;
     loop {
         let answer = app
-            .http
+            .client(target.protocol)
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone())

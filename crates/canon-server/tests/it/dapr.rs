@@ -519,18 +519,21 @@ fn dapr_error_codes_are_documented_both_ways() {
     crate::assert_codes_documented("docs/dapr.md", canon_server::dapr::CODES);
 }
 
-/// A Dapr app: answers `/dapr/subscribe` with `subscriptions` and records what it receives.
+/// A Dapr app: answers `/dapr/subscribe` with `subscriptions` and records what it receives,
+/// and the HTTP version of every request (it serves HTTP/1.1 and h2c).
 struct App {
     url: String,
     got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
     subscriptions: std::sync::Arc<std::sync::Mutex<Value>>,
+    versions: std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::Version)>>>,
 }
 
 async fn dapr_app(subscriptions: Value) -> App {
     use axum::routing::{get, post};
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let subs = std::sync::Arc::new(std::sync::Mutex::new(subscriptions));
-    let (g, s) = (got.clone(), subs.clone());
+    let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (g, s, v) = (got.clone(), subs.clone(), versions.clone());
     let app = axum::Router::new()
         .route(
             "/dapr/subscribe",
@@ -557,11 +560,20 @@ async fn dapr_app(subscriptions: Value) -> App {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            v.lock()
+                .unwrap()
+                .push((req.uri().path().to_owned(), req.version()));
+            next.run(req)
+        },
+    ));
     tokio::spawn(async move { axum::serve(listener, app).await });
     App {
         url,
         got,
         subscriptions: subs,
+        versions,
     }
 }
 
@@ -570,6 +582,15 @@ use axum::response::IntoResponse;
 /// A schema-less server with an open component `open`, Dapr resources from `resources`, and
 /// one app.
 async fn app_server(resources: &std::path::Path, id: &str, url: &str) -> Server {
+    app_server_over(resources, id, url, canon_server::PushProtocol::Http).await
+}
+
+async fn app_server_over(
+    resources: &std::path::Path,
+    id: &str,
+    url: &str,
+    protocol: canon_server::PushProtocol,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.catalogs = Vec::new();
@@ -581,6 +602,7 @@ async fn app_server(resources: &std::path::Path, id: &str, url: &str) -> Server 
     c.dapr.apps = vec![canon_server::config::DaprApp {
         id: id.to_owned(),
         url: url.to_owned(),
+        protocol,
     }];
     Server::with(c, Some(dir)).await
 }
@@ -825,6 +847,71 @@ async fn apps_get_events_by_their_routes_and_failures_reach_the_dead_letter_topi
 }
 
 #[tokio::test]
+async fn an_h2c_app_is_asked_delivered_to_and_triggered_over_http2() {
+    let app = dapr_app(json!([
+        {"pubsubname": "open", "topic": "orders", "route": "/orders"},
+        {"pubsubname": "open", "topic": "bulky", "route": "/bulk",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10}}
+    ]))
+    .await;
+    let resources = tempfile::tempdir().unwrap();
+    let s = app_server_over(
+        resources.path(),
+        "audit",
+        &app.url,
+        canon_server::PushProtocol::H2c,
+    )
+    .await;
+    let names = subscription_names(&s, 2).await;
+    assert_eq!(names, ["dapr:audit:open:bulky", "dapr:audit:open:orders"]);
+    for (topic, id) in [("orders", "o-1"), ("bulky", "b-1")] {
+        let (status, _, v) = s
+            .dapr(
+                Method::POST,
+                &format!("/v1.0/publish/open/{topic}"),
+                Some("application/cloudevents+json"),
+                &widget(id, "order.placed", json!({"n": 1})),
+            )
+            .await;
+        assert_eq!(status, 204, "{v}");
+    }
+    let (status, v) = s
+        .post(
+            "/v1.0-alpha1/jobs/ping",
+            &json!({"dueTime": "1s", "data": "tick"}),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let paths = || -> Vec<String> {
+        let mut p: Vec<String> = app
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
+        p.sort();
+        p
+    };
+    eventually("a delivery per route and the job", || {
+        paths() == ["/bulk", "/job/ping", "/orders"]
+    })
+    .await;
+    let versions = app.versions.lock().unwrap().clone();
+    assert!(
+        versions.iter().any(|(p, _)| p == "/dapr/subscribe"),
+        "{versions:?}"
+    );
+    assert!(
+        versions
+            .iter()
+            .all(|(_, v)| *v == axum::http::Version::HTTP_2),
+        "every call to an h2c app is HTTP/2: {versions:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_resource_outside_the_supported_subset_stops_the_start() {
     let resources = tempfile::tempdir().unwrap();
     let file = resources.path().join("bad.yaml");
@@ -849,6 +936,7 @@ async fn jobs_server(data: &std::path::Path, app: &App) -> Server {
     c.dapr.apps = vec![canon_server::config::DaprApp {
         id: "reminders".to_owned(),
         url: app.url.clone(),
+        protocol: Default::default(),
     }];
     Server::with(c, None).await
 }

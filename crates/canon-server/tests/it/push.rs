@@ -16,46 +16,50 @@ type Request = (String, u32, HeaderMap, Vec<u8>);
 struct Seen(Arc<Mutex<Vec<Request>>>);
 
 /// A subscriber whose answer depends on the draftId: `ok*` success, `retry*` RETRY the first
-/// time, `drop*` DROP, `gone*` 404, `fail*` 500 with Retry-After: 0 the first time.
+/// time, `drop*` DROP, `gone*` 404, `fail*` 500 with Retry-After: 0 the first time. It serves
+/// HTTP/1.1 and HTTP/2 with prior knowledge, and records the version as `x-test-version`.
 async fn subscriber() -> (String, Seen) {
     let seen = Seen::default();
     let state = seen.clone();
     let app = axum::Router::new().route(
         "/events",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let state = state.clone();
-            async move {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let draft = v["data"]["draftId"]
-                    .as_str()
-                    .or_else(|| v["draftId"].as_str())
-                    .or_else(|| headers.get("ce-id").and_then(|h| h.to_str().ok()))
-                    .unwrap_or("")
-                    .to_owned();
-                let mut seen = state.0.lock().unwrap();
-                let n =
-                    1 + u32::try_from(seen.iter().filter(|(d, ..)| *d == draft).count()).unwrap();
-                seen.push((draft.clone(), n, headers.clone(), body.to_vec()));
-                drop(seen);
-                if draft.starts_with("retry") && n == 1 {
-                    return axum::Json(json!({"status": "RETRY"})).into_response();
+        axum::routing::post(
+            move |version: axum::http::Version, mut headers: HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                headers.insert("x-test-version", format!("{version:?}").parse().unwrap());
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let draft = v["data"]["draftId"]
+                        .as_str()
+                        .or_else(|| v["draftId"].as_str())
+                        .or_else(|| headers.get("ce-id").and_then(|h| h.to_str().ok()))
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut seen = state.0.lock().unwrap();
+                    let n = 1 + u32::try_from(seen.iter().filter(|(d, ..)| *d == draft).count())
+                        .unwrap();
+                    seen.push((draft.clone(), n, headers.clone(), body.to_vec()));
+                    drop(seen);
+                    if draft.starts_with("retry") && n == 1 {
+                        return axum::Json(json!({"status": "RETRY"})).into_response();
+                    }
+                    if draft.starts_with("drop") {
+                        return axum::Json(json!({"status": "DROP"})).into_response();
+                    }
+                    if draft.starts_with("gone") {
+                        return StatusCode::NOT_FOUND.into_response();
+                    }
+                    if draft.starts_with("fail") && n == 1 {
+                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")])
+                            .into_response();
+                    }
+                    if draft.starts_with("empty") {
+                        return StatusCode::OK.into_response();
+                    }
+                    axum::Json(json!({"status": "SUCCESS"})).into_response()
                 }
-                if draft.starts_with("drop") {
-                    return axum::Json(json!({"status": "DROP"})).into_response();
-                }
-                if draft.starts_with("gone") {
-                    return StatusCode::NOT_FOUND.into_response();
-                }
-                if draft.starts_with("fail") && n == 1 {
-                    return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")])
-                        .into_response();
-                }
-                if draft.starts_with("empty") {
-                    return StatusCode::OK.into_response();
-                }
-                axum::Json(json!({"status": "SUCCESS"})).into_response()
-            }
-        }),
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -72,9 +76,25 @@ async fn wait_for(what: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn push_follows_the_dapr_answer_contract() {
+    answer_contract("http", "HTTP/1.1").await;
+}
+
+#[tokio::test]
+async fn h2c_push_follows_the_same_contract_over_http2() {
+    answer_contract("h2c", "HTTP/2.0").await;
+}
+
+async fn answer_contract(protocol: &str, version: &str) {
     let (url, seen) = subscriber().await;
     let s = Server::start().await;
-    subscribe(&s, "hook", "post.generated", json!({"push": {"url": url}})).await;
+    let v = subscribe(
+        &s,
+        "hook",
+        "post.generated",
+        json!({"push": {"url": url, "protocol": protocol}}),
+    )
+    .await;
+    assert_eq!(v["push"]["protocol"], protocol);
     let drafts = ["ok-1", "retry-1", "drop-1", "gone-1", "fail-1", "empty-1"];
     let batch: Vec<_> = drafts
         .iter()
@@ -116,6 +136,14 @@ async fn push_follows_the_dapr_answer_contract() {
     // Structured mode by default.
     let first = seen.0.lock().unwrap()[0].clone();
     assert_eq!(first.2["content-type"], "application/cloudevents+json");
+    assert!(
+        seen.0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(.., h, _)| h["x-test-version"] == version),
+        "every request over {version}"
+    );
     let (_, v) = s.get("/metrics").await;
     let text = v.as_str().unwrap();
     assert!(

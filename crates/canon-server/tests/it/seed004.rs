@@ -161,6 +161,7 @@ async fn the_todo_app_runs_on_canon_as_on_dapr() {
         apps.push(DaprApp {
             id: id.to_owned(),
             url: format!("http://{}", listener.local_addr().unwrap()),
+            protocol: Default::default(),
         });
         tokio::spawn(async move { axum::serve(listener, router).await });
         services.insert(id, s);

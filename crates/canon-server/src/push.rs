@@ -197,7 +197,9 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let (app, sub) = (app.clone(), sub.clone());
             let format = spec.format;
             let dapr = dapr_routes.clone();
-            tokio::spawn(async move {
+            // Boxed: the delivery's future is large, and tokio moves a task's future (and its
+            // stage) by value; a pointer moves cheaper (memcpy was 5 % of a push run).
+            tokio::spawn(Box::pin(async move {
                 if let Some(dapr) = dapr {
                     if batch > 1 {
                         crate::dapr::deliver::deliver_bulk(&app, &sub, &to, &dapr, chunk, permit)
@@ -211,7 +213,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
                     deliver(&app, &sub, &to, format, d, permit).await;
                 }
                 drop(settling);
-            });
+            }));
         }
     }
     // Drain: every permit back means every request answered and settled or handed to the

@@ -217,13 +217,28 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
                 post(&http, &url, "application/cloudevents+json", body).await?;
                 lat.lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push(t.elapsed());
+                    .push((i, t.elapsed()));
                 Ok(())
             }
         })
         .await?;
     }
-    let mut lat = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut timed = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if let Some(path) = &args.latency_dump {
+        timed.sort_unstable();
+        let lines: String = timed
+            .iter()
+            .map(|(i, d)| {
+                format!(
+                    "{:.3}\t{:.3}\n",
+                    *i as f64 * 1e3 / args.rate as f64,
+                    d.as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("write {}", path.display()))?;
+    }
+    let mut lat: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
     lat.sort_unstable();
     f.single_p50 = percentile(&lat, 0.5);
     f.single_p99 = percentile(&lat, 0.99);

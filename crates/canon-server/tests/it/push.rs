@@ -423,3 +423,95 @@ async fn batched_push_is_settled_per_entry() {
     assert_eq!(requests.iter().flatten().filter(|d| *d == "a").count(), 1);
     s.stop().await;
 }
+
+/// A subscriber that answers on a connection and closes it a moment later, as servers with a
+/// short keep-alive do: the next event goes out on a new connection, on its first attempt.
+#[tokio::test]
+async fn a_connection_the_subscriber_closed_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (got, accepted) = (bodies.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let got = got.clone();
+            tokio::spawn(async move {
+                // One request: the head, then content-length bytes of body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        let body = &buf[end + 4..end + 4 + len];
+                        got.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(body).unwrap_or(Value::Null));
+                        break;
+                    }
+                }
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Dropped: closed without a `Connection: close`.
+            });
+        }
+    });
+    let s = Server::start().await;
+    subscribe(
+        &s,
+        "short",
+        "post.generated",
+        json!({"push": {"url": format!("http://{addr}/events"), "concurrency": 1}}),
+    )
+    .await;
+    for i in 0..5 {
+        let (status, _) = s
+            .publish(&[generated(&format!("k{i}"), &format!("ok-k{i}"))])
+            .await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_for(|| bodies.lock().unwrap().len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Vec<String> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["k0", "k1", "k2", "k3", "k4"],
+        "each event once, in order"
+    );
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "a new connection for each event"
+    );
+    let (_, v) = s.get("/metrics").await;
+    let text = v.as_str().unwrap();
+    assert!(
+        !text.contains("canon_deliveries_total{subscription=\"short\",outcome=\"retry\"}"),
+        "no attempt failed: {text}"
+    );
+    s.stop().await;
+}

@@ -114,11 +114,6 @@ pub struct App<B: Backend> {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Names this server's consumers (`<host>-<pid>`).
     pub(crate) instance: String,
-    /// The client of the calls to Dapr apps other than deliveries (discovery, jobs), HTTP/1.1.
-    /// Push deliveries have their own (`push::Subscriber`).
-    pub(crate) http: reqwest::Client,
-    /// The same over HTTP/2 with prior knowledge, for apps that speak `h2c`.
-    pub(crate) h2c: reqwest::Client,
     /// The Dapr API's secret stores.
     pub(crate) secrets: dapr::SecretStores,
     /// Dapr resources read at start-up (declarative subscriptions).
@@ -140,14 +135,6 @@ impl<B: Backend> std::fmt::Debug for App<B> {
 type Shared<B> = Arc<App<B>>;
 
 impl<B: Backend> App<B> {
-    /// The client for a subscriber that speaks `protocol`.
-    pub(crate) fn client(&self, protocol: subs::PushProtocol) -> &reqwest::Client {
-        match protocol {
-            subs::PushProtocol::Http => &self.http,
-            subs::PushProtocol::H2c => &self.h2c,
-        }
-    }
-
     /// A server over an engine.
     pub async fn new(engine: Engine<B>, mut config: Config) -> Result<Shared<B>, ServeError> {
         let auth = Authenticator::new(&config.auth).map_err(ServeError::Config)?;
@@ -183,16 +170,6 @@ impl<B: Backend> App<B> {
             }
         }
         let (shutdown, _) = watch::channel(false);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.push.timeout_ms))
-            .pool_max_idle_per_host(config.push.concurrency.max(1) * 2)
-            .build()
-            .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
-        let h2c = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.push.timeout_ms))
-            .http2_prior_knowledge()
-            .build()
-            .map_err(|e| ServeError::Config(format!("http client: {e}")))?;
         let secrets =
             dapr::SecretStores::open(&config.dapr.secret_stores).map_err(ServeError::Config)?;
         let app = Arc::new(App {
@@ -211,8 +188,6 @@ impl<B: Backend> App<B> {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "canon".to_owned()),
                 std::process::id()
             ),
-            http,
-            h2c,
             relays: std::sync::Mutex::new(Vec::new()),
         });
         outbox::start(&app)?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use canon_backend::{Backend, Delivery, LeaseToken, Outcome, settle};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::metrics::{SubLabel, SubOutcome};
@@ -28,7 +28,7 @@ use crate::subs::{PushFormat, Subscription};
 use crate::{App, Shared};
 
 mod client;
-pub(crate) use client::{Answer, Subscriber};
+pub(crate) use client::{Answer, Subscriber, under};
 
 /// A running push worker.
 #[derive(Debug)]
@@ -101,10 +101,10 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         .dapr
         .as_ref()
         .map(|d| Arc::new(crate::dapr::deliver::Routes::compile(d)));
-    // Parsed once (creating the subscription checked that it parses): reqwest would parse and
-    // IDNA-map a string URL on every request. Dapr deliveries append a route to the text.
-    let target = match reqwest::Url::parse(&spec.url) {
-        Ok(u) => Arc::new(u),
+    // Parsed once (creating the subscription checked that it parses). Dapr deliveries put
+    // each event's route under its path.
+    let target = match url::Url::parse(&spec.url) {
+        Ok(u) => u,
         Err(e) => {
             tracing::error!(subscription = %sub.name, url = %spec.url, error = %e, "push: the URL does not parse; nothing is delivered");
             return;
@@ -115,20 +115,26 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         spec.protocol,
         Duration::from_millis(app.config.push.timeout_ms),
     ) {
-        Ok(c) => Arc::new(c),
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(subscription = %sub.name, url = %spec.url, error = %e, "push: no subscriber to connect to; nothing is delivered");
             return;
         }
     };
-    // The request target: the URL's path and query; a Dapr app's routes go under its path.
-    let path: Arc<str> = match (target.query(), &dapr_routes) {
-        (_, Some(_)) => target.path().trim_end_matches('/').into(),
-        (Some(q), None) => format!("{}?{q}", target.path()).into(),
-        (None, None) => target.path().into(),
-    };
     let (acks, acked) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_batches(app.clone(), sub.clone(), acked));
+    let to = Arc::new(To {
+        client,
+        path: match target.query() {
+            Some(q) => format!("{}?{q}", target.path()),
+            None => target.path().to_owned(),
+        },
+        url: target,
+        acks,
+        label: SubLabel {
+            subscription: sub.name.clone(),
+        },
+    });
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -185,16 +191,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let Ok(settling) = unsettled.clone().acquire_many_owned(n).await else {
                 break;
             };
-            let to = To {
-                client: client.clone(),
-                url: target.clone(),
-                path: path.clone(),
-                acks: acks.clone(),
-                label: SubLabel {
-                    subscription: sub.name.clone(),
-                },
-            };
-            let (app, sub) = (app.clone(), sub.clone());
+            let (app, sub, to) = (app.clone(), sub.clone(), to.clone());
             let format = spec.format;
             let dapr = dapr_routes.clone();
             // Boxed: the delivery's future is large, and tokio moves a task's future (and its
@@ -219,7 +216,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     // Drain: every permit back means every request answered and settled or handed to the
     // acker, which ends once it has acked what it holds.
     let _ = unsettled.acquire_many(UNSETTLED).await;
-    drop(acks);
+    drop(to);
     let _ = acker.await;
 }
 
@@ -246,35 +243,38 @@ async fn ack_batches<B: Backend>(
 ) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let tokens: Vec<LeaseToken> = batch.iter().map(|a| a.token.clone()).collect();
+        let (tokens, acked): (Vec<LeaseToken>, Vec<(u64, &str)>) = batch
+            .drain(..)
+            .map(|a| (a.token, (a.seq, a.outcome)))
+            .unzip();
         let answers = app.engine.backend().ack_unconfirmed(&tokens).await;
-        for (acked, answer) in batch.drain(..).zip(answers) {
+        for ((seq, outcome), answer) in acked.into_iter().zip(answers) {
             match answer {
                 Ok(()) => {
                     app.metrics
                         .delivered
                         .get_or_create(&SubOutcome {
                             subscription: sub.name.clone(),
-                            outcome: acked.outcome,
+                            outcome,
                         })
                         .inc();
                 }
                 // The lease ran out while the subscriber worked: the event is redelivered.
                 Err(e) => {
-                    tracing::warn!(subscription = %sub.name, seq = acked.seq, error = %e, "push: settling failed");
+                    tracing::warn!(subscription = %sub.name, seq, error = %e, "push: settling failed");
                 }
             }
         }
     }
 }
 
-/// Where a push worker's requests go.
+/// Where a push worker's requests go, and its acker: one per worker, shared by its deliveries.
 pub(crate) struct To {
-    pub(crate) client: Arc<Subscriber>,
+    pub(crate) client: Subscriber,
     /// The subscription's URL, for messages.
-    pub(crate) url: Arc<reqwest::Url>,
-    /// The request target (path and query); for a Dapr app, the prefix of its routes.
-    pub(crate) path: Arc<str>,
+    pub(crate) url: url::Url,
+    /// The request target (path and query); a Dapr app's routes go under the URL's path.
+    pub(crate) path: String,
     /// To the worker's acker.
     acks: mpsc::UnboundedSender<Acked>,
     /// The subscription's metric label.
@@ -358,7 +358,7 @@ async fn deliver<B: Backend>(
             let retry_after = retry_after(&res.headers);
             if status.is_success() {
                 interpret(&res.body, retry_after)
-            } else if status == reqwest::StatusCode::NOT_FOUND {
+            } else if status == hyper::StatusCode::NOT_FOUND {
                 (
                     Outcome::DeadLetter,
                     Some(format!("subscriber answered 404 at {url}")),
@@ -458,7 +458,7 @@ pub(crate) fn batch_outcomes(
                         })
                         .collect(),
                 }
-            } else if status == reqwest::StatusCode::NOT_FOUND {
+            } else if status == hyper::StatusCode::NOT_FOUND {
                 vec![
                     (
                         Outcome::DeadLetter,

@@ -46,7 +46,7 @@ pub enum PushProtocol {
     #[default]
     Http,
     /// HTTP/2 without TLS, with prior knowledge (the subscriber must accept HTTP/2 on a plain
-    /// connection). All requests in flight share one connection, and many go out in one write.
+    /// connection). All requests in flight share one connection.
     H2c,
 }
 
@@ -381,7 +381,7 @@ pub(crate) async fn install<B: Backend>(
         )));
     }
     if let Some(p) = &sub.push
-        && !reqwest::Url::parse(&p.url).is_ok_and(|u| u.scheme() == "http" && u.host().is_some())
+        && !url::Url::parse(&p.url).is_ok_and(|u| u.scheme() == "http" && u.host().is_some())
     {
         return Err(fail(Problem::new(
             "invalid-request",

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use canon_backend::{Backend, TopicConfig};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::DaprApp;
+use crate::push::{Subscriber, under};
 use crate::subs::{DaprDelivery, DaprRule, PushSpec, RetrySpec, Subscription};
 use crate::{Shared, problem::Problem, with_code};
 use canon_dapr::rules;
@@ -226,7 +227,7 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
                 if *app.shutdown.borrow() {
                     return;
                 }
-                match ask(&app, &a).await {
+                match ask(&a).await {
                     Ok(subs) => {
                         if let Err(e) = apply(&app, &a, subs).await {
                             tracing::error!(app = %a.id, error = %e, "dapr: installing subscriptions failed");
@@ -246,28 +247,30 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
 
 /// One `GET /dapr/subscribe`; a 404 or 405 means no programmatic subscriptions; any other
 /// failure that the app is not ready yet (asked again).
-async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
+async fn ask(a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
     let url = format!("{}/dapr/subscribe", a.url.trim_end_matches('/'));
-    let res = app
-        .client(a.protocol)
-        .get(&url)
-        .timeout(Duration::from_secs(5))
-        .send()
+    let base = url::Url::parse(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
+    let res = Subscriber::new(&base, a.protocol, Duration::from_secs(5))?
+        .request(
+            Method::GET,
+            &under(&base, "dapr/subscribe"),
+            HeaderMap::new(),
+            Vec::new(),
+        )
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     // The app answered but serves no subscription list: none.
     if matches!(
-        res.status(),
-        reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED
+        res.status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
     ) {
         return Ok(Vec::new());
     }
-    if !res.status().is_success() {
-        return Err(format!("{url} answered {}", res.status()));
+    if !res.status.is_success() {
+        return Err(format!("{url} answered {}", res.status));
     }
-    let body = res.bytes().await.map_err(|e| format!("{url}: {e}"))?;
     let items: Vec<Value> =
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JSON array: {e}"))?;
+        serde_json::from_slice(&res.body).map_err(|e| format!("{url}: not a JSON array: {e}"))?;
     // A malformed item is skipped with a logged error; the others count.
     Ok(items
         .into_iter()
@@ -428,7 +431,7 @@ pub(crate) async fn rediscover<B: Backend>(
             format!("no Dapr app {id} is configured"),
         ));
     };
-    let subs = match ask(&app, &a).await {
+    let subs = match ask(&a).await {
         Ok(s) => s,
         Err(e) => {
             return with_code(Problem::new(

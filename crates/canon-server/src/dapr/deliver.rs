@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use canon_backend::{Backend, Delivery, Outcome, PublishRequest, TopicConfig};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::App;
@@ -73,10 +73,13 @@ fn outgoing(d: &Delivery, sub: &Subscription, dapr: &Routes) -> canon_envelope::
 
 /// The request target of a route in the app, and its URL for messages.
 fn to_route(to: &To, route: &str) -> (String, String) {
-    let route = route.trim_start_matches('/');
     (
-        format!("{}/{route}", to.path),
-        format!("{}/{route}", to.url.as_str().trim_end_matches('/')),
+        crate::push::under(&to.url, route),
+        format!(
+            "{}/{}",
+            to.url.as_str().trim_end_matches('/'),
+            route.trim_start_matches('/')
+        ),
     )
 }
 
@@ -214,7 +217,7 @@ pub(crate) async fn deliver<B: Backend>(
             let after = retry_after(&res.headers).map(|d| d.min(MAX_RETRY_AFTER));
             if status.is_success() {
                 interpret(&res.body, after)
-            } else if status == reqwest::StatusCode::NOT_FOUND {
+            } else if status == hyper::StatusCode::NOT_FOUND {
                 (
                     Outcome::DeadLetter,
                     Some(format!("app answered 404 at {url}")),

@@ -25,6 +25,7 @@ use canon_dapr::schedule::{Schedule, go_duration, point_in_time};
 
 use super::{DaprError, caller};
 use crate::metrics::OutcomeLabel;
+use crate::push::{Subscriber, under};
 use crate::{App, Shared};
 
 const BUCKET: &str = "canon.jobs";
@@ -705,7 +706,20 @@ async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
         .remove(b'_')
         .remove(b'~');
     let name = percent_encoding::utf8_percent_encode(&job.name, SEGMENT);
-    let url = format!("{}/job/{name}", target.url.trim_end_matches('/'));
+    let timeout = Duration::from_millis(app.config.push.timeout_ms);
+    let made = url::Url::parse(&target.url)
+        .map_err(|e| e.to_string())
+        .and_then(|base| {
+            let client = Subscriber::new(&base, target.protocol, timeout)?;
+            Ok((client, under(&base, &format!("job/{name}"))))
+        });
+    let (client, path) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::error!(job = %job.name, app = %job.app, url = %target.url, error = %e, "job's app URL is unusable; tick dropped");
+            return;
+        }
+    };
     let k = key(&job.app, &job.name);
     let live = || app.jobs.generation().get(&k) == Some(&job.created_ms);
     let body = job.data.as_ref().map(Value::to_string).unwrap_or_default();
@@ -713,14 +727,13 @@ async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
         FailurePolicy::parse(job.failure_policy.as_ref()).unwrap_or(FailurePolicy::DEFAULT);
     let mut retries = 0u32;
     loop {
-        let answer = app
-            .client(target.protocol)
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let ok = matches!(&answer, Ok(r) if r.status().is_success());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        let answer = client.post(&path, headers, body.clone().into_bytes()).await;
+        let ok = matches!(&answer, Ok(r) if r.status.is_success());
         if ok {
             app.metrics
                 .job_ticks

@@ -1,6 +1,7 @@
-//! The HTTP client of one push worker: connections to its subscriber, kept open between
-//! requests. Over HTTP/1.1 each request in flight has a connection of its own and a finished
-//! one goes back to an idle list; over h2c every request shares one HTTP/2 connection.
+//! The HTTP client of calls to subscribers and Dapr apps: connections to one host, kept open
+//! between requests. Over HTTP/1.1 each request in flight has a connection of its own and a
+//! finished one goes back to an idle list; over h2c every request shares one HTTP/2 connection.
+//! A push worker keeps one for its deliveries; Dapr discovery and job ticks make one per call.
 //!
 //! Built on hyper's connection API rather than on reqwest: a push worker sends many small
 //! requests to one host, and reqwest's general-purpose pool (checkout, connector, per-request
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper::header::{HOST, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::subs::PushProtocol;
@@ -56,7 +57,7 @@ impl Subscriber {
     /// The client of the subscriber at `url` (its scheme, host and port; the path is the
     /// caller's). Fails for a URL without a host.
     pub(crate) fn new(
-        url: &reqwest::Url,
+        url: &url::Url,
         protocol: PushProtocol,
         timeout: Duration,
     ) -> Result<Subscriber, String> {
@@ -93,6 +94,17 @@ impl Subscriber {
         headers: HeaderMap,
         body: Vec<u8>,
     ) -> Result<Answer, String> {
+        self.request(Method::POST, target, headers, body).await
+    }
+
+    /// `post` with another method.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        target: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
         let send = async {
             let uri = match self.protocol {
                 PushProtocol::Http => Uri::try_from(target),
@@ -102,7 +114,9 @@ impl Subscriber {
                 )),
             }
             .map_err(|e| format!("request target {target}: {e}"))?;
-            let mut req = Request::post(uri)
+            let mut req = Request::builder()
+                .method(method)
+                .uri(uri)
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|e| e.to_string())?;
             *req.headers_mut() = headers;
@@ -164,11 +178,7 @@ impl Subscriber {
     async fn dial_http1(&self) -> Result<http1::SendRequest<Body>, String> {
         let io = self.connect().await?;
         let (conn, connection) = http1::handshake(io).await.map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "push: subscriber connection ended");
-            }
-        });
+        drive(connection);
         Ok(conn)
     }
 
@@ -182,11 +192,7 @@ impl Subscriber {
                     let (conn, connection) = http2::handshake(TokioExecutor::new(), io)
                         .await
                         .map_err(|e| describe(&e))?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "push: subscriber connection ended");
-                        }
-                    });
+                    drive(connection);
                     shared.insert(conn).clone()
                 }
             }
@@ -208,6 +214,16 @@ impl Subscriber {
     }
 }
 
+/// Runs a connection's I/O until it closes (when its last sender is dropped, or the peer
+/// closes it).
+fn drive(connection: impl Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "subscriber connection ended");
+        }
+    });
+}
+
 async fn read(res: Response<hyper::body::Incoming>) -> Result<Answer, String> {
     let (parts, body) = res.into_parts();
     let body = Limited::new(body, MAX_ANSWER)
@@ -220,6 +236,16 @@ async fn read(res: Response<hyper::body::Incoming>) -> Result<Answer, String> {
         headers: parts.headers,
         body,
     })
+}
+
+/// The request target of `route` under the path of `base` (`http://app:8000/v1` and
+/// `dapr/subscribe` give `/v1/dapr/subscribe`).
+pub(crate) fn under(base: &url::Url, route: &str) -> String {
+    format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        route.trim_start_matches('/')
+    )
 }
 
 /// A hyper error with its causes ("connection error: Connection reset by peer").

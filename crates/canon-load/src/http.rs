@@ -63,6 +63,43 @@ async fn post(http: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> Res
     })
 }
 
+/// The answer to a publish, as far as the load tool reads it.
+#[derive(serde::Deserialize)]
+struct Published<'a> {
+    #[serde(borrow)]
+    results: Vec<Outcome<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Outcome<'a> {
+    status: &'a str,
+}
+
+/// Publishes one batch and checks that each of its `n` events was stored.
+async fn publish_batch(http: &reqwest::Client, url: &str, body: Vec<u8>, n: usize) -> Result<()> {
+    let res = http
+        .post(url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(body)
+        .send()
+        .await?;
+    let status = res.status();
+    let bytes = res.bytes().await?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    let answer: Published<'_> = serde_json::from_slice(&bytes)?;
+    let stored = answer
+        .results
+        .iter()
+        .filter(|o| o.status == "stored")
+        .count();
+    if stored != n {
+        bail!("{url}: {stored} of {n} events stored");
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     let dir = format!("{}-http", args.dir);
     let _ = std::fs::remove_dir_all(&dir);
@@ -116,17 +153,13 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
             let mut i = p * per;
             while i < (p + 1) * per {
                 let n = batch.min((p + 1) * per - i);
-                let events: Vec<Vec<u8>> = (i..i + n).map(|k| event(k, size).to_json()).collect();
-                let mut body = Vec::with_capacity(n * (size + 2));
-                body.push(b'[');
-                for (j, e) in events.iter().enumerate() {
-                    if j > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(e);
+                let mut body = Vec::with_capacity(n * (size + 1) + 1);
+                for k in i..i + n {
+                    body.push(if k == i { b'[' } else { b',' });
+                    body.extend_from_slice(&event(k, size).to_json());
                 }
                 body.push(b']');
-                post(&http, &url, "application/cloudevents-batch+json", body).await?;
+                publish_batch(&http, &url, body, n).await?;
                 i += n;
             }
             anyhow::Ok(())

@@ -130,12 +130,26 @@ pub(crate) struct Args {
 /// run on a kept directory does not publish the ids of an earlier run (they would be dedup hits).
 static ID_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Event `i` of the workload, `size` bytes in the JSON format (or the smallest event, when
+/// `size` is less). Builds it without serializing it: the generator shares the two cores with
+/// what it measures, and the JetStream peer reuses one serialized payload.
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
+    /// The JSON length of the event with an empty id and `"data":{"pad":""}`. Ids are ASCII
+    /// without escapes, so the length grows by exactly the id's.
+    static WITHOUT_ID: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let prefix = ID_PREFIX.get().map_or("ev-", String::as_str);
     let mut ev = CloudEvent::new(format!("{prefix}{i}"), "/canon-load", "load.tick");
-    let empty = ev.to_json().len() + r#","data":{"pad":""}"#.len();
-    let pad = "x".repeat(size.saturating_sub(empty));
-    ev.data = Data::json(format!(r#"{{"pad":"{pad}"}}"#)).ok();
+    let without_id = *WITHOUT_ID.get_or_init(|| {
+        let mut ev = CloudEvent::new("", "/canon-load", "load.tick");
+        ev.data = Data::json(r#"{"pad":""}"#).ok();
+        ev.to_json().len()
+    });
+    let pad = size.saturating_sub(without_id + ev.id.len());
+    let mut data = String::with_capacity(pad + 10);
+    data.push_str(r#"{"pad":""#);
+    data.extend(std::iter::repeat_n('x', pad));
+    data.push_str(r#""}"#);
+    ev.data = Data::json(data).ok();
     ev
 }
 
@@ -797,4 +811,23 @@ async fn drop_schema(url: &str, schema: &str) -> Result<()> {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn events_have_the_asked_size() {
+        for i in [0, 7, 12_345, 2_000_000_123] {
+            for size in [256, 512, 4096] {
+                assert_eq!(
+                    super::event(i, size).to_json().len(),
+                    size,
+                    "event {i}, {size} B"
+                );
+            }
+        }
+        // Smaller than an event can be: the smallest event.
+        let smallest = super::event(1, 0).to_json();
+        assert!(smallest.ends_with(br#""data":{"pad":""}}"#), "{smallest:?}");
+    }
 }

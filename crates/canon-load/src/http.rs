@@ -45,6 +45,16 @@ pub(crate) fn report(f: &HttpFigures) {
 }
 
 async fn post(http: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> Result<Value> {
+    let bytes = post_raw(http, url, ct, body).await?;
+    Ok(if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)?
+    })
+}
+
+/// POSTs `body` and returns the answer's body; an answer other than 2xx is an error.
+async fn post_raw(http: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> Result<Vec<u8>> {
     let res = http
         .post(url)
         .header("content-type", ct)
@@ -52,15 +62,11 @@ async fn post(http: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> Res
         .send()
         .await?;
     let status = res.status();
-    let bytes = res.bytes().await?;
+    let bytes = Vec::from(res.bytes().await?);
     if !status.is_success() {
         bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes));
     }
-    Ok(if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)?
-    })
+    Ok(bytes)
 }
 
 /// The answer to a publish, as far as the load tool reads it.
@@ -77,17 +83,7 @@ struct Outcome<'a> {
 
 /// Publishes one batch and checks that each of its `n` events was stored.
 async fn publish_batch(http: &reqwest::Client, url: &str, body: Vec<u8>, n: usize) -> Result<()> {
-    let res = http
-        .post(url)
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(body)
-        .send()
-        .await?;
-    let status = res.status();
-    let bytes = res.bytes().await?;
-    if !status.is_success() {
-        bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes));
-    }
+    let bytes = post_raw(http, url, "application/cloudevents-batch+json", body).await?;
     let answer: Published<'_> = serde_json::from_slice(&bytes)?;
     let stored = answer
         .results

@@ -120,6 +120,8 @@ pub struct App<B: Backend> {
     pub(crate) dapr_resources: dapr::apps::Resources,
     /// The Jobs API's scheduler.
     pub(crate) jobs: dapr::jobs::Scheduler,
+    /// The configured Dapr apps' clients, by app id.
+    pub(crate) dapr_apps: HashMap<String, dapr::apps::AppClient>,
     /// The outbox relays' tasks.
     pub(crate) relays: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -172,7 +174,13 @@ impl<B: Backend> App<B> {
         let (shutdown, _) = watch::channel(false);
         let secrets =
             dapr::SecretStores::open(&config.dapr.secret_stores).map_err(ServeError::Config)?;
+        let dapr_apps = dapr::apps::clients(
+            &config.dapr.apps,
+            Duration::from_millis(config.push.timeout_ms),
+        )
+        .map_err(ServeError::Config)?;
         let app = Arc::new(App {
+            dapr_apps,
             secrets,
             dapr_resources,
             jobs: dapr::jobs::Scheduler::default(),

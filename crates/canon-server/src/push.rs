@@ -28,7 +28,7 @@ use crate::subs::{PushFormat, Subscription};
 use crate::{App, Shared};
 
 mod client;
-pub(crate) use client::{Answer, Subscriber, under};
+pub(crate) use client::{Answer, Subscriber, route};
 
 /// A running push worker.
 #[derive(Debug)]
@@ -243,27 +243,13 @@ async fn ack_batches<B: Backend>(
 ) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let (tokens, acked): (Vec<LeaseToken>, Vec<(u64, &str)>) = batch
+        let (tokens, acked): (Vec<LeaseToken>, Vec<(u64, &'static str)>) = batch
             .drain(..)
             .map(|a| (a.token, (a.seq, a.outcome)))
             .unzip();
         let answers = app.engine.backend().ack_unconfirmed(&tokens).await;
         for ((seq, outcome), answer) in acked.into_iter().zip(answers) {
-            match answer {
-                Ok(()) => {
-                    app.metrics
-                        .delivered
-                        .get_or_create(&SubOutcome {
-                            subscription: sub.name.clone(),
-                            outcome,
-                        })
-                        .inc();
-                }
-                // The lease ran out while the subscriber worked: the event is redelivered.
-                Err(e) => {
-                    tracing::warn!(subscription = %sub.name, seq, error = %e, "push: settling failed");
-                }
-            }
+            count_settled(&app, &sub, seq, outcome, answer);
         }
     }
 }
@@ -502,34 +488,43 @@ pub(crate) async fn settle_and_count<B: Backend>(
             .get_or_create(&to.label)
             .observe(age.as_secs_f64());
     }
-    // Acks go to the worker's acker, which writes them in batches.
+    // Acks go to the worker's acker, which writes them in batches. It runs while any delivery
+    // holds `to`, so a failed send means it panicked: then this task settles it.
     if matches!(outcome, Outcome::Success | Outcome::Drop) {
         let acked = Acked {
             token: d.token.clone(),
             seq: d.event.seq,
             outcome: name,
         };
-        if let Err(mpsc::error::SendError(acked)) = to.acks.send(acked) {
-            // The acker has stopped (the worker is going away): ack here.
-            if let Err(e) = app.engine.backend().ack(&acked.token).await {
-                tracing::warn!(subscription = %sub.name, seq = d.event.seq, error = %e, "push: settling failed");
-            }
+        if to.acks.send(acked).is_ok() {
+            return;
         }
-        return;
     }
-    match settle(app.engine.backend(), &d.token, outcome, error).await {
+    let settled = settle(app.engine.backend(), &d.token, outcome, error).await;
+    count_settled(app, sub, d.event.seq, name, settled);
+}
+
+/// Counts a settled delivery, or logs why settling failed.
+fn count_settled<B: Backend>(
+    app: &App<B>,
+    sub: &Subscription,
+    seq: u64,
+    outcome: &'static str,
+    settled: Result<(), canon_backend::BackendError>,
+) {
+    match settled {
         Ok(()) => {
             app.metrics
                 .delivered
                 .get_or_create(&SubOutcome {
                     subscription: sub.name.clone(),
-                    outcome: name,
+                    outcome,
                 })
                 .inc();
         }
         // The lease ran out while the subscriber worked: the event is redelivered.
         Err(e) => {
-            tracing::warn!(subscription = %sub.name, seq = d.event.seq, error = %e, "push: settling failed");
+            tracing::warn!(subscription = %sub.name, seq, error = %e, "push: settling failed");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! start-up, each app's `GET /dapr/subscribe` asked until it answers, and one Canon push
 //! subscription per (app, pubsub, topic) that delivers as a sidecar would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::DaprApp;
-use crate::push::{Subscriber, under};
+use crate::push::Subscriber;
 use crate::subs::{DaprDelivery, DaprRule, PushSpec, RetrySpec, Subscription};
 use crate::{Shared, problem::Problem, with_code};
 use canon_dapr::rules;
@@ -227,7 +227,7 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
                 if *app.shutdown.borrow() {
                     return;
                 }
-                match ask(&a).await {
+                match ask(&app, &a).await {
                     Ok(subs) => {
                         if let Err(e) = apply(&app, &a, subs).await {
                             tracing::error!(app = %a.id, error = %e, "dapr: installing subscriptions failed");
@@ -245,18 +245,49 @@ pub(crate) fn start<B: Backend>(app: &Shared<B>) {
     }
 }
 
+/// A configured app's client, made at start-up and kept: discovery and every job tick reuse
+/// its connections.
+#[derive(Debug)]
+pub(crate) struct AppClient {
+    /// The app's base URL; its routes go under its path.
+    pub(crate) base: url::Url,
+    pub(crate) client: Subscriber,
+}
+
+impl AppClient {
+    /// The request target of `route` in the app, and its URL for messages.
+    pub(crate) fn route(&self, route: &str) -> (String, String) {
+        crate::push::route(&self.base, route)
+    }
+}
+
+/// The clients of the configured apps, by app id. Fails for an app URL that is not a usable
+/// `http://` URL.
+pub(crate) fn clients(
+    apps: &[DaprApp],
+    timeout: Duration,
+) -> Result<HashMap<String, AppClient>, String> {
+    apps.iter()
+        .map(|a| {
+            let base = url::Url::parse(&a.url)
+                .map_err(|e| format!("dapr app {}: {}: {e}", a.id, a.url))?;
+            let client = Subscriber::new(&base, a.protocol, timeout)
+                .map_err(|e| format!("dapr app {}: {e}", a.id))?;
+            Ok((a.id.clone(), AppClient { base, client }))
+        })
+        .collect()
+}
+
 /// One `GET /dapr/subscribe`; a 404 or 405 means no programmatic subscriptions; any other
 /// failure that the app is not ready yet (asked again).
-async fn ask(a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
-    let url = format!("{}/dapr/subscribe", a.url.trim_end_matches('/'));
-    let base = url::Url::parse(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
-    let res = Subscriber::new(&base, a.protocol, Duration::from_secs(5))?
-        .request(
-            Method::GET,
-            &under(&base, "dapr/subscribe"),
-            HeaderMap::new(),
-            Vec::new(),
-        )
+async fn ask<B: Backend>(app: &Shared<B>, a: &DaprApp) -> Result<Vec<AppSubscription>, String> {
+    let Some(to) = app.dapr_apps.get(&a.id) else {
+        return Err(format!("no client for app {}", a.id));
+    };
+    let (target, url) = to.route("dapr/subscribe");
+    let res = to
+        .client
+        .request(Method::GET, &target, HeaderMap::new(), Vec::new())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     // The app answered but serves no subscription list: none.
@@ -431,7 +462,7 @@ pub(crate) async fn rediscover<B: Backend>(
             format!("no Dapr app {id} is configured"),
         ));
     };
-    let subs = match ask(&a).await {
+    let subs = match ask(&app, &a).await {
         Ok(s) => s,
         Err(e) => {
             return with_code(Problem::new(

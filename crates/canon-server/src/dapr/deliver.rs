@@ -71,18 +71,6 @@ fn outgoing(d: &Delivery, sub: &Subscription, dapr: &Routes) -> canon_envelope::
     out
 }
 
-/// The request target of a route in the app, and its URL for messages.
-fn to_route(to: &To, route: &str) -> (String, String) {
-    (
-        crate::push::under(&to.url, route),
-        format!(
-            "{}/{}",
-            to.url.as_str().trim_end_matches('/'),
-            route.trim_start_matches('/')
-        ),
-    )
-}
-
 /// Bulk subscribe: the events of a chunk go in one request per route, in Dapr's bulk shape
 /// (`{"entries":[{"entryId","event","contentType"}], "topic", "pubsubname", "type":
 /// "com.dapr.event.sent.bulk"}`); the app answers per entry with `statuses`.
@@ -118,7 +106,7 @@ pub(crate) async fn deliver_bulk<B: Backend>(
             );
             continue;
         };
-        let (target, url) = to_route(to, &path);
+        let (target, url) = crate::push::route(&to.url, &path);
         let entries: Vec<Value> = group
             .iter()
             .map(|(d, doc)| {
@@ -181,7 +169,7 @@ pub(crate) async fn deliver<B: Backend>(
         finish(app, to, sub, dapr, &d, Outcome::Drop, Some(why.to_owned())).await;
         return;
     };
-    let (target, url) = to_route(to, path);
+    let (target, url) = crate::push::route(&to.url, path);
     let body = if dapr.raw_payload {
         raw_envelope(&d, &sub.topic, &dapr.pubsub)
     } else {

@@ -25,7 +25,6 @@ use canon_dapr::schedule::{Schedule, go_duration, point_in_time};
 
 use super::{DaprError, caller};
 use crate::metrics::OutcomeLabel;
-use crate::push::{Subscriber, under};
 use crate::{App, Shared};
 
 const BUCKET: &str = "canon.jobs";
@@ -691,7 +690,7 @@ async fn trigger<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
 }
 
 async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
-    let Some(target) = app.config.dapr.apps.iter().find(|a| a.id == job.app) else {
+    let Some(to) = app.dapr_apps.get(&job.app) else {
         tracing::error!(job = %job.name, app = %job.app, "job's app is not configured; tick dropped");
         return;
     };
@@ -706,20 +705,8 @@ async fn fire<B: Backend>(app: &Arc<App<B>>, job: Job, due: i64) {
         .remove(b'_')
         .remove(b'~');
     let name = percent_encoding::utf8_percent_encode(&job.name, SEGMENT);
-    let timeout = Duration::from_millis(app.config.push.timeout_ms);
-    let made = url::Url::parse(&target.url)
-        .map_err(|e| e.to_string())
-        .and_then(|base| {
-            let client = Subscriber::new(&base, target.protocol, timeout)?;
-            Ok((client, under(&base, &format!("job/{name}"))))
-        });
-    let (client, path) = match made {
-        Ok(made) => made,
-        Err(e) => {
-            tracing::error!(job = %job.name, app = %job.app, url = %target.url, error = %e, "job's app URL is unusable; tick dropped");
-            return;
-        }
-    };
+    let (path, _) = to.route(&format!("job/{name}"));
+    let client = &to.client;
     let k = key(&job.app, &job.name);
     let live = || app.jobs.generation().get(&k) == Some(&job.created_ms);
     let body = job.data.as_ref().map(Value::to_string).unwrap_or_default();

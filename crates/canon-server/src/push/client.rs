@@ -1,7 +1,8 @@
 //! The HTTP client of calls to subscribers and Dapr apps: connections to one host, kept open
 //! between requests. Over HTTP/1.1 each request in flight has a connection of its own and a
 //! finished one goes back to an idle list; over h2c every request shares one HTTP/2 connection.
-//! A push worker keeps one for its deliveries; Dapr discovery and job ticks make one per call.
+//! A push worker keeps one for its deliveries; each configured Dapr app has one, made at start-up,
+//! for its discovery and its job ticks.
 //!
 //! Built on hyper's connection API rather than on reqwest: a push worker sends many small
 //! requests to one host, and reqwest's general-purpose pool (checkout, connector, per-request
@@ -238,13 +239,14 @@ async fn read(res: Response<hyper::body::Incoming>) -> Result<Answer, String> {
     })
 }
 
-/// The request target of `route` under the path of `base` (`http://app:8000/v1` and
-/// `dapr/subscribe` give `/v1/dapr/subscribe`).
-pub(crate) fn under(base: &url::Url, route: &str) -> String {
-    format!(
-        "{}/{}",
-        base.path().trim_end_matches('/'),
-        route.trim_start_matches('/')
+/// `route` in the app at `base`: its request target under the path of `base` and its URL for
+/// messages (`http://app:8000/v1` and `dapr/subscribe` give `/v1/dapr/subscribe` and
+/// `http://app:8000/v1/dapr/subscribe`).
+pub(crate) fn route(base: &url::Url, route: &str) -> (String, String) {
+    let route = route.trim_start_matches('/');
+    (
+        format!("{}/{route}", base.path().trim_end_matches('/')),
+        format!("{}/{route}", base.as_str().trim_end_matches('/')),
     )
 }
 

@@ -930,6 +930,23 @@ async fn a_resource_outside_the_supported_subset_stops_the_start() {
     );
 }
 
+#[tokio::test]
+async fn an_app_url_without_a_host_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    // Parses as a URL of scheme `localhost`, with no host to connect to.
+    c.dapr.apps = vec![canon_server::config::DaprApp {
+        id: "reminders".to_owned(),
+        url: "localhost:8000".to_owned(),
+        protocol: Default::default(),
+    }];
+    let err = canon_server::start(c).await.unwrap_err().to_string();
+    assert!(
+        err.contains("dapr app reminders") && err.contains("has no host"),
+        "{err}"
+    );
+}
+
 /// A server with one Dapr app (no subscriptions) on a data directory the caller keeps.
 async fn jobs_server(data: &std::path::Path, app: &App) -> Server {
     let mut c = config(data);

@@ -7,7 +7,7 @@ use canon_catalog::Catalog;
 
 /// The allocator the `canon` binary ships with, so the figure is the product's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -10,10 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc: the system allocator spent a third of the HTTP publish path's CPU (perf); with it
-/// batch publish over HTTP went from about 130,000 to 190,000 events/s (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+canon_server::jemalloc!();
 
 mod catalog_cmd;
 mod client_cmd;
@@ -242,7 +239,6 @@ enum Outcome {
 struct Usage(String);
 
 fn main() -> ExitCode {
-    canon_server::tune_allocator();
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     let result: Result<Outcome, client_cmd::Failure> = match cli.command {
@@ -398,4 +394,15 @@ fn split_events(input: &[u8]) -> (bool, Vec<&[u8]>) {
 
 fn io(e: std::io::Error) -> Usage {
     Usage(format!("cannot write output: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The options `canon_server::jemalloc!` exports reach jemalloc: without them it starts no
+    /// background thread, and freed memory is returned inline on the threads that free it.
+    #[test]
+    fn the_allocator_reads_canons_options() {
+        let background = tikv_jemalloc_ctl::opt::background_thread::read();
+        assert_eq!(background.ok(), Some(true));
+    }
 }

@@ -19,9 +19,7 @@ mod http;
 mod pg;
 mod relay;
 
-/// mimalloc: the system allocator spent a third of the HTTP publish path's CPU (perf).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+canon_server::jemalloc!();
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -617,8 +615,6 @@ async fn jetstream(args: &Args) -> Result<Figures> {
 }
 
 fn main() -> Result<()> {
-    // As `canon` does, before the runtime's threads start.
-    canon_server::tune_allocator();
     tokio::runtime::Runtime::new()?.block_on(run(Args::parse()))
 }
 

@@ -51,26 +51,48 @@ use crate::metrics::{CodeLabel, Metrics};
 use crate::problem::Problem;
 pub use crate::subs::{PushFormat, PushProtocol, PushSpec, RetrySpec, Subscription};
 
-/// Has mimalloc return freed memory to the OS after 100 ms instead of v3's default second.
-/// The embedded backend allocates and frees memtables at the rate events arrive (about 90 MB/s
-/// at full-rate ingest), so a second of freed memory kept was the largest swing of the
-/// process's RSS: a peak of 204 MB over ten million events, 167 MB with this (BENCHMARKS.md).
-/// Binaries whose global allocator is mimalloc call it first thing in `main`, before other
-/// threads start. A `MIMALLOC_PURGE_DELAY` in the environment wins, unless it is v3's own 1000.
-#[allow(unsafe_code)]
-pub fn tune_allocator() {
-    // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys names no
-    // constant for it). Set only while it holds v3's default, so that another numbering (a
-    // different mimalloc) or a value from the environment is left alone.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    const V3_DEFAULT_MS: std::ffi::c_long = 1000;
-    // SAFETY: reads and writes one entry of mimalloc's option table; called before any other
-    // thread runs, and mimalloc reads the option anew at each purge.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(PURGE_DELAY) == V3_DEFAULT_MS {
-            libmimalloc_sys::mi_option_set(PURGE_DELAY, 100);
-        }
-    }
+/// Makes jemalloc the global allocator of the binary that invokes it, with Canon's options
+/// ([`alloc::OPTIONS`]). `canon` and `canon-load` invoke it at their crate root.
+///
+/// jemalloc, not the system allocator: glibc's malloc was a third of the HTTP publish path's
+/// CPU. jemalloc, not mimalloc: mimalloc v3 returns freed memory inside `free`, on whichever
+/// thread frees (tokio workers included, about 750 `madvise` calls in a 5 s latency phase),
+/// while jemalloc's background thread does it off the request path (BENCHMARKS.md, "jemalloc").
+#[macro_export]
+macro_rules! jemalloc {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::alloc::Jemalloc = $crate::alloc::Jemalloc;
+
+        // jemalloc reads its options from this symbol at start-up; `_RJEM_MALLOC_CONF` in the
+        // environment overrides them one by one.
+        #[allow(unsafe_code)]
+        #[unsafe(export_name = "_rjem_malloc_conf")]
+        static MALLOC_CONF: $crate::alloc::Options = $crate::alloc::OPTIONS;
+    };
+}
+
+/// What [`jemalloc!`] builds on.
+pub mod alloc {
+    pub use tikv_jemallocator::Jemalloc;
+
+    /// A pointer to jemalloc's options, laid out as the `const char *` it reads.
+    #[derive(Debug)]
+    #[repr(transparent)]
+    pub struct Options(*const std::ffi::c_char);
+
+    // SAFETY: it points to a string literal, which is never written.
+    #[allow(unsafe_code)]
+    unsafe impl Sync for Options {}
+
+    /// Freed memory goes back to the OS from a background thread, spread over about a second
+    /// after it was freed (`dirty_decay_ms`), with `MADV_DONTNEED` at once rather than a
+    /// second stage of lazily freed pages (`muzzy_decay_ms:0`). The embedded backend allocates
+    /// and frees memtables at the rate events arrive (about 90 MB/s at full-rate ingest), so
+    /// how soon freed memory goes back sets the process's peak RSS: 156 MB over ten million
+    /// events with these options (BENCHMARKS.md).
+    pub const OPTIONS: Options =
+        Options(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 }
 
 /// The KV bucket holding subscriptions.

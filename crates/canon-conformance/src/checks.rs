@@ -177,6 +177,54 @@ pub async fn p5_duplicate_idempotency_key_is_not_stored_twice<H: Harness>(h: &H)
     );
 }
 
+/// P4, P5: the dedup window is the topic's. Within it a resent id or idempotency key is a
+/// duplicate; once it has passed, the same id, and the same key under a new id, are stored
+/// again as new events. One second, because JetStream's message TTLs count in seconds.
+pub async fn p4_p5_dedup_ends_with_the_window<H: Harness>(h: &H) {
+    let b = h.open().await;
+    b.create_topic(TopicConfig {
+        dedup_window: Duration::from_secs(1),
+        ..TopicConfig::new(TOPIC)
+    })
+    .await
+    .expect("topic");
+    let with_key = |id: &str| PublishRequest {
+        idempotency_key: Some("award-u1".into()),
+        ..request(id)
+    };
+    let first = b
+        .publish(TOPIC, vec![request("a"), with_key("k1")])
+        .await
+        .expect("publish");
+    let again = b
+        .publish(TOPIC, vec![request("a"), with_key("k2")])
+        .await
+        .expect("publish");
+    assert_eq!(
+        again,
+        [
+            PublishOutcome::Duplicate {
+                seq: first[0].seq()
+            },
+            PublishOutcome::Duplicate {
+                seq: first[1].seq()
+            }
+        ],
+        "P4, P5: within the window"
+    );
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let later = b
+        .publish(TOPIC, vec![request("a"), with_key("k3")])
+        .await
+        .expect("publish");
+    assert!(
+        later
+            .iter()
+            .all(|o| matches!(o, PublishOutcome::Stored { seq } if *seq > first[1].seq())),
+        "P4, P5: after the window the same id and key are new events: {later:?}"
+    );
+}
+
 /// P6: a stated expected sequence that differs from the aggregate's last is a conflict.
 pub async fn p6_expected_sequence_mismatch_is_a_conflict<H: Harness>(h: &H) {
     let b = setup(h, &[]).await;

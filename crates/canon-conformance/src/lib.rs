@@ -39,6 +39,7 @@ macro_rules! suite {
             p3_sequences_increase_in_publish_order,
             p4_duplicate_source_and_id_is_not_stored_twice,
             p5_duplicate_idempotency_key_is_not_stored_twice,
+            p4_p5_dedup_ends_with_the_window,
             p6_expected_sequence_mismatch_is_a_conflict,
             p7_a_conflict_refuses_the_whole_batch,
             c1_groups_are_independent,

@@ -2,7 +2,9 @@
 //! `canon.example.toml`), overridden by `CANON_*` environment variables (`CANON_LISTEN`,
 //! `CANON_AUTH__JWT__HS256_SECRET`: nested keys joined by `__`), overridden by flags.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -31,6 +33,11 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Topics that take types no catalog declares.
     pub schemaless_topics: Vec<String>,
+    /// Dedup window and retention of every topic not named in `topics`.
+    pub topic_defaults: TopicSettings,
+    /// Dedup window and retention per topic, by name; what a topic leaves unset comes from
+    /// `topic_defaults`.
+    pub topics: BTreeMap<String, TopicSettings>,
     /// Push delivery.
     pub push: PushConfig,
     /// Who may call the API.
@@ -85,6 +92,8 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             schemaless_topics: Vec::new(),
+            topic_defaults: TopicSettings::default(),
+            topics: BTreeMap::new(),
             push: PushConfig::default(),
             auth: AuthConfig::default(),
             dapr: DaprConfig::default(),
@@ -192,6 +201,20 @@ pub enum DurabilitySetting {
     LoseRecentOnOsCrash,
 }
 
+/// A topic's dedup window and retention (docs/specs/delivery.md, P4, P5 and L2). Unset: the
+/// default's, then the built-in one (a 24-hour window, events kept forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    /// How long an event's (source, id) and idempotency key are remembered, in ms.
+    pub dedup_window_ms: Option<u64>,
+    /// Events older than this are deleted, in ms (0: no age limit).
+    pub max_age_ms: Option<u64>,
+    /// The oldest events are deleted while the topic holds more than this, in bytes (0: no
+    /// size limit).
+    pub max_bytes: Option<u64>,
+}
+
 /// Push delivery defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -274,6 +297,8 @@ const SETTINGS: &[&str] = &[
     "request_timeout_ms",
     "shutdown_grace_ms",
     "schemaless_topics",
+    "topic_defaults",
+    "topics",
     "push",
     "auth",
     "dapr",
@@ -286,6 +311,24 @@ const SETTINGS: &[&str] = &[
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The backend configuration of topic `name`: its own settings, then `topic_defaults`,
+    /// then the built-in defaults.
+    pub fn topic(&self, name: &str) -> canon_backend::TopicConfig {
+        let own = self.topics.get(name).copied().unwrap_or_default();
+        let d = self.topic_defaults;
+        let built_in = canon_backend::TopicConfig::new(name);
+        let limit = |v: Option<u64>| v.filter(|v| *v > 0);
+        canon_backend::TopicConfig {
+            dedup_window: own
+                .dedup_window_ms
+                .or(d.dedup_window_ms)
+                .map_or(built_in.dedup_window, Duration::from_millis),
+            max_age: limit(own.max_age_ms.or(d.max_age_ms)).map(Duration::from_millis),
+            max_bytes: limit(own.max_bytes.or(d.max_bytes)),
+            ..built_in
+        }
+    }
+
     /// Defaults, then the file (if any), then `CANON_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let mut f = Figment::from(Serialized::defaults(Config::default()));

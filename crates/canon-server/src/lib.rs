@@ -25,7 +25,7 @@ mod storage;
 mod subs;
 mod tail;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,11 +178,32 @@ impl<B: Backend> App<B> {
                 config.dapr.state_stores.push(name.clone());
             }
         }
-        for t in &config.schemaless_topics {
-            engine
-                .backend()
-                .create_topic(canon_backend::TopicConfig::new(t.clone()))
-                .await?;
+        // Every topic the server knows takes its settings; creating an existing topic
+        // reconfigures it, so the file is the truth after every start.
+        let declared: BTreeSet<&str> = engine
+            .catalogs()
+            .iter()
+            .flat_map(|c| c.types.values().map(|t| t.topic.as_str()))
+            .collect();
+        let known = |t: &str| {
+            declared.contains(t)
+                || config.schemaless_topics.iter().any(|s| s == t)
+                || *engine.schemaless() == SchemaLess::All
+        };
+        if let Some(unknown) = config.topics.keys().find(|t| !known(t)) {
+            return Err(ServeError::Config(format!(
+                "topics.{unknown:?}: no catalog declares this topic and schemaless_topics \
+                 does not name it"
+            )));
+        }
+        let topics: BTreeSet<&str> = declared
+            .iter()
+            .copied()
+            .chain(config.schemaless_topics.iter().map(String::as_str))
+            .chain(config.topics.keys().map(String::as_str))
+            .collect();
+        for t in topics {
+            engine.backend().create_topic(config.topic(t)).await?;
         }
         let mut subs = BTreeMap::new();
         for (name, entry) in engine.backend().kv_list(SUBSCRIPTIONS).await? {

@@ -332,7 +332,7 @@ async fn publish<B: Backend>(
             && let Err(e) = app
                 .engine
                 .backend()
-                .create_topic(canon_backend::TopicConfig::new(topic.clone()))
+                .create_topic(app.config.topic(&topic))
                 .await
         {
             return with_code(Problem::from(e));

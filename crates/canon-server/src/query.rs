@@ -36,6 +36,13 @@ pub(crate) struct TopicBody {
     last: u64,
     /// Retained bytes.
     bytes: u64,
+    /// How long event ids and idempotency keys are remembered, in ms (`topics` in the
+    /// configuration).
+    dedup_window_ms: u64,
+    /// Events older than this are deleted, in ms; absent: no age limit.
+    max_age_ms: Option<u64>,
+    /// The oldest events are deleted while the topic holds more; absent: no size limit.
+    max_bytes: Option<u64>,
     /// Types no catalog declares are accepted.
     schemaless: bool,
     /// Catalog types that travel on it.
@@ -59,6 +66,9 @@ async fn topic_body<B: Backend>(app: &Shared<B>, name: &str) -> Result<TopicBody
         first: info.first,
         last: info.last,
         bytes: info.bytes,
+        dedup_window_ms: millis(info.config.dedup_window),
+        max_age_ms: info.config.max_age.map(millis),
+        max_bytes: info.config.max_bytes,
         schemaless: app.engine.schemaless().allows(name),
         types,
         subscriptions: app
@@ -68,6 +78,10 @@ async fn topic_body<B: Backend>(app: &Shared<B>, name: &str) -> Result<TopicBody
             .map(|s| s.name.clone())
             .collect(),
     })
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn answer<T: Serialize>(r: Result<T, Problem>) -> Response {

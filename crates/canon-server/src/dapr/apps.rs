@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use canon_backend::{Backend, TopicConfig};
+use canon_backend::Backend;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -386,7 +386,7 @@ async fn install<B: Backend>(
     let backend = app.engine.backend();
     if backend.topic_info(&s.topic).await.is_err() {
         backend
-            .create_topic(TopicConfig::new(s.topic.clone()))
+            .create_topic(app.config.topic(&s.topic))
             .await
             .map_err(|e| Refusal::Failed(e.to_string()))?;
     }

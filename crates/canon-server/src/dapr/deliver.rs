@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use canon_backend::{Backend, Delivery, Outcome, PublishRequest, TopicConfig};
+use canon_backend::{Backend, Delivery, Outcome, PublishRequest};
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
@@ -265,9 +265,7 @@ async fn finish<B: Backend>(
     let event = d.event.event.clone();
     let sent = async {
         if backend.topic_info(dlt).await.is_err() {
-            backend
-                .create_topic(TopicConfig::new(dlt.to_owned()))
-                .await?;
+            backend.create_topic(app.config.topic(dlt)).await?;
         }
         let request = PublishRequest {
             ordering_key: event.partition_key().map(str::to_owned),

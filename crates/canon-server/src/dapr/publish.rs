@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use canon_backend::{Backend, PublishRequest, TopicConfig};
+use canon_backend::{Backend, PublishRequest};
 use canon_engine::{Refusal, Submit};
 use canon_envelope::{CloudEvent, Data, ExtValue, ext, rules};
 use serde::Deserialize;
@@ -307,9 +307,7 @@ async fn store<B: Backend>(
         let backend = app.engine.backend();
         let stored = async {
             if backend.topic_info(topic).await.is_err() {
-                backend
-                    .create_topic(TopicConfig::new(topic.to_owned()))
-                    .await?;
+                backend.create_topic(app.config.topic(topic)).await?;
             }
             backend.publish(topic, requests).await
         }

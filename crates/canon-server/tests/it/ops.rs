@@ -1,5 +1,7 @@
 //! Health, readiness, metrics, the OpenAPI document, configuration, problems for routing errors.
 
+use serde_json::json;
+
 use crate::{Server, generated};
 
 #[tokio::test]
@@ -77,6 +79,74 @@ fn configuration_file_and_environment() {
     let example =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../canon.example.toml");
     canon_server::config::Config::load(Some(&example)).unwrap();
+}
+
+/// `topic_defaults` and `topics` reach the backend at start-up: a topic's own settings win,
+/// what it leaves out comes from the defaults, a short dedup window ends, a size limit deletes
+/// the oldest events; a topic that neither a catalog nor `schemaless_topics` names is refused.
+#[tokio::test]
+async fn topic_settings_apply_at_start() {
+    use canon_server::config::TopicSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.topic_defaults = TopicSettings {
+        max_age_ms: Some(7 * 24 * 3600 * 1000),
+        max_bytes: Some(1 << 30),
+        ..TopicSettings::default()
+    };
+    c.topics.insert(
+        "post.generated".to_owned(),
+        TopicSettings {
+            dedup_window_ms: Some(300),
+            max_bytes: Some(4_000),
+            ..TopicSettings::default()
+        },
+    );
+    let s = Server::with(c.clone(), Some(dir)).await;
+    let (status, v) = s.get("/v1/topics/post.generated").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["dedup_window_ms"], &v["max_age_ms"], &v["max_bytes"]),
+        (&json!(300), &json!(604_800_000), &json!(4_000)),
+        "its own settings, the rest from the defaults: {v}"
+    );
+    let (_, v) = s.get("/v1/topics/post.posted").await;
+    assert_eq!(
+        (&v["dedup_window_ms"], &v["max_bytes"]),
+        (&json!(86_400_000), &json!(1 << 30)),
+        "the defaults: {v}"
+    );
+    let (_, v) = s.publish(&[generated("w1", "d-w1")]).await;
+    assert_eq!(v["results"][0]["status"], "stored", "{v}");
+    let (_, v) = s.publish(&[generated("w1", "d-w1")]).await;
+    assert_eq!(
+        v["results"][0]["status"], "duplicate",
+        "within the window: {v}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let (_, v) = s.publish(&[generated("w1", "d-w1")]).await;
+    assert_eq!(v["results"][0]["status"], "stored", "after the window: {v}");
+    for i in 0..20 {
+        let (status, v) = s
+            .publish(&[generated(&format!("r{i}"), &format!("d-r{i}"))])
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (_, v) = s.get("/v1/topics/post.generated").await;
+    assert!(
+        v["bytes"].as_u64().unwrap() <= 4_000 && v["first"].as_u64().unwrap() > 1,
+        "the oldest events are gone: {v}"
+    );
+    s.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.topics
+        .insert("no.such.topic".to_owned(), TopicSettings::default());
+    let Err(err) = canon_server::start(c).await else {
+        panic!("a topic no catalog declares is refused");
+    };
+    assert!(err.to_string().contains("no.such.topic"), "{err}");
 }
 
 /// docs/http-api.md's error table and `problem::CODES` list the same codes with the same status.

@@ -145,11 +145,33 @@ async fn pull_ack_nack_reject_and_the_dlq() {
         )
         .await;
     assert_eq!((status, v["code"].as_str()), (400, Some("invalid-request")));
-    // Purge and delete.
+    // Purge: one entry in the DLQ; a filter that matches nothing keeps it, an empty one
+    // (everything) removes it.
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/reject",
+            &json!({"ack_ids": [d[0]["ack_id"]], "error": "poison again"}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "ok");
+    let (_, v) = s.get("/v1/subscriptions/coach/dlq?reason=rejected").await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/coach/dlq/purge",
+            &json!({"ids": ["not-there"]}),
+        )
+        .await;
+    assert_eq!(v["count"], 0, "{v}");
+    let (_, v) = s.get("/v1/subscriptions/coach/dlq").await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     let (_, v) = s
         .post("/v1/subscriptions/coach/dlq/purge", &json!({}))
         .await;
-    assert_eq!(v["count"], 0);
+    assert_eq!(v["count"], 1, "{v}");
+    let (_, v) = s.get("/v1/subscriptions/coach/dlq").await;
+    assert!(v.as_array().unwrap().is_empty(), "{v}");
+    // Delete.
     let (status, _, _) = s
         .send(
             reqwest::Method::DELETE,
@@ -287,6 +309,57 @@ async fn tail_streams_from_an_offset_and_live_filtered_by_type() {
     assert!(text.contains("id: 2"), "{text}");
     assert!(text.contains("\"t2\""), "{text}");
     assert!(!text.contains("\"t0\""), "from=2 skips the first: {text}");
+    drop(res);
+    s.stop().await;
+}
+
+/// The tail's filters on a topic of several types and subjects: only the named types, and of
+/// those only the given subject.
+#[tokio::test]
+async fn tail_filters_by_type_and_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.catalogs.clear();
+    let s = Server::with(c, Some(dir)).await;
+    let ev = |id: &str, ty: &str, subject: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "/tail", "type": ty,
+               "subject": subject, "data": {"n": 1}})
+    };
+    let batch = [
+        ev("a1", "a.x", "s1"),
+        ev("a2", "a.x", "s2"),
+        ev("b1", "b.y", "s1"),
+        ev("c1", "c.z", "s1"),
+        ev("a3", "a.x", "s1"),
+    ];
+    let (status, _, v) = s
+        .send(
+            reqwest::Method::POST,
+            "/v1/topics/mixed/events",
+            &[("content-type", "application/cloudevents-batch+json")],
+            serde_json::to_vec(&batch).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let url = format!(
+        "{}/v1/topics/mixed/tail?from=earliest&type=a.x,c.z&subject=s1",
+        s.base
+    );
+    let mut res = s.http.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("\"a3\"") && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), res.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let ids: Vec<&str> = ["a1", "a2", "b1", "c1", "a3"]
+        .into_iter()
+        .filter(|id| text.contains(&format!("\"id\":\"{id}\"")))
+        .collect();
+    assert_eq!(ids, ["a1", "c1", "a3"], "{text}");
     drop(res);
     s.stop().await;
 }

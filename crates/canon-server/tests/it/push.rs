@@ -12,11 +12,15 @@ use crate::{Server, generated, subscribe};
 /// One request the subscriber got: draft id, its count so far, headers, body.
 type Request = (String, u32, HeaderMap, Vec<u8>);
 
+/// What the subscriber got, and when each draft id came (in the same order).
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Request>>>);
+struct Seen(
+    Arc<Mutex<Vec<Request>>>,
+    Arc<Mutex<Vec<(String, std::time::Instant)>>>,
+);
 
 /// A subscriber whose answer depends on the draftId: `ok*` success, `retry*` RETRY the first
-/// time, `drop*` DROP, `gone*` 404, `fail*` 500 with Retry-After: 0 the first time. It serves
+/// time, `drop*` DROP, `gone*` 404, `fail*` 503 with Retry-After: 1 the first time. It serves
 /// HTTP/1.1 and HTTP/2 with prior knowledge, and records the version as `x-test-version`.
 async fn subscriber() -> (String, Seen) {
     let seen = Seen::default();
@@ -40,6 +44,11 @@ async fn subscriber() -> (String, Seen) {
                         .unwrap();
                     seen.push((draft.clone(), n, headers.clone(), body.to_vec()));
                     drop(seen);
+                    state
+                        .1
+                        .lock()
+                        .unwrap()
+                        .push((draft.clone(), std::time::Instant::now()));
                     if draft.starts_with("retry") && n == 1 {
                         return axum::Json(json!({"status": "RETRY"})).into_response();
                     }
@@ -50,7 +59,7 @@ async fn subscriber() -> (String, Seen) {
                         return StatusCode::NOT_FOUND.into_response();
                     }
                     if draft.starts_with("fail") && n == 1 {
-                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")])
+                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")])
                             .into_response();
                     }
                     if draft.starts_with("empty") {
@@ -131,7 +140,21 @@ async fn answer_contract(protocol: &str, version: &str) {
     assert_eq!(count("ok-1"), 1);
     assert_eq!(count("empty-1"), 1, "an empty 2xx is success");
     assert_eq!(count("retry-1"), 2, "RETRY redelivers");
-    assert_eq!(count("fail-1"), 2, "a 503 redelivers, Retry-After honoured");
+    assert_eq!(count("fail-1"), 2, "a 503 redelivers");
+    let times: Vec<_> = seen.1.lock().unwrap().clone();
+    let at = |d: &str| -> Vec<std::time::Instant> {
+        times
+            .iter()
+            .filter(|(x, _)| x == d)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let fail = at("fail-1");
+    assert!(
+        fail[1] - fail[0] >= Duration::from_millis(900),
+        "Retry-After: 1 holds the retry back a second, not the policy's 50 ms backoff: {:?}",
+        fail[1] - fail[0]
+    );
     assert_eq!(count("drop-1"), 1);
     // Structured mode by default.
     let first = seen.0.lock().unwrap()[0].clone();
@@ -164,11 +187,38 @@ async fn binary_and_data_formats_and_trace_context() {
         json!({"push": {"url": url, "format": "binary"}}),
     )
     .await;
+    subscribe(
+        &s,
+        "raw",
+        "post.generated",
+        json!({"push": {"url": url, "format": "data"}}),
+    )
+    .await;
     let mut ev = generated("bin-1", "ok-b");
     ev["traceparent"] = json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     s.publish(&[ev]).await;
-    wait_for(|| !seen.0.lock().unwrap().is_empty()).await;
-    let (_, _, headers, body) = seen.0.lock().unwrap()[0].clone();
+    wait_for(|| seen.0.lock().unwrap().len() >= 2).await;
+    let got = seen.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one request per subscription");
+    // Payload only: the data as the body, with its content type, and no envelope.
+    let (_, _, headers, body) = got
+        .iter()
+        .find(|(_, _, h, _)| !h.contains_key("ce-id"))
+        .expect("the data-only request")
+        .clone();
+    assert_eq!(headers["content-type"], "application/json");
+    let data: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(data["draftId"], "ok-b");
+    assert!(
+        data.get("specversion").is_none() && data.get("data").is_none(),
+        "{data}"
+    );
+    // Binary mode: the attributes as ce- headers, the data as the body.
+    let (_, _, headers, body) = got
+        .iter()
+        .find(|(_, _, h, _)| h.contains_key("ce-id"))
+        .expect("the binary request")
+        .clone();
     assert_eq!(headers["ce-id"], "bin-1");
     assert_eq!(headers["ce-type"], "post.generated");
     assert_eq!(

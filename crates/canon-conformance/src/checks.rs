@@ -959,10 +959,10 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
         &all,
         RedriveOptions {
             dry_run: false,
-            per_second: 5,
+            per_second: 4,
         },
     );
-    let _ = tokio::time::timeout(Duration::from_millis(300), slow).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), slow).await;
     drop(b);
     let b = h.open().await;
     let in_dlq = b
@@ -970,6 +970,12 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
         .await
         .expect("dlq")
         .len();
+    // Four moves at four a second take 750 ms at least: the rate limit kept some back, and the
+    // first had time to go.
+    assert!(
+        (1..4).contains(&in_dlq),
+        "R7: the redrive stopped half way ({in_dlq} of 4 still in the DLQ)"
+    );
     let back = pull_n(&b, "g", 4 - in_dlq, Duration::from_secs(3)).await;
     assert_eq!(
         in_dlq + back.len(),

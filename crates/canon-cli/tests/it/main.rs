@@ -417,6 +417,59 @@ fn serve_and_the_client_commands() {
         (code, out.as_str()),
         (0, "0 matched, 0 redriven (dry run)\n")
     );
+    // One dead letter: a consumer pulls an event and rejects it.
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/subscriptions/watch/pull",
+        "application/json",
+        r#"{"max": 1, "wait_ms": 2000}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let pulled: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let delivery = &pulled["deliveries"][0];
+    let id = delivery["event"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/subscriptions/watch/reject",
+        "application/json",
+        &serde_json::json!({"ack_ids": [delivery["ack_id"]], "error": "poison pill"}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, out, _) = run(&["dlq", "ls", "watch"], "");
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[1].contains(&id) && rows[1].contains("rejected") && rows[1].contains("poison pill"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["dlq", "show", "watch", &id], "");
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["event"]["id"].as_str(), shown["last_error"].as_str()),
+        (Some(id.as_str()), Some("poison pill")),
+        "{out}"
+    );
+    let (code, out, _) = run(&["dlq", "redrive", "watch", "--dry-run"], "");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "1 matched, 0 redriven (dry run)\n")
+    );
+    let (code, out, _) = run(&["dlq", "redrive", "watch", "--id", &id], "");
+    assert_eq!((code, out.as_str()), (0, "1 matched, 1 redriven\n"));
+    let (code, out, _) = run(&["dlq", "ls", "watch", "--format", "json"], "");
+    assert_eq!((code, out.trim()), (0, "[]"), "redriven: the DLQ is empty");
+    let (code, out, _) = run(&["events", "get", &id, "--format", "json"], "");
+    assert_eq!(code, 0);
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (got[0]["event"]["id"].as_str(), got[0]["topic"].as_str()),
+        (Some(id.as_str()), Some("post.generated")),
+        "{out}"
+    );
     let (code, out, _) = run(
         &["events", "chain", "bdd640fb-0667-4ad1-9c80-317fa3b1799d"],
         "",

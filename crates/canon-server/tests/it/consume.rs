@@ -90,6 +90,16 @@ async fn pull_ack_nack_reject_and_the_dlq() {
     // Status shows where the subscription stands.
     let (_, v) = s.get("/v1/subscriptions/coach").await;
     assert_eq!(v["dead_letters"], 1);
+    // And so do the metrics: lag as the status counts it, the DLQ's depth.
+    let pending = v["pending"].as_u64().unwrap();
+    let (_, m) = s.get("/metrics").await;
+    let m = m.as_str().unwrap();
+    for needle in [
+        format!("canon_consumer_lag_events{{subscription=\"coach\"}} {pending}\n"),
+        "canon_dlq_depth_events{subscription=\"coach\"} 1\n".to_owned(),
+    ] {
+        assert!(m.contains(&needle), "{needle} missing from\n{m}");
+    }
     // Redrive: dry run, then for real; the event comes back with a fresh attempt count.
     let (_, v) = s
         .post(

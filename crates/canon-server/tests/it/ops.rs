@@ -33,6 +33,49 @@ async fn health_ready_and_metrics() {
     s.stop().await;
 }
 
+/// `/ready` answers 503 `storage-unavailable` while storage fails, here the PostgreSQL
+/// backend's schema dropped under the running server (`CANON_TEST_POSTGRES`, default
+/// `postgres://postgres:canon@127.0.0.1:5432/test`; scripts/services starts one), and 200
+/// before; `/health` says the process is up either way.
+#[tokio::test]
+async fn readiness_follows_storage() {
+    let url = std::env::var("CANON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned());
+    let schema = format!("canon_ready_{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.backend = format!("{url}?schema={schema}");
+    let s = Server::with(c, Some(dir)).await;
+    let (status, v) = s.get("/ready").await;
+    assert_eq!(status, 200, "{v}");
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(conn);
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    let (status, v) = s.get("/ready").await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("storage-unavailable")),
+        "{v}"
+    );
+    assert_eq!(
+        v["type"]
+            .as_str()
+            .map(|t| t.contains("storage-unavailable")),
+        Some(true),
+        "a problem document: {v}"
+    );
+    let (status, _) = s.get("/health").await;
+    assert_eq!(status, 200);
+    if let Some(r) = s.running {
+        // Its storage is gone: whatever the shutdown says, it must return.
+        let _ = r.shutdown().await;
+    }
+}
+
 /// docs/openapi.json is the served document; `CANON_BLESS=1` rewrites it.
 #[tokio::test]
 async fn openapi_document_is_current() {

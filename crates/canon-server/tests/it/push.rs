@@ -167,12 +167,26 @@ async fn answer_contract(protocol: &str, version: &str) {
             .all(|(.., h, _)| h["x-test-version"] == version),
         "every request over {version}"
     );
-    let (_, v) = s.get("/metrics").await;
-    let text = v.as_str().unwrap();
-    assert!(
-        text.contains("canon_deliveries_total{subscription=\"hook\",outcome=\"success\"}"),
-        "{text}"
-    );
+    // Four successes (ok, empty, and retry and fail the second time), each with its latency;
+    // the last answer may still be on its way back to the server.
+    let needles = [
+        "canon_deliveries_total{subscription=\"hook\",outcome=\"success\"} 4",
+        "canon_delivery_latency_seconds_count{subscription=\"hook\"} 4",
+        "canon_push_duration_seconds_count{subscription=\"hook\"}",
+        "canon_dlq_depth_events{subscription=\"hook\"} 2",
+    ];
+    let mut text = String::new();
+    for _ in 0..100 {
+        let (_, v) = s.get("/metrics").await;
+        text = v.as_str().unwrap().to_owned();
+        if needles.iter().all(|n| text.contains(n)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for needle in needles {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
     s.stop().await;
 }
 

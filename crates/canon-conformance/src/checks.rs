@@ -110,6 +110,49 @@ pub async fn p1_acknowledged_publish_survives_restart<H: Harness>(h: &H) {
     );
 }
 
+/// P2 (visibility): no consumer sees part of a batch before all of it is stored. Batches of
+/// ten are published while a consumer pulls three at a time; whenever it gets an event of a
+/// batch, the whole batch must already be readable. (P2's other half, atomicity across a
+/// crash, is the embedded backend's crash harness.)
+pub async fn p2_no_consumer_sees_part_of_a_batch<H: Harness>(h: &H) {
+    const BATCHES: usize = 20;
+    const SIZE: usize = 10;
+    let b = setup(h, &[("g", quick(false))]).await;
+    let publisher = async {
+        for k in 0..BATCHES {
+            let batch = (0..SIZE).map(|i| request(&format!("{k}-{i}"))).collect();
+            b.publish(TOPIC, batch).await.expect("publish");
+        }
+    };
+    let consumer = async {
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen < BATCHES * SIZE && Instant::now() < deadline {
+            let got = b
+                .pull(TOPIC, "g", "c1", 3, Duration::from_millis(200))
+                .await
+                .expect("pull");
+            for d in &got {
+                let (_, i) = d.event.event.id.split_once('-').expect("k-i");
+                let i: u64 = i.parse().expect("i");
+                let first = d.event.seq - i;
+                let whole = b.read(TOPIC, first, SIZE, NO_WAIT).await.expect("read");
+                assert_eq!(
+                    whole.len(),
+                    SIZE,
+                    "P2: {} delivered while its batch was stored in part",
+                    d.event.event.id
+                );
+                b.ack(&d.token).await.expect("ack");
+            }
+            seen += got.len();
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(publisher, consumer);
+    assert_eq!(seen, BATCHES * SIZE, "P2: every event delivered");
+}
+
 /// P3: sequences increase in publish order; a batch's events are consecutive.
 pub async fn p3_sequences_increase_in_publish_order<H: Harness>(h: &H) {
     let b = setup(h, &[]).await;

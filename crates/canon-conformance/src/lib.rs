@@ -36,6 +36,7 @@ macro_rules! suite {
     ($harness:expr) => {
         $crate::suite!(@tests $harness;
             p1_acknowledged_publish_survives_restart,
+            p2_no_consumer_sees_part_of_a_batch,
             p3_sequences_increase_in_publish_order,
             p4_duplicate_source_and_id_is_not_stored_twice,
             p5_duplicate_idempotency_key_is_not_stored_twice,

@@ -739,8 +739,14 @@ pub async fn serve(
         let _ = b.send(local);
     }
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let draining = Arc::downgrade(&app);
     tokio::spawn(async move {
         shutdown.await;
+        // Long polls, live tails and push workers learn it first: the drain below waits for
+        // every request in flight, and a long poll or a tail would otherwise hold it up.
+        if let Some(app) = draining.upgrade() {
+            let _ = app.shutdown.send(true);
+        }
         let _ = stop_tx.send(true);
     });
     let mut requests_done = stop_rx.clone();

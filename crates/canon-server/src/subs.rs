@@ -686,9 +686,15 @@ async fn pull_inner<B: Backend>(
         .consumer
         .or(id.service.clone())
         .unwrap_or_else(|| "anonymous".to_owned());
-    let deliveries = filtered_pull(app, &sub, sub.filter(app).as_ref(), &consumer, max, wait)
-        .await
-        .map_err(|e| fail(e.into()))?;
+    // A shutdown answers a waiting pull at once with nothing: the server leases nothing more
+    // while it drains, and what a cut-short pull had leased comes back when its lease expires.
+    let mut stop = app.shutdown.subscribe();
+    let filter = sub.filter(app);
+    let deliveries = tokio::select! {
+        r = filtered_pull(app, &sub, filter.as_ref(), &consumer, max, wait) => r,
+        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
+    }
+    .map_err(|e| fail(e.into()))?;
     Ok(Json(PullResponse {
         deliveries: deliveries.iter().map(delivery_body).collect(),
     })

@@ -395,3 +395,45 @@ async fn catalog_delivery_defaults_apply_to_new_subscriptions() {
     assert_eq!(v["retry"]["max_backoff_ms"], 30000);
     s.stop().await;
 }
+
+/// A graceful shutdown does not wait out long polls and live tails: a pull waiting up to 30 s
+/// is answered at once (nothing leased) and a tail's stream ends, so the server stops within
+/// its grace period, and `/ready` says `shutting-down` while it drains.
+#[tokio::test]
+async fn a_shutdown_ends_long_polls_and_tails() {
+    let s = Server::start().await;
+    subscribe(&s, "waiting", "post.generated", json!({})).await;
+    let base = s.base.clone();
+    let poll = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(format!("{base}/v1/subscriptions/waiting/pull"))
+            .header("content-type", "application/json")
+            .body(r#"{"max": 10, "wait_ms": 30000}"#)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    });
+    let mut tail = s
+        .http
+        .get(format!("{}/v1/topics/post.generated/tail", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), s.stop())
+        .await
+        .expect("the shutdown waited for the long poll or the tail");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (status, body) = poll.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["deliveries"], json!([]), "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = tail.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the tail's stream ended");
+}

@@ -484,7 +484,55 @@ fn serve_and_the_client_commands() {
     assert_eq!((code, out.as_str()), (0, "watch replays from earliest\n"));
     let (code, out, _) = run(&["sub", "delete", "watch"], "");
     assert_eq!((code, out.as_str()), (0, "deleted watch\n"));
-    // SIGTERM: a graceful shutdown, exit 0.
+    // One event from flags, followed by `canon tail` filtered to its subject.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(["tail", "post.generated", "--from", "earliest"])
+        .args(["--subject", "user-flag", "--server", server.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let tail_out = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(tail_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(l);
+        }
+    });
+    let data = r#"{"userId":"u-flag","platform":"x","prompt":"p","draftId":"d-flag","archetype":"a","valuesMode":true}"#;
+    let (code, out, err) = run(
+        &[
+            "publish",
+            "--type",
+            "post.generated",
+            "--id",
+            "flag-1",
+            "--source",
+            "/coach/backend",
+            "--subject",
+            "user-flag",
+            "--data",
+            data,
+        ],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "1 stored, 0 duplicate, 0 rejected, 0 not stored\n"),
+        "{err}"
+    );
+    let first = lines
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("canon tail prints the event");
+    assert!(
+        first.ends_with("  post.generated  flag-1  user-flag"),
+        "{first:?}"
+    );
+    // SIGTERM: a graceful shutdown, exit 0; it ends the tail, which exits 0 too.
     let killed = Command::new("kill")
         .arg(child.id().to_string())
         .status()
@@ -492,6 +540,22 @@ fn serve_and_the_client_commands() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tail_status = loop {
+        if let Some(s) = tail.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = tail.kill();
+            panic!("canon tail did not end with the server");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(tail_status.code(), Some(0));
+    assert!(
+        lines.try_iter().next().is_none(),
+        "only the event with that subject"
+    );
     // Unreachable now: exit 3.
     let (code, _, err) = run(&["sub", "list"], "");
     assert_eq!(code, 3, "{err}");

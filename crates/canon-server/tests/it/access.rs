@@ -121,21 +121,41 @@ async fn jwt_bearer_tokens_name_the_service() {
         .publish(&[generated("j1", "d1")])
         .await;
     assert_eq!(status, 200, "{v}");
-    let (status, _) = s
+    let (status, v) = s
         .as_token(&token("analytics", "todo-auth", "s3cret"))
         .publish(&[generated("j2", "d2")])
         .await;
-    assert_eq!(status, 403);
-    let (status, _) = s
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (status, v) = s
         .as_token(&token("backend", "todo-auth", "wrong"))
         .publish(&[generated("j3", "d3")])
         .await;
-    assert_eq!(status, 401);
-    let (status, _) = s
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "a bad signature: {v}"
+    );
+    let (status, v) = s
         .as_token(&token("backend", "other-issuer", "s3cret"))
         .publish(&[generated("j4", "d4")])
         .await;
-    assert_eq!(status, 401);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "another issuer: {v}"
+    );
+    let (_, v) = s
+        .as_token(&token("backend", "todo-auth", "s3cret"))
+        .get("/v1/topics/post.generated")
+        .await;
+    assert_eq!(
+        v["last"], 1,
+        "only the accepted token's event is stored: {v}"
+    );
     s.stop().await;
 }
 

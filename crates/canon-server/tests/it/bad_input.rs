@@ -170,6 +170,42 @@ fn cases() -> Vec<Case> {
             "invalid-event",
         ),
         structured(
+            "null source",
+            &with(|e| e["source"] = Value::Null),
+            400,
+            "invalid-event",
+        ),
+        structured(
+            "numeric source",
+            &with(|e| e["source"] = json!(7)),
+            400,
+            "invalid-event",
+        ),
+        structured(
+            "null type",
+            &with(|e| e["type"] = Value::Null),
+            400,
+            "invalid-event",
+        ),
+        structured(
+            "array type",
+            &with(|e| e["type"] = json!(["post.generated"])),
+            400,
+            "invalid-event",
+        ),
+        structured(
+            "numeric subject",
+            &with(|e| e["subject"] = json!(3)),
+            400,
+            "invalid-event",
+        ),
+        structured(
+            "object dataschema",
+            &with(|e| e["dataschema"] = json!({"href": "https://example.com/s"})),
+            400,
+            "invalid-event",
+        ),
+        structured(
             "empty subject",
             &with(|e| e["subject"] = json!("")),
             400,
@@ -281,6 +317,7 @@ fn cases() -> Vec<Case> {
             "unsupported-media-type",
         ),
         // 7. Binary mode.
+        binary("binary without ce-specversion", "ce-specversion", &[]),
         binary("binary without ce-id", "ce-id", &[]),
         binary("binary without ce-source", "ce-source", &[]),
         binary("binary without ce-type", "ce-type", &[]),
@@ -409,10 +446,16 @@ async fn auth_failures_are_problems_too() {
     for (client, extra, status, code) in cases {
         let mut headers = vec![("content-type", CE)];
         headers.extend(extra);
-        let (got, _, v) = client
+        let (got, h, v) = client
             .send(reqwest::Method::POST, "/v1/events", &headers, body.clone())
             .await;
         assert_eq!((got, v["code"].as_str()), (status, Some(code)), "{v}");
+        assert_eq!(
+            h.get("content-type").map(|h| h.to_str().unwrap()),
+            Some("application/problem+json"),
+            "{v}"
+        );
+        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
     }
     // No Authorization header at all.
     let (got, _, v) = s

@@ -903,6 +903,60 @@ pub async fn r6_dead_letters_can_be_filtered<H: Harness>(h: &H) {
         2,
         "R6: limit"
     );
+    let count = |filter: DeadLetterFilter| {
+        let b = &b;
+        async move {
+            b.dead_letters(TOPIC, "g", &filter)
+                .await
+                .expect("dlq")
+                .len()
+        }
+    };
+    let by_reason = |reason| DeadLetterFilter {
+        reason: Some(reason),
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(
+        (
+            count(by_reason(DeadLetterReason::Rejected)).await,
+            count(by_reason(DeadLetterReason::MaxAttempts)).await,
+            count(by_reason(DeadLetterReason::Expired)).await,
+        ),
+        (3, 0, 0),
+        "R6: by reason"
+    );
+    let all = b
+        .dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    let first = all.iter().map(|d| d.at).min().expect("entries");
+    let later = all.iter().map(|d| d.at).max().expect("entries") + Duration::from_secs(1);
+    assert_eq!(
+        (
+            count(DeadLetterFilter {
+                since: Some(first),
+                ..DeadLetterFilter::default()
+            })
+            .await,
+            count(DeadLetterFilter {
+                since: Some(later),
+                ..DeadLetterFilter::default()
+            })
+            .await,
+            count(DeadLetterFilter {
+                until: Some(later),
+                ..DeadLetterFilter::default()
+            })
+            .await,
+            count(DeadLetterFilter {
+                until: Some(first - Duration::from_secs(1)),
+                ..DeadLetterFilter::default()
+            })
+            .await,
+        ),
+        (3, 0, 3, 0),
+        "R6: by time (since is inclusive, until exclusive)"
+    );
     assert_eq!(
         b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
             .await
@@ -1044,11 +1098,24 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
     assert_eq!(all, ["a", "b", "c", "d"], "R7: every event exactly once");
 }
 
-/// R8: purge deletes matching entries.
+/// R8: purge deletes matching entries: by type, by id, then all.
 pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;
-    publish(&b, &["a", "b"]).await;
-    reject_all(&b, 2).await;
+    let mut other = request("x");
+    other.event.ty = "order.cancelled".into();
+    b.publish(TOPIC, vec![request("a"), request("b"), other])
+        .await
+        .expect("publish");
+    reject_all(&b, 3).await;
+    let by_type = DeadLetterFilter {
+        types: vec!["order.cancelled".into()],
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(
+        b.purge(TOPIC, "g", &by_type).await.expect("purge"),
+        1,
+        "R8: by type"
+    );
     let only_a = DeadLetterFilter {
         ids: vec!["a".into()],
         ..DeadLetterFilter::default()
@@ -1063,7 +1130,21 @@ pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
             .map(|d| d.event.event.id.as_str())
             .collect::<Vec<_>>(),
         ["b"],
-        "R8"
+        "R8: by id"
+    );
+    assert_eq!(
+        b.purge(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("purge"),
+        1,
+        "R8: everything"
+    );
+    assert!(
+        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("dlq")
+            .is_empty(),
+        "R8: empty"
     );
 }
 

@@ -30,9 +30,9 @@ pub(crate) async fn list(
     groups::is_ordered(db, &tx, topic, group).await?;
     let stmt = tx
         .prepare_cached(&db.sql(
-            "SELECT seq, (extract(epoch from stored_at) * 1000)::int8, ordering_key, event,
+            "SELECT seq, floor(extract(epoch from stored_at) * 1000)::int8, ordering_key, event,
                     reason, last_error, attempts, history::text,
-                    (extract(epoch from at) * 1000)::int8
+                    floor(extract(epoch from at) * 1000)::int8
              FROM {s}.dead_letters
              WHERE topic = $1 AND grp = $2
                AND (cardinality($3::text[]) = 0 OR id = ANY($3))

@@ -13,7 +13,7 @@ use crate::{Db, db_err, ms_i64, seq_i64, seq_u64};
 
 /// The columns of an event, in the order [`stored`] reads them.
 pub(crate) const EVENT_COLUMNS: &str =
-    "e.seq, (extract(epoch from e.stored_at) * 1000)::int8, e.ordering_key, e.event";
+    "e.seq, floor(extract(epoch from e.stored_at) * 1000)::int8, e.ordering_key, e.event";
 
 /// An event row (`EVENT_COLUMNS` from index `at` on) as the port's value.
 pub(crate) fn stored(row: &Row, at: usize) -> Result<StoredEvent, BackendError> {

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use canon_backend::{Backend, BackendError, PublishOutcome, PublishRequest, TopicConfig};
+use canon_backend::{
+    Backend, BackendError, Capabilities, Capability, PublishOutcome, PublishRequest, TopicConfig,
+};
 use canon_catalog::{Catalog, KeyError, Violation};
 use canon_envelope::CloudEvent;
 
@@ -145,6 +147,36 @@ impl From<CloudEvent> for Submit {
     }
 }
 
+/// What the catalogs need of a backend (docs/specs/delivery.md, K1): atomic batches always
+/// (the engine publishes batches all-or-nothing); dedup by idempotency key when a type declares
+/// one; expected-sequence checks when a type has an aggregate key (a publisher may state the
+/// aggregate's last sequence); per-key ordered delivery when a catalog makes it the default of
+/// its subscriptions.
+pub fn required_capabilities(catalogs: &[Catalog]) -> Vec<Capability> {
+    let types = || catalogs.iter().flat_map(|c| c.types.values());
+    let mut needed = vec![Capability::AtomicBatch];
+    if types().any(|t| !t.idempotency.is_empty()) {
+        needed.push(Capability::IdempotencyKeys);
+    }
+    if types().any(|t| t.aggregate.is_some()) {
+        needed.push(Capability::OptimisticConcurrency);
+    }
+    if catalogs.iter().any(|c| {
+        c.delivery.as_ref().and_then(|d| d.ordering) == Some(canon_catalog::Ordering::Aggregate)
+    }) {
+        needed.push(Capability::OrderedDelivery);
+    }
+    needed
+}
+
+/// Fails with `unsupported-capability`, naming the first capability the catalogs need (see
+/// [`required_capabilities`]) that `have` lacks.
+pub fn check_capabilities(have: &Capabilities, catalogs: &[Catalog]) -> Result<(), BackendError> {
+    required_capabilities(catalogs)
+        .into_iter()
+        .try_for_each(|c| have.require(c))
+}
+
 /// Catalogs over a backend.
 #[derive(Debug)]
 pub struct Engine<B> {
@@ -156,8 +188,11 @@ pub struct Engine<B> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// Creates every topic the catalogs declare and routes their types.
+    /// Creates every topic the catalogs declare and routes their types. Fails with
+    /// `unsupported-capability` when the backend lacks something the catalogs need (K1, see
+    /// [`required_capabilities`]).
     pub async fn new(backend: B, catalogs: Vec<Catalog>) -> Result<Self, EngineError> {
+        check_capabilities(&backend.capabilities(), &catalogs)?;
         let mut routes = HashMap::new();
         for (i, c) in catalogs.iter().enumerate() {
             for t in c.types.values() {

@@ -395,6 +395,14 @@ pub(crate) async fn install<B: Backend>(
         .find(|c| c.types.values().any(|t| t.topic == sub.topic))
         .and_then(|c| c.delivery.as_ref());
     let config = sub.group_config(defaults);
+    if config.ordered {
+        // K1: refused by name rather than delivered out of order.
+        app.engine
+            .backend()
+            .capabilities()
+            .require(canon_backend::Capability::OrderedDelivery)
+            .map_err(|e| fail(e.into()))?;
+    }
     // Store every effective setting, so the subscription reads back as it behaves.
     sub.ordered = Some(config.ordered);
     sub.lease_ms = Some(u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX));

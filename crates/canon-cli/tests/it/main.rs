@@ -559,7 +559,7 @@ fn serve_and_the_client_commands() {
     // Unreachable now: exit 3.
     let (code, _, err) = run(&["sub", "list"], "");
     assert_eq!(code, 3, "{err}");
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(data);
 }
 
 /// Sends one HTTP/1.1 request; returns the status and the body.

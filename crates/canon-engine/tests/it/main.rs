@@ -186,3 +186,45 @@ async fn a_batch_stays_on_one_topic_and_expected_sequences_guard_aggregates() {
         "{err}"
     );
 }
+
+/// K1: the catalogs' needs against what a backend declares. The seed catalogs need atomic
+/// batches, idempotency keys (seed 000's award), expected sequences (types with an aggregate)
+/// and ordered delivery (seed 002 orders its deliveries per aggregate by default); a backend
+/// without one of them is refused by name.
+#[test]
+fn a_backend_lacking_what_the_catalogs_need_is_refused() {
+    use canon_backend::{Capabilities, Capability};
+    let catalogs = [catalog("coach"), catalog("todo"), catalog("go4u")];
+    let needed = canon_engine::required_capabilities(&catalogs);
+    for c in [
+        Capability::AtomicBatch,
+        Capability::IdempotencyKeys,
+        Capability::OptimisticConcurrency,
+        Capability::OrderedDelivery,
+    ] {
+        assert!(needed.contains(&c), "{c:?} in {needed:?}");
+    }
+    let all = Capabilities(vec![
+        Capability::AtomicBatch,
+        Capability::IdempotencyKeys,
+        Capability::OptimisticConcurrency,
+        Capability::OrderedDelivery,
+    ]);
+    canon_engine::check_capabilities(&all, &catalogs).unwrap();
+    let without_keys = Capabilities(
+        all.0
+            .iter()
+            .copied()
+            .filter(|c| *c != Capability::IdempotencyKeys)
+            .collect(),
+    );
+    assert!(matches!(
+        canon_engine::check_capabilities(&without_keys, &catalogs),
+        Err(BackendError::UnsupportedCapability("idempotency-keys"))
+    ));
+    // A catalog with nothing of the kind needs only atomic batches.
+    assert_eq!(
+        canon_engine::required_capabilities(&[]),
+        [Capability::AtomicBatch]
+    );
+}

@@ -143,11 +143,23 @@ pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
         ev.to_json().len()
     });
     let pad = size.saturating_sub(without_id + ev.id.len());
-    let mut data = String::with_capacity(pad + 10);
-    data.push_str(r#"{"pad":""#);
-    data.extend(std::iter::repeat_n('x', pad));
-    data.push_str(r#""}"#);
-    ev.data = Data::json(data).ok();
+    // The data of each padding length is made once and cloned: the JetStream side publishes
+    // one payload made before it starts, so neither side's figure carries the making.
+    thread_local! {
+        static PADDED: std::cell::RefCell<std::collections::HashMap<usize, Data>> =
+            std::cell::RefCell::default();
+    }
+    ev.data = PADDED
+        .with_borrow_mut(|padded| {
+            padded
+                .entry(pad)
+                .or_insert_with(|| {
+                    Data::json(format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)))
+                        .expect("padding is JSON")
+                })
+                .clone()
+        })
+        .into();
     ev
 }
 

@@ -100,6 +100,52 @@ async fn openapi_document_is_current() {
     s.stop().await;
 }
 
+/// Every native route the router serves (`.route("/v1/...")` in the server's source, the Dapr
+/// API's aside) is in the OpenAPI document, whose path list `openapi.rs` keeps by hand.
+#[tokio::test]
+async fn every_native_route_is_in_the_openapi_document() {
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut routes = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text.match_indices(".route(") {
+            let rest = text[at + ".route(".len()..].trim_start();
+            if let Some(quoted) = rest.strip_prefix('"') {
+                let path = &quoted[..quoted.find('"').unwrap()];
+                if path.starts_with("/v1/") && !path.starts_with("/v1/dapr/") {
+                    routes.push(path.to_owned());
+                }
+            }
+        }
+    }
+    assert!(routes.len() >= 20, "the scan found the routes: {routes:?}");
+    let s = Server::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let missing: Vec<&String> = routes
+        .iter()
+        .filter(|r| doc["paths"].get(r.as_str()).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from openapi.rs: {missing:?}"
+    );
+    s.stop().await;
+}
+
 #[test]
 fn configuration_file_and_environment() {
     let dir = tempfile::tempdir().unwrap();

@@ -688,3 +688,65 @@ fn serve_starts_as_one_apps_sidecar_with_the_flags_of_dapr_run() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A server started without any catalog runs schema-less and says so on start-up, and takes
+/// any valid CloudEvent on a topic named in the URL.
+#[test]
+fn serve_without_catalogs_says_it_is_schema_less() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = std::env::temp_dir().join(format!(
+        "canon-cli-schemaless-{}-{port}",
+        std::process::id()
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .env("CANON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CANON_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut said = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !said && std::time::Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            said = l.contains("schema-less");
+        }
+    }
+    assert!(said, "no schema-less warning on start-up");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/topics/anything/events",
+        "application/cloudevents+json",
+        r#"{"specversion":"1.0","id":"s1","source":"/s","type":"whatever.happened","data":{}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("stored"), "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(data);
+}

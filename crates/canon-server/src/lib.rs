@@ -249,6 +249,7 @@ impl<B: Backend> App<B> {
         dapr::apps::start(&app);
         dapr::jobs::start(&app).await?;
         tokio::spawn(sync_loop(Arc::downgrade(&app)));
+        tokio::spawn(subs::forward_dead_letters(Arc::downgrade(&app)));
         Ok(app)
     }
 

@@ -147,6 +147,11 @@ pub struct Subscription {
     pub retry: RetrySpec,
     /// Push delivery; absent for a pull subscription.
     pub push: Option<PushSpec>,
+    /// A topic that takes this subscription's dead letters: each one is published there (the
+    /// event as it was stored, same id) and then leaves the DLQ. Absent: dead letters stay in
+    /// the DLQ. With catalogs loaded it must be one of `schemaless_topics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Subscription {
@@ -323,6 +328,28 @@ async fn create_inner<B: Backend>(
             ));
         }
         _ => {}
+    }
+    if let Some(dlt) = &sub.dead_letter_topic {
+        let why = if *dlt == sub.topic {
+            Some("dead_letter_topic must be another topic than the subscription's")
+        } else if !app.engine.schemaless().allows(dlt) {
+            Some(
+                "dead_letter_topic must be a schema-less topic (schemaless_topics), \
+                 since it takes events of any type",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(fail(Problem::new("invalid-request", why)));
+        }
+        if app.engine.backend().topic_info(dlt).await.is_err() {
+            app.engine
+                .backend()
+                .create_topic(app.config.topic(dlt))
+                .await
+                .map_err(|e| fail(e.into()))?;
+        }
     }
     if app.engine.backend().topic_info(&sub.topic).await.is_err() {
         return Err(fail(Problem::new(
@@ -1270,4 +1297,78 @@ async fn dlq_change<B: Backend>(
         Ok(r) => r,
         Err(p) => with_code(p),
     }
+}
+
+/// Moves the dead letters of subscriptions that name a `dead_letter_topic` there, every half
+/// second, until the app ends or shuts down. Publishing comes before removing: after a crash
+/// in between, the next round publishes again, and the topic's dedup by (source, id) answers
+/// "duplicate" instead of storing the event twice. Several servers on one backend may do the
+/// same at once, for the same reason.
+pub(crate) async fn forward_dead_letters<B: Backend>(app: std::sync::Weak<crate::App<B>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        if *app.shutdown.borrow() {
+            return;
+        }
+        for sub in app.subscriptions() {
+            let Some(dlt) = &sub.dead_letter_topic else {
+                continue;
+            };
+            if let Err(e) = forward_once(&app, &sub, dlt).await {
+                tracing::warn!(subscription = %sub.name, topic = %dlt, error = %e,
+                    "dead letters not forwarded, trying again");
+            }
+        }
+    }
+}
+
+/// Forwards up to 100 dead letters of `sub` to `dlt`; returns how many.
+async fn forward_once<B: Backend>(
+    app: &crate::App<B>,
+    sub: &Subscription,
+    dlt: &str,
+) -> Result<usize, canon_backend::BackendError> {
+    let backend = app.engine.backend();
+    let entries = backend
+        .dead_letters(
+            &sub.topic,
+            &sub.name,
+            &DeadLetterFilter {
+                limit: 100,
+                ..DeadLetterFilter::default()
+            },
+        )
+        .await?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    if backend.topic_info(dlt).await.is_err() {
+        backend.create_topic(app.config.topic(dlt)).await?;
+    }
+    let requests = entries
+        .iter()
+        .map(|d| canon_backend::PublishRequest {
+            ordering_key: d.event.ordering_key.clone(),
+            idempotency_key: None,
+            expected_sequence: None,
+            event: d.event.event.clone(),
+        })
+        .collect();
+    backend.publish(dlt, requests).await?;
+    let ids = entries.iter().map(|d| d.event.event.id.clone()).collect();
+    backend
+        .purge(
+            &sub.topic,
+            &sub.name,
+            &DeadLetterFilter {
+                ids,
+                ..DeadLetterFilter::default()
+            },
+        )
+        .await?;
+    tracing::warn!(subscription = %sub.name, topic = %dlt, count = entries.len(),
+        "dead letters forwarded");
+    Ok(entries.len())
 }

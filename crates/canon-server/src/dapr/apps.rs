@@ -433,6 +433,7 @@ async fn install<B: Backend>(
         max_in_flight: None,
         retry: dapr_retry(),
         push: Some(push),
+        dead_letter_topic: None,
     };
     crate::subs::install(app, sub)
         .await

@@ -437,3 +437,65 @@ async fn a_shutdown_ends_long_polls_and_tails() {
     .await;
     assert!(ended.is_ok(), "the tail's stream ended");
 }
+
+/// A subscription's `dead_letter_topic`: a rejected event leaves the DLQ for that topic, same
+/// id and data, where another subscription reads it. The topic must be schema-less with
+/// catalogs loaded, and not the subscription's own.
+#[tokio::test]
+async fn dead_letters_are_forwarded_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.schemaless_topics = vec!["coach.dead".to_owned()];
+    let s = Server::with(c, Some(dir)).await;
+    for (dlt, why) in [
+        ("post.generated", "its own topic"),
+        ("post.posted", "a catalog topic"),
+    ] {
+        let (status, v) = s
+            .post(
+                "/v1/subscriptions",
+                &json!({"name": "bad-dlt", "topic": "post.generated", "dead_letter_topic": dlt}),
+            )
+            .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid-request")),
+            "{why}: {v}"
+        );
+    }
+    let v = subscribe(
+        &s,
+        "fwd",
+        "post.generated",
+        json!({"dead_letter_topic": "coach.dead"}),
+    )
+    .await;
+    assert_eq!(v["dead_letter_topic"], "coach.dead");
+    subscribe(&s, "triage", "coach.dead", json!({})).await;
+    s.publish(&[generated("dl-1", "d-dl-1")]).await;
+    let d = pull(&s, "fwd", 1, 2000).await;
+    let (_, v) = s
+        .post(
+            "/v1/subscriptions/fwd/reject",
+            &json!({"ack_ids": ack_ids(&d), "error": "cannot score"}),
+        )
+        .await;
+    assert_eq!(v["results"][0]["status"], "ok");
+    let forwarded = pull(&s, "triage", 10, 5000).await;
+    assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+    assert_eq!(forwarded[0]["event"]["id"], "dl-1");
+    assert_eq!(forwarded[0]["event"]["data"]["draftId"], "d-dl-1");
+    let mut left = 1;
+    for _ in 0..50 {
+        let (_, v) = s.get("/v1/subscriptions/fwd/dlq").await;
+        left = v.as_array().unwrap().len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "forwarded dead letters leave the DLQ");
+    let (_, v) = s.get("/v1/topics/coach.dead").await;
+    assert_eq!(v["last"], 1, "stored once: {v}");
+    s.stop().await;
+}

@@ -246,6 +246,9 @@ pub struct DeadLetterFilter {
     pub ids: Vec<String>,
     /// Only these event types.
     pub types: Vec<String>,
+    /// Only the entries of these events, by sequence in the topic: exactly the entries a
+    /// listing returned, as ids are unique only per source.
+    pub seqs: Vec<u64>,
     /// Only this reason.
     pub reason: Option<DeadLetterReason>,
     /// Only entries dead-lettered at or after this time.
@@ -261,6 +264,7 @@ impl DeadLetterFilter {
     pub fn matches(&self, d: &DeadLetter) -> bool {
         (self.ids.is_empty() || self.ids.contains(&d.event.event.id))
             && (self.types.is_empty() || self.types.contains(&d.event.event.ty))
+            && (self.seqs.is_empty() || self.seqs.contains(&d.event.seq))
             && self.reason.is_none_or(|r| r == d.reason)
             && self.since.is_none_or(|s| d.at >= s)
             && self.until.is_none_or(|u| d.at < u)

@@ -1056,10 +1056,10 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
         &all,
         RedriveOptions {
             dry_run: false,
-            per_second: 4,
+            per_second: 2,
         },
     );
-    let _ = tokio::time::timeout(Duration::from_millis(500), slow).await;
+    let _ = tokio::time::timeout(Duration::from_millis(1_200), slow).await;
     drop(b);
     let b = h.open().await;
     let in_dlq = b
@@ -1067,8 +1067,8 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
         .await
         .expect("dlq")
         .len();
-    // Four moves at four a second take 750 ms at least: the rate limit kept some back, and the
-    // first had time to go.
+    // Four moves at two a second take 1.5 s at least: the rate limit kept some back, and the
+    // first had 1.2 s to go.
     assert!(
         (1..4).contains(&in_dlq),
         "R7: the redrive stopped half way ({in_dlq} of 4 still in the DLQ)"
@@ -1098,7 +1098,7 @@ pub async fn r7_an_interrupted_redrive_resumes_without_duplicates<H: Harness>(h:
     assert_eq!(all, ["a", "b", "c", "d"], "R7: every event exactly once");
 }
 
-/// R8: purge deletes matching entries: by type, by id, then all.
+/// R8: purge deletes matching entries: by type, by id, by sequence, then all.
 pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;
     let mut other = request("x");
@@ -1132,6 +1132,25 @@ pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
         ["b"],
         "R8: by id"
     );
+    let by_seq = |seq: u64| DeadLetterFilter {
+        seqs: vec![seq],
+        ..DeadLetterFilter::default()
+    };
+    let b_seq = left[0].event.seq;
+    assert_eq!(
+        b.purge(TOPIC, "g", &by_seq(b_seq + 1_000))
+            .await
+            .expect("purge"),
+        0,
+        "R8: by sequence, another"
+    );
+    assert_eq!(
+        b.purge(TOPIC, "g", &by_seq(b_seq)).await.expect("purge"),
+        1,
+        "R8: by sequence"
+    );
+    publish(&b, &["c"]).await;
+    reject_all(&b, 1).await;
     assert_eq!(
         b.purge(TOPIC, "g", &DeadLetterFilter::default())
             .await

@@ -178,29 +178,43 @@ impl<B: Backend> App<B> {
                 config.dapr.state_stores.push(name.clone());
             }
         }
-        // Every topic the server knows takes its settings; creating an existing topic
-        // reconfigures it, so the file is the truth after every start.
+        // Every topic the server knows takes its settings (creating an existing topic
+        // reconfigures it): the catalogs', the schema-less ones, the configured ones, and those
+        // made while running (Dapr topics, dead-letter topics) that the backend already holds.
         let declared: BTreeSet<&str> = engine
             .catalogs()
             .iter()
             .flat_map(|c| c.types.values().map(|t| t.topic.as_str()))
             .collect();
-        let known = |t: &str| {
-            declared.contains(t)
-                || config.schemaless_topics.iter().any(|s| s == t)
-                || *engine.schemaless() == SchemaLess::All
-        };
-        if let Some(unknown) = config.topics.keys().find(|t| !known(t)) {
+        if let Some((name, _)) = std::iter::once(("topic_defaults", &config.topic_defaults))
+            .chain(config.topics.iter().map(|(t, s)| (t.as_str(), s)))
+            .find(|(_, s)| s.dedup_window_ms.is_some_and(|w| w < 1000))
+        {
             return Err(ServeError::Config(format!(
-                "topics.{unknown:?}: no catalog declares this topic and schemaless_topics \
-                 does not name it"
+                "{name}: dedup_window_ms is at least 1000 (JetStream counts it in seconds)"
             )));
         }
+        for t in config.topics.keys() {
+            if !declared.contains(t.as_str())
+                && !config.schemaless_topics.contains(t)
+                && *engine.schemaless() != SchemaLess::All
+            {
+                tracing::warn!(topic = %t, "topics.{t:?}: no catalog declares it and it is not \
+                    schema-less; its settings apply once something (Dapr, a dead-letter topic) uses it");
+            }
+        }
+        let existing = engine.backend().topics().await?;
         let topics: BTreeSet<&str> = declared
             .iter()
             .copied()
             .chain(config.schemaless_topics.iter().map(String::as_str))
-            .chain(config.topics.keys().map(String::as_str))
+            .chain(existing.iter().map(String::as_str))
+            .chain(config.topics.keys().map(String::as_str).filter(|t| {
+                declared.contains(t)
+                    || existing.iter().any(|e| e == t)
+                    || config.schemaless_topics.iter().any(|s| s == t)
+                    || *engine.schemaless() == SchemaLess::All
+            }))
             .collect();
         for t in topics {
             engine.backend().create_topic(config.topic(t)).await?;
@@ -351,7 +365,8 @@ impl<B: Backend> App<B> {
         self.auth.identify(headers)
     }
 
-    /// The catalog types on a topic that `service` consumes; `None`: every type.
+    /// The catalog types on a topic that `service` consumes (on a schema-less topic, every type
+    /// it consumes); `None`: every type.
     pub(crate) fn consumable(&self, topic: &str, service: Option<&str>) -> Option<HashSet<String>> {
         let service = service?;
         Some(
@@ -359,7 +374,12 @@ impl<B: Backend> App<B> {
                 .catalogs()
                 .iter()
                 .flat_map(|c| c.types.values())
-                .filter(|t| t.topic == topic && t.consumers.iter().any(|c| c == service))
+                // A schema-less topic may carry any type (a dead-letter topic does): there a
+                // service reads every type it is a declared consumer of, wherever it travels.
+                .filter(|t| {
+                    (t.topic == topic || self.engine.schemaless().allows(topic))
+                        && t.consumers.iter().any(|c| c == service)
+                })
                 .map(|t| t.name.clone())
                 .collect(),
         )

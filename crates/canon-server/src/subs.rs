@@ -343,13 +343,6 @@ async fn create_inner<B: Backend>(
         if let Some(why) = why {
             return Err(fail(Problem::new("invalid-request", why)));
         }
-        if app.engine.backend().topic_info(dlt).await.is_err() {
-            app.engine
-                .backend()
-                .create_topic(app.config.topic(dlt))
-                .await
-                .map_err(|e| fail(e.into()))?;
-        }
     }
     if app.engine.backend().topic_info(&sub.topic).await.is_err() {
         return Err(fail(Problem::new(
@@ -386,6 +379,15 @@ async fn create_inner<B: Backend>(
                 .with("rule", "declared-consumer"),
             ));
         }
+    }
+    if let Some(dlt) = &sub.dead_letter_topic
+        && app.engine.backend().topic_info(dlt).await.is_err()
+    {
+        app.engine
+            .backend()
+            .create_topic(app.config.topic(dlt))
+            .await
+            .map_err(|e| fail(e.into()))?;
     }
     install(app, sub)
         .await
@@ -721,20 +723,28 @@ async fn pull_inner<B: Backend>(
         .consumer
         .or(id.service.clone())
         .unwrap_or_else(|| "anonymous".to_owned());
-    // A shutdown answers a waiting pull at once with nothing: the server leases nothing more
-    // while it drains, and what a cut-short pull had leased comes back when its lease expires.
-    let mut stop = app.shutdown.subscribe();
+    // The wait runs in slices, the shutdown flag checked between them: a shutdown answers a
+    // waiting pull within a slice, and never cuts a pull short once it may have leased.
     let filter = sub.filter(app);
-    let deliveries = tokio::select! {
-        r = filtered_pull(app, &sub, filter.as_ref(), &consumer, max, wait) => r,
-        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
-    }
-    .map_err(|e| fail(e.into()))?;
+    let started = Instant::now();
+    let deliveries = loop {
+        let left = wait.saturating_sub(started.elapsed());
+        let slice = left.min(PULL_SLICE);
+        let got = filtered_pull(app, &sub, filter.as_ref(), &consumer, max, slice)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        if !got.is_empty() || left <= slice || *app.shutdown.borrow() {
+            break got;
+        }
+    };
     Ok(Json(PullResponse {
         deliveries: deliveries.iter().map(delivery_body).collect(),
     })
     .into_response())
 }
+
+/// The longest a long poll waits without looking at the shutdown flag.
+const PULL_SLICE: Duration = Duration::from_millis(500);
 
 /// Pulls, acknowledging at once (as `filtered`) the events of types the subscription does not
 /// deliver, until something is left or the wait is over.
@@ -757,9 +767,14 @@ pub(crate) async fn filtered_pull<B: Backend>(
         let Some(filter) = filter else {
             return Ok(got);
         };
-        let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = got
-            .into_iter()
-            .partition(|d| filter.contains(app.base_type(&d.event.event.ty)));
+        let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = got.into_iter().partition(|d| {
+            let ty = &d.event.event.ty;
+            // On a schema-less topic, types no catalog declares are anyone's to read.
+            filter.contains(app.base_type(ty))
+                || (sub.types.is_empty()
+                    && app.engine.catalog_of(ty).is_none()
+                    && app.engine.schemaless().allows(&sub.topic))
+        });
         if !skip.is_empty() {
             let acks = skip.iter().map(|d| app.engine.backend().ack(&d.token));
             for r in futures_util::future::join_all(acks).await {
@@ -1088,6 +1103,7 @@ impl DlqQuery {
         Ok(DeadLetterFilter {
             ids: self.ids.clone(),
             types: self.types.clone(),
+            seqs: Vec::new(),
             reason,
             since: time(&self.since, "since")?,
             until: time(&self.until, "until")?,
@@ -1316,15 +1332,26 @@ pub(crate) async fn forward_dead_letters<B: Backend>(app: std::sync::Weak<crate:
             let Some(dlt) = &sub.dead_letter_topic else {
                 continue;
             };
-            if let Err(e) = forward_once(&app, &sub, dlt).await {
-                tracing::warn!(subscription = %sub.name, topic = %dlt, error = %e,
-                    "dead letters not forwarded, trying again");
+            // Batches of 100 until the DLQ is empty, at most 10,000 a round per subscription.
+            for _ in 0..100 {
+                match forward_once(&app, &sub, dlt).await {
+                    Ok(n) if n == FORWARD_BATCH => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(subscription = %sub.name, topic = %dlt, error = %e,
+                            "dead letters not forwarded, trying again");
+                        break;
+                    }
+                }
             }
         }
     }
 }
 
-/// Forwards up to 100 dead letters of `sub` to `dlt`; returns how many.
+/// Dead letters forwarded per publish.
+const FORWARD_BATCH: usize = 100;
+
+/// Forwards up to `FORWARD_BATCH` dead letters of `sub` to `dlt`; returns how many.
 async fn forward_once<B: Backend>(
     app: &crate::App<B>,
     sub: &Subscription,
@@ -1336,7 +1363,7 @@ async fn forward_once<B: Backend>(
             &sub.topic,
             &sub.name,
             &DeadLetterFilter {
-                limit: 100,
+                limit: FORWARD_BATCH,
                 ..DeadLetterFilter::default()
             },
         )
@@ -1357,13 +1384,15 @@ async fn forward_once<B: Backend>(
         })
         .collect();
     backend.publish(dlt, requests).await?;
-    let ids = entries.iter().map(|d| d.event.event.id.clone()).collect();
+    // Exactly the entries listed: another entry with one of these ids (from another source,
+    // or dead-lettered since) stays for the next round.
+    let seqs = entries.iter().map(|d| d.event.seq).collect();
     backend
         .purge(
             &sub.topic,
             &sub.name,
             &DeadLetterFilter {
-                ids,
+                seqs,
                 ..DeadLetterFilter::default()
             },
         )

@@ -421,7 +421,8 @@ async fn a_shutdown_ends_long_polls_and_tails() {
         .await
         .unwrap();
     assert_eq!(tail.status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the pull to reach the server and start waiting.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let started = tokio::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(10), s.stop())
         .await
@@ -439,19 +440,22 @@ async fn a_shutdown_ends_long_polls_and_tails() {
 }
 
 /// A subscription's `dead_letter_topic`: a rejected event leaves the DLQ for that topic, same
-/// id and data, where another subscription reads it. The topic must be schema-less with
-/// catalogs loaded, and not the subscription's own.
+/// id and data, where another service that consumes its type reads it (with credentials on, so
+/// the topic's type rules apply). The topic must be schema-less with catalogs loaded, and not
+/// the subscription's own.
 #[tokio::test]
 async fn dead_letters_are_forwarded_to_the_dead_letter_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = crate::config(dir.path());
+    let mut c = crate::with_keys(crate::config(dir.path()));
     c.schemaless_topics = vec!["coach.dead".to_owned()];
     let s = Server::with(c, Some(dir)).await;
+    let coach = s.as_token("coach-key");
+    let analytics = s.as_token("analytics-key");
     for (dlt, why) in [
         ("post.generated", "its own topic"),
         ("post.posted", "a catalog topic"),
     ] {
-        let (status, v) = s
+        let (status, v) = coach
             .post(
                 "/v1/subscriptions",
                 &json!({"name": "bad-dlt", "topic": "post.generated", "dead_letter_topic": dlt}),
@@ -464,30 +468,34 @@ async fn dead_letters_are_forwarded_to_the_dead_letter_topic() {
         );
     }
     let v = subscribe(
-        &s,
+        &coach,
         "fwd",
         "post.generated",
         json!({"dead_letter_topic": "coach.dead"}),
     )
     .await;
     assert_eq!(v["dead_letter_topic"], "coach.dead");
-    subscribe(&s, "triage", "coach.dead", json!({})).await;
-    s.publish(&[generated("dl-1", "d-dl-1")]).await;
-    let d = pull(&s, "fwd", 1, 2000).await;
-    let (_, v) = s
+    subscribe(&analytics, "triage", "coach.dead", json!({})).await;
+    let (status, v) = s
+        .as_token("backend-key")
+        .publish(&[generated("dl-1", "d-dl-1")])
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let d = pull(&coach, "fwd", 1, 2000).await;
+    let (_, v) = coach
         .post(
             "/v1/subscriptions/fwd/reject",
             &json!({"ack_ids": ack_ids(&d), "error": "cannot score"}),
         )
         .await;
     assert_eq!(v["results"][0]["status"], "ok");
-    let forwarded = pull(&s, "triage", 10, 5000).await;
+    let forwarded = pull(&analytics, "triage", 10, 5000).await;
     assert_eq!(forwarded.len(), 1, "{forwarded:?}");
     assert_eq!(forwarded[0]["event"]["id"], "dl-1");
     assert_eq!(forwarded[0]["event"]["data"]["draftId"], "d-dl-1");
     let mut left = 1;
     for _ in 0..50 {
-        let (_, v) = s.get("/v1/subscriptions/fwd/dlq").await;
+        let (_, v) = coach.get("/v1/subscriptions/fwd/dlq").await;
         left = v.as_array().unwrap().len();
         if left == 0 {
             break;
@@ -495,7 +503,7 @@ async fn dead_letters_are_forwarded_to_the_dead_letter_topic() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, 0, "forwarded dead letters leave the DLQ");
-    let (_, v) = s.get("/v1/topics/coach.dead").await;
+    let (_, v) = coach.get("/v1/topics/coach.dead").await;
     assert_eq!(v["last"], 1, "stored once: {v}");
     s.stop().await;
 }

@@ -81,21 +81,34 @@ pub(crate) async fn list(
     group: &str,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<(u64, DeadLetter)>, BackendError> {
+    /// Entries read per request: a limited listing stops reading at its limit.
+    const PAGE: usize = 1000;
     let subject = t.names.dlq_subject(group);
     let mut out = Vec::new();
-    for m in b.js().read(&t.names.dlq, 1, &subject, usize::MAX).await? {
-        let Some(d) = decode(&m.payload) else {
-            tracing::warn!(seq = m.seq, "a DLQ entry does not decode; skipped");
-            continue;
+    let mut next = 1;
+    loop {
+        let page = b.js().read(&t.names.dlq, next, &subject, PAGE).await?;
+        let Some(last) = page.last().map(|m| m.seq) else {
+            return Ok(out);
         };
-        if filter.matches(&d) {
-            out.push((m.seq, d));
-            if filter.limit > 0 && out.len() >= filter.limit {
-                break;
+        let full = page.len() == PAGE;
+        for m in page {
+            let Some(d) = decode(&m.payload) else {
+                tracing::warn!(seq = m.seq, "a DLQ entry does not decode; skipped");
+                continue;
+            };
+            if filter.matches(&d) {
+                out.push((m.seq, d));
+                if filter.limit > 0 && out.len() >= filter.limit {
+                    return Ok(out);
+                }
             }
         }
+        if !full {
+            return Ok(out);
+        }
+        next = last + 1;
     }
-    Ok(out)
 }
 
 pub(crate) async fn count(b: &NatsBackend, t: &Topic, group: &str) -> Result<u64, BackendError> {

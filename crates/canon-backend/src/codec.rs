@@ -23,7 +23,7 @@ pub fn from_millis(ms: u64) -> SystemTime {
 }
 
 /// Milliseconds of a duration, saturating.
-fn ms(d: Duration) -> u64 {
+pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -192,6 +192,16 @@ impl<B: Backend> Engine<B> {
     /// `unsupported-capability` when the backend lacks something the catalogs need (K1, see
     /// [`required_capabilities`]).
     pub async fn new(backend: B, catalogs: Vec<Catalog>) -> Result<Self, EngineError> {
+        Self::with_topics(backend, catalogs, |t: &str| TopicConfig::new(t)).await
+    }
+
+    /// As [`Engine::new`], each topic created (or, if it exists, reconfigured) with
+    /// `topic(name)`: its dedup window and retention.
+    pub async fn with_topics(
+        backend: B,
+        catalogs: Vec<Catalog>,
+        topic: impl Fn(&str) -> TopicConfig,
+    ) -> Result<Self, EngineError> {
         check_capabilities(&backend.capabilities(), &catalogs)?;
         let mut routes = HashMap::new();
         for (i, c) in catalogs.iter().enumerate() {
@@ -208,7 +218,7 @@ impl<B: Backend> Engine<B> {
         topics.sort();
         topics.dedup();
         for t in topics {
-            backend.create_topic(TopicConfig::new(t.clone())).await?;
+            backend.create_topic(topic(t)).await?;
         }
         Ok(Engine {
             backend,

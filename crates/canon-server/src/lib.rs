@@ -178,14 +178,11 @@ impl<B: Backend> App<B> {
                 config.dapr.state_stores.push(name.clone());
             }
         }
-        // Every topic the server knows takes its settings (creating an existing topic
-        // reconfigures it): the catalogs', the schema-less ones, the configured ones, and those
-        // made while running (Dapr topics, dead-letter topics) that the backend already holds.
-        let declared: BTreeSet<&str> = engine
-            .catalogs()
-            .iter()
-            .flat_map(|c| c.types.values().map(|t| t.topic.as_str()))
-            .collect();
+        // The engine made the catalogs' topics with their settings; every other topic the
+        // server knows takes its own here (creating an existing topic reconfigures it): the
+        // schema-less ones, and those made while serving (Dapr, dead-letter topics) that the
+        // backend already holds. A configured topic that is none of these gets its settings
+        // when it is made.
         if let Some((name, _)) = std::iter::once(("topic_defaults", &config.topic_defaults))
             .chain(config.topics.iter().map(|(t, s)| (t.as_str(), s)))
             .find(|(_, s)| s.dedup_window_ms.is_some_and(|w| w < 1000))
@@ -194,28 +191,28 @@ impl<B: Backend> App<B> {
                 "{name}: dedup_window_ms is at least 1000 (JetStream counts it in seconds)"
             )));
         }
+        let declared: BTreeSet<&str> = engine
+            .catalogs()
+            .iter()
+            .flat_map(|c| c.types.values().map(|t| t.topic.as_str()))
+            .collect();
+        let existing = engine.backend().topics().await?;
+        let mut topics: BTreeSet<&str> = config
+            .schemaless_topics
+            .iter()
+            .chain(&existing)
+            .map(String::as_str)
+            .collect();
+        if *engine.schemaless() == SchemaLess::All {
+            topics.extend(config.topics.keys().map(String::as_str));
+        }
+        topics.retain(|t| !declared.contains(t));
         for t in config.topics.keys() {
-            if !declared.contains(t.as_str())
-                && !config.schemaless_topics.contains(t)
-                && *engine.schemaless() != SchemaLess::All
-            {
-                tracing::warn!(topic = %t, "topics.{t:?}: no catalog declares it and it is not \
-                    schema-less; its settings apply once something (Dapr, a dead-letter topic) uses it");
+            if !declared.contains(t.as_str()) && !topics.contains(t.as_str()) {
+                tracing::warn!(topic = %t, "topics.{t:?}: no catalog declares it, it is not \
+                    schema-less and not stored yet; its settings apply when it is made");
             }
         }
-        let existing = engine.backend().topics().await?;
-        let topics: BTreeSet<&str> = declared
-            .iter()
-            .copied()
-            .chain(config.schemaless_topics.iter().map(String::as_str))
-            .chain(existing.iter().map(String::as_str))
-            .chain(config.topics.keys().map(String::as_str).filter(|t| {
-                declared.contains(t)
-                    || existing.iter().any(|e| e == t)
-                    || config.schemaless_topics.iter().any(|s| s == t)
-                    || *engine.schemaless() == SchemaLess::All
-            }))
-            .collect();
         for t in topics {
             engine.backend().create_topic(config.topic(t)).await?;
         }
@@ -357,6 +354,17 @@ impl<B: Backend> App<B> {
         for s in added {
             push::remove(self, &s.name).await;
             push::ensure(self, &s);
+        }
+        Ok(())
+    }
+
+    /// Creates topic `name`, with its configured settings (`Config::topic`), unless it exists:
+    /// how every topic made while serving is made (schema-less publishes, Dapr topics,
+    /// dead-letter topics).
+    pub(crate) async fn ensure_topic(&self, name: &str) -> Result<(), BackendError> {
+        let backend = self.engine.backend();
+        if backend.topic_info(name).await.is_err() {
+            backend.create_topic(self.config.topic(name)).await?;
         }
         Ok(())
     }
@@ -749,7 +757,7 @@ pub async fn serve(
     } else {
         SchemaLess::Topics(config.schemaless_topics.clone())
     };
-    let engine = Engine::new(backend, catalogs)
+    let engine = Engine::with_topics(backend, catalogs, |t| config.topic(t))
         .await?
         .with_schemaless(schemaless);
     let app = App::new(engine, config).await?;

@@ -328,12 +328,7 @@ async fn publish<B: Backend>(
     for (topic, batch) in prepared {
         // A server without catalogs makes topics as they are named.
         if *app.engine.schemaless() == canon_engine::SchemaLess::All
-            && app.engine.backend().topic_info(&topic).await.is_err()
-            && let Err(e) = app
-                .engine
-                .backend()
-                .create_topic(app.config.topic(&topic))
-                .await
+            && let Err(e) = app.ensure_topic(&topic).await
         {
             return with_code(Problem::from(e));
         }

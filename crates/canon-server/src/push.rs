@@ -157,10 +157,18 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
             let _ = tokio::time::timeout(GATHER_WAIT, permits.acquire_many(want)).await;
         }
         let room = (permits.available_permits() + 1) * batch;
-        let pulled = tokio::select! {
-            r = crate::subs::filtered_pull(&app, &sub, filter.as_ref(), &consumer, room, Duration::from_secs(5)) => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
+        // Not raced against `stop`: a pull dropped after it leased would strand its events.
+        // It looks at `stop` itself, twice a second.
+        let pulled = crate::subs::filtered_pull(
+            &app,
+            &sub,
+            filter.as_ref(),
+            &consumer,
+            room,
+            Duration::from_secs(5),
+            &stop,
+        )
+        .await;
         let deliveries = match pulled {
             Ok(d) => {
                 failures = 0;

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use canon_backend::{Backend, StoredEvent};
+use canon_backend::{Backend, StoredEvent, codec};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -66,8 +66,8 @@ async fn topic_body<B: Backend>(app: &Shared<B>, name: &str) -> Result<TopicBody
         first: info.first,
         last: info.last,
         bytes: info.bytes,
-        dedup_window_ms: millis(info.config.dedup_window),
-        max_age_ms: info.config.max_age.map(millis),
+        dedup_window_ms: codec::ms(info.config.dedup_window),
+        max_age_ms: info.config.max_age.map(codec::ms),
         max_bytes: info.config.max_bytes,
         schemaless: app.engine.schemaless().allows(name),
         types,
@@ -78,10 +78,6 @@ async fn topic_body<B: Backend>(app: &Shared<B>, name: &str) -> Result<TopicBody
             .map(|s| s.name.clone())
             .collect(),
     })
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn answer<T: Serialize>(r: Result<T, Problem>) -> Response {

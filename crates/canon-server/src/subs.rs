@@ -202,11 +202,34 @@ impl Subscription {
     }
 
     /// The types this subscription delivers; `None`: all.
-    pub(crate) fn filter<B: Backend>(&self, app: &crate::App<B>) -> Option<HashSet<String>> {
+    pub(crate) fn filter<B: Backend>(&self, app: &crate::App<B>) -> Option<TypeFilter> {
         if !self.types.is_empty() {
-            return Some(self.types.iter().cloned().collect());
+            return Some(TypeFilter {
+                types: self.types.iter().cloned().collect(),
+                undeclared: false,
+            });
         }
         app.consumable(&self.topic, self.consumer.as_deref())
+            .map(|types| TypeFilter {
+                types,
+                // On a schema-less topic, types no catalog declares are anyone's to read.
+                undeclared: app.engine.schemaless().allows(&self.topic),
+            })
+    }
+}
+
+/// The types a subscription delivers, when not all.
+pub(crate) struct TypeFilter {
+    /// Catalog type names.
+    types: HashSet<String>,
+    /// Also every type no catalog declares.
+    undeclared: bool,
+}
+
+impl TypeFilter {
+    fn admits<B: Backend>(&self, app: &crate::App<B>, ty: &str) -> bool {
+        self.types.contains(app.base_type(ty))
+            || (self.undeclared && app.engine.catalog_of(ty).is_none())
     }
 }
 
@@ -329,20 +352,14 @@ async fn create_inner<B: Backend>(
         }
         _ => {}
     }
-    if let Some(dlt) = &sub.dead_letter_topic {
-        let why = if *dlt == sub.topic {
-            Some("dead_letter_topic must be another topic than the subscription's")
-        } else if !app.engine.schemaless().allows(dlt) {
-            Some(
-                "dead_letter_topic must be a schema-less topic (schemaless_topics), \
-                 since it takes events of any type",
-            )
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(fail(Problem::new("invalid-request", why)));
-        }
+    if let Some(dlt) = &sub.dead_letter_topic
+        && (*dlt == sub.topic || !app.engine.schemaless().allows(dlt))
+    {
+        return Err(fail(Problem::new(
+            "invalid-request",
+            "dead_letter_topic must be a schema-less topic (schemaless_topics), \
+             since it takes events of any type, and not the subscription's own",
+        )));
     }
     if app.engine.backend().topic_info(&sub.topic).await.is_err() {
         return Err(fail(Problem::new(
@@ -380,14 +397,8 @@ async fn create_inner<B: Backend>(
             ));
         }
     }
-    if let Some(dlt) = &sub.dead_letter_topic
-        && app.engine.backend().topic_info(dlt).await.is_err()
-    {
-        app.engine
-            .backend()
-            .create_topic(app.config.topic(dlt))
-            .await
-            .map_err(|e| fail(e.into()))?;
+    if let Some(dlt) = &sub.dead_letter_topic {
+        app.ensure_topic(dlt).await.map_err(|e| fail(e.into()))?;
     }
     install(app, sub)
         .await
@@ -723,38 +734,38 @@ async fn pull_inner<B: Backend>(
         .consumer
         .or(id.service.clone())
         .unwrap_or_else(|| "anonymous".to_owned());
-    // The wait runs in slices, the shutdown flag checked between them: a shutdown answers a
-    // waiting pull within a slice, and never cuts a pull short once it may have leased.
-    let filter = sub.filter(app);
-    let started = Instant::now();
-    let deliveries = loop {
-        let left = wait.saturating_sub(started.elapsed());
-        let slice = left.min(PULL_SLICE);
-        let got = filtered_pull(app, &sub, filter.as_ref(), &consumer, max, slice)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        if !got.is_empty() || left <= slice || *app.shutdown.borrow() {
-            break got;
-        }
-    };
+    let deliveries = filtered_pull(
+        app,
+        &sub,
+        sub.filter(app).as_ref(),
+        &consumer,
+        max,
+        wait,
+        &app.shutdown.subscribe(),
+    )
+    .await
+    .map_err(|e| fail(e.into()))?;
     Ok(Json(PullResponse {
         deliveries: deliveries.iter().map(delivery_body).collect(),
     })
     .into_response())
 }
 
-/// The longest a long poll waits without looking at the shutdown flag.
+/// The longest a pull waits without looking at its stop signal.
 const PULL_SLICE: Duration = Duration::from_millis(500);
 
 /// Pulls, acknowledging at once (as `filtered`) the events of types the subscription does not
-/// deliver, until something is left or the wait is over.
+/// deliver, until something is left, the wait is over, or `stop` is raised. The wait runs in
+/// slices with `stop` read between them, never by dropping a pull: a pull dropped after it
+/// leased would leave its events waiting for their lease to expire (and spend an attempt).
 pub(crate) async fn filtered_pull<B: Backend>(
     app: &Shared<B>,
     sub: &Subscription,
-    filter: Option<&HashSet<String>>,
+    filter: Option<&TypeFilter>,
     consumer: &str,
     max: usize,
     wait: Duration,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<Delivery>, canon_backend::BackendError> {
     let deadline = Instant::now() + wait;
     loop {
@@ -762,19 +773,14 @@ pub(crate) async fn filtered_pull<B: Backend>(
         let got = app
             .engine
             .backend()
-            .pull(&sub.topic, &sub.name, consumer, max, left)
+            .pull(&sub.topic, &sub.name, consumer, max, left.min(PULL_SLICE))
             .await?;
-        let Some(filter) = filter else {
-            return Ok(got);
+        let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = match filter {
+            Some(f) => got
+                .into_iter()
+                .partition(|d| f.admits(app, &d.event.event.ty)),
+            None => (got, Vec::new()),
         };
-        let (keep, skip): (Vec<Delivery>, Vec<Delivery>) = got.into_iter().partition(|d| {
-            let ty = &d.event.event.ty;
-            // On a schema-less topic, types no catalog declares are anyone's to read.
-            filter.contains(app.base_type(ty))
-                || (sub.types.is_empty()
-                    && app.engine.catalog_of(ty).is_none()
-                    && app.engine.schemaless().allows(&sub.topic))
-        });
         if !skip.is_empty() {
             let acks = skip.iter().map(|d| app.engine.backend().ack(&d.token));
             for r in futures_util::future::join_all(acks).await {
@@ -788,7 +794,7 @@ pub(crate) async fn filtered_pull<B: Backend>(
                 })
                 .inc_by(u64::try_from(skip.len()).unwrap_or(u64::MAX));
         }
-        if !keep.is_empty() || Instant::now() >= deadline {
+        if !keep.is_empty() || Instant::now() >= deadline || *stop.borrow() {
             return Ok(keep);
         }
     }
@@ -1370,9 +1376,6 @@ async fn forward_once<B: Backend>(
         .await?;
     if entries.is_empty() {
         return Ok(0);
-    }
-    if backend.topic_info(dlt).await.is_err() {
-        backend.create_topic(app.config.topic(dlt)).await?;
     }
     let requests = entries
         .iter()

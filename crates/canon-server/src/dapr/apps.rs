@@ -383,13 +383,9 @@ async fn install<B: Backend>(
     if delivery.default_path.is_none() && delivery.rules.is_empty() {
         return Err(Refusal::Invalid("the subscription has no route".to_owned()));
     }
-    let backend = app.engine.backend();
-    if backend.topic_info(&s.topic).await.is_err() {
-        backend
-            .create_topic(app.config.topic(&s.topic))
-            .await
-            .map_err(|e| Refusal::Failed(e.to_string()))?;
-    }
+    app.ensure_topic(&s.topic)
+        .await
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
     // bulkSubscribe: up to maxMessagesCount events per request (default 100, at most 1,000).
     let batch = s
         .bulk_subscribe

@@ -264,9 +264,7 @@ async fn finish<B: Backend>(
     let backend = app.engine.backend();
     let event = d.event.event.clone();
     let sent = async {
-        if backend.topic_info(dlt).await.is_err() {
-            backend.create_topic(app.config.topic(dlt)).await?;
-        }
+        app.ensure_topic(dlt).await?;
         let request = PublishRequest {
             ordering_key: event.partition_key().map(str::to_owned),
             idempotency_key: None,

@@ -306,9 +306,7 @@ async fn store<B: Backend>(
     if !requests.is_empty() {
         let backend = app.engine.backend();
         let stored = async {
-            if backend.topic_info(topic).await.is_err() {
-                backend.create_topic(app.config.topic(topic)).await?;
-            }
+            app.ensure_topic(topic).await?;
             backend.publish(topic, requests).await
         }
         .await;

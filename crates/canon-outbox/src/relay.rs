@@ -84,6 +84,12 @@ pub trait Publisher: Send + Sync + 'static {
     type Backend: Backend;
     /// The engine.
     fn engine(&self) -> &Engine<Self::Backend>;
+    /// The settings of a topic the relay creates (with no catalog, topics are made as rows
+    /// name them): the built-in defaults unless the publisher has its own (`canon serve`
+    /// applies its `topic_defaults` and `topics` settings).
+    fn topic_config(&self, name: &str) -> TopicConfig {
+        TopicConfig::new(name)
+    }
 }
 
 impl<B: Backend> Publisher for Engine<B> {
@@ -315,7 +321,9 @@ impl<P: Publisher> Relay<P> {
         // serve` makes them on publish).
         if *engine.schemaless() == SchemaLess::All
             && let Err(BackendError::UnknownTopic(_)) = backend.topic_info(topic).await
-            && let Err(e) = backend.create_topic(TopicConfig::new(topic)).await
+            && let Err(e) = backend
+                .create_topic(self.publisher.topic_config(topic))
+                .await
         {
             return Publish::Stopped(Vec::new(), Vec::new(), 0, e);
         }

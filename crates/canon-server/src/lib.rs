@@ -363,10 +363,13 @@ impl<B: Backend> App<B> {
     /// dead-letter topics).
     pub(crate) async fn ensure_topic(&self, name: &str) -> Result<(), BackendError> {
         let backend = self.engine.backend();
-        if backend.topic_info(name).await.is_err() {
-            backend.create_topic(self.config.topic(name)).await?;
+        match backend.topic_info(name).await {
+            Err(BackendError::UnknownTopic(_)) => {
+                backend.create_topic(self.config.topic(name)).await
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity, Problem> {

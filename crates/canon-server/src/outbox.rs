@@ -15,6 +15,9 @@ impl<B: Backend> Publisher for App<B> {
     fn engine(&self) -> &Engine<B> {
         &self.engine
     }
+    fn topic_config(&self, name: &str) -> canon_backend::TopicConfig {
+        self.config.topic(name)
+    }
 }
 
 /// Starts one relay per configured outbox.

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use canon_backend::{
-    Backend, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery, GroupConfig, LeaseToken,
-    RedriveOptions, RetryPolicy, StartPosition,
+    Backend, BackendError, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery, GroupConfig,
+    LeaseToken, RedriveOptions, RetryPolicy, StartPosition,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -361,11 +361,15 @@ async fn create_inner<B: Backend>(
              since it takes events of any type, and not the subscription's own",
         )));
     }
-    if app.engine.backend().topic_info(&sub.topic).await.is_err() {
-        return Err(fail(Problem::new(
-            "not-found",
-            format!("no topic named {}", sub.topic),
-        )));
+    match app.engine.backend().topic_info(&sub.topic).await {
+        Err(BackendError::UnknownTopic(_)) => {
+            return Err(fail(Problem::new(
+                "not-found",
+                format!("no topic named {}", sub.topic),
+            )));
+        }
+        Err(e) => return Err(fail(e.into())),
+        Ok(_) => {}
     }
     // Only declared consumers may subscribe to a type.
     if let Some(consumer) = &sub.consumer

@@ -259,6 +259,74 @@ fn error_codes_are_documented_both_ways() {
 
 /// A request slower than `request_timeout_ms` gets 408 as a problem document, and stores
 /// nothing.
+/// A server's `[[outbox]]` relays a PostgreSQL table's rows into its backend, and a topic the
+/// relay makes (no catalog: topics are made as rows name them) gets the server's topic
+/// settings, not the built-in defaults.
+#[tokio::test]
+async fn outbox_relay_makes_topics_with_the_configured_settings() {
+    use canon_server::config::{OutboxConfig, TopicSettings};
+    let url = std::env::var("CANON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned());
+    let table = format!(
+        "canon_outbox_srv_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::config(dir.path());
+    c.catalogs.clear();
+    c.topic_defaults = TopicSettings {
+        dedup_window_ms: Some(5_000),
+        max_age_ms: Some(3_600_000),
+        ..TopicSettings::default()
+    };
+    c.outbox.push(OutboxConfig {
+        url: url.clone(),
+        table: table.clone(),
+        producer: None,
+        batch: 100,
+        poll_ms: 50,
+    });
+    // Installed before the relay starts: two concurrent CREATE TABLE IF NOT EXISTS can clash.
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(conn);
+    let outbox = canon_outbox::Outbox::new(&table).unwrap();
+    outbox.install(&db).await.unwrap();
+    let s = Server::with(c, Some(dir)).await;
+    let insert = format!(
+        "INSERT INTO {table} (topic, event) VALUES ('orders', \
+         '{{\"specversion\":\"1.0\",\"id\":\"o-1\",\"source\":\"/shop\",\
+         \"type\":\"order.placed\",\"data\":{{\"total\":12}}}}'::json)"
+    );
+    db.batch_execute(&insert).await.unwrap();
+    let mut v = json!(null);
+    for _ in 0..100 {
+        let (status, got) = s.get("/v1/topics/orders").await;
+        v = got;
+        if status == 200 && v["last"].as_u64() == Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["last"], 1, "the row was relayed: {v}");
+    assert_eq!(
+        (&v["dedup_window_ms"], &v["max_age_ms"]),
+        (&json!(5_000), &json!(3_600_000)),
+        "the relay made the topic with topic_defaults: {v}"
+    );
+    s.stop().await;
+    db.batch_execute(&format!(
+        "DROP TABLE {table}, {table}_rejected; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn slow_requests_time_out_with_a_problem() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -967,6 +967,81 @@ pub async fn r6_dead_letters_can_be_filtered<H: Harness>(h: &H) {
     );
 }
 
+/// R6: a DLQ larger than a backend reads at once (JetStream's listing reads 1,000 entries a
+/// request) is listed whole and in order, stops at its limit, finds an entry past the first
+/// thousand, and purges whole.
+pub async fn r6_a_large_dlq_is_listed_whole<H: Harness>(h: &H) {
+    const N: usize = 1_100;
+    let group = GroupConfig {
+        lease: Duration::from_secs(60),
+        max_in_flight: 200,
+        ..quick(false)
+    };
+    let b = setup(h, &[("g", group)]).await;
+    let names: Vec<String> = (0..N).map(|i| format!("e{i:04}")).collect();
+    for chunk in names.chunks(100) {
+        b.publish(TOPIC, chunk.iter().map(|id| request(id)).collect())
+            .await
+            .expect("publish");
+    }
+    let mut rejected = 0;
+    while rejected < N {
+        let got = pull_n(&b, "g", (N - rejected).min(200), Duration::from_secs(5)).await;
+        assert!(
+            !got.is_empty(),
+            "R6: {rejected} of {N} dead-lettered, then nothing"
+        );
+        for d in &got {
+            b.dead_letter(&d.token, None).await.expect("dead-letter");
+        }
+        rejected += got.len();
+    }
+    let list = |filter: DeadLetterFilter| {
+        let b = &b;
+        async move {
+            b.dead_letters(TOPIC, "g", &filter)
+                .await
+                .expect("dlq")
+                .into_iter()
+                .map(|d| d.event.event.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = list(DeadLetterFilter::default()).await;
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(sorted, names, "R6: whole");
+    assert_eq!(
+        list(DeadLetterFilter {
+            limit: 1_050,
+            ..DeadLetterFilter::default()
+        })
+        .await,
+        all[..1_050],
+        "R6: a limit past the first thousand, oldest first"
+    );
+    assert_eq!(
+        list(DeadLetterFilter {
+            ids: vec![names[1_080].clone()],
+            ..DeadLetterFilter::default()
+        })
+        .await,
+        [names[1_080].clone()],
+        "R6: an entry past the first thousand"
+    );
+    assert_eq!(
+        b.purge(TOPIC, "g", &DeadLetterFilter::default())
+            .await
+            .expect("purge"),
+        N,
+        "R8: a large DLQ purges whole"
+    );
+    assert!(
+        list(DeadLetterFilter::default()).await.is_empty(),
+        "R8: empty"
+    );
+}
+
 /// R7: redrive puts events back with their ids and fresh attempts; a dry run moves nothing.
 pub async fn r7_redrive_returns_events_with_fresh_attempts<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;

@@ -64,6 +64,7 @@ macro_rules! suite {
             t1_a_scheduled_event_waits_for_its_time,
             t2_an_expired_event_is_dead_lettered,
             r6_dead_letters_can_be_filtered,
+            r6_a_large_dlq_is_listed_whole,
             r7_redrive_returns_events_with_fresh_attempts,
             r7_an_interrupted_redrive_resumes_without_duplicates,
             r8_purge_deletes_matching_entries,

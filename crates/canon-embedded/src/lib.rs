@@ -5,7 +5,9 @@
 //! Durability: with [`Durability::Sync`] (the default) a publish, ack or nack is answered only
 //! once the write holding it is on disk (`fdatasync`), shared by everything queued meanwhile
 //! (group commit, see `writer`). [`Durability::LoseRecentOnOsCrash`] answers once the write is
-//! in the operating system's buffers: it survives a crash of the process, not of the machine.
+//! in the operating system's buffers: it survives a crash of the process, not of the machine;
+//! a background thread syncs the journal every 50 ms, so a machine crash loses about the last
+//! 50 ms of acknowledged writes (more while the disk is slower than the writes).
 
 mod group;
 mod store;
@@ -35,7 +37,8 @@ pub enum Durability {
     Sync,
     /// In the operating system's buffers before it is acknowledged, not synced: survives a crash
     /// of this process (the crash harness runs half its rounds in this mode), but an
-    /// operating-system crash or power loss can lose the last acknowledged writes.
+    /// operating-system crash or power loss can lose the last acknowledged writes: those since
+    /// the last background sync of the journal, which runs every 50 ms.
     LoseRecentOnOsCrash,
 }
 

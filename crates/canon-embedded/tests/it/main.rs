@@ -1,7 +1,9 @@
 //! The embedded backend against the delivery contract: the whole conformance suite, each check
-//! in its own data directory; and the crash harness.
+//! in its own data directory; the crash harness; and the check, under strace, that an
+//! acknowledged publish was synced.
 
 mod crash;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,9 +52,8 @@ canon_conformance::suite!(EmbeddedHarness::new());
 /// syncer while it writes the next ones (and syncs in line when nothing waits). The sequences
 /// of all publishes are distinct and without gaps; an answered publish can be read at once
 /// (the topic's committed sequence moved before the answer); every acknowledged event is
-/// delivered, before and after a reopen. That an answer waits for `fdatasync` is not
-/// something a test in one process can observe (nor the crash harness, whose SIGKILL leaves
-/// the OS's buffers in place); it rests on the code and ARCHITECTURE.md's invariant.
+/// delivered, before and after a reopen. That an answer waits for `fdatasync` is checked by
+/// `sync::acknowledged_publishes_were_synced`, under strace.
 #[tokio::test]
 async fn concurrent_synced_publishes_are_answered_readable_and_kept() {
     use std::collections::BTreeSet;

@@ -425,46 +425,44 @@ fn run(
     topics: &Topics,
     recent: Recent,
 ) {
-    match durability {
-        Durability::Sync => {
-            let queued = AtomicUsize::new(0);
-            std::thread::scope(|scope| {
+    // Batches handed to the syncer and not answered yet (`Durability::Sync`).
+    let queued = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        // Seals memtables when the writer asks (`bound_write_buffer`), so that the writer does
+        // not wait for a seal. Without the thread, the writer seals in line.
+        let (seal, seal_requests) = mpsc::sync_channel::<()>(1);
+        let sealer = std::thread::Builder::new()
+            .name("canon-seal".into())
+            .spawn_scoped(scope, move || {
+                while seal_requests.recv().is_ok() {
+                    seal_memtables(store);
+                }
+            });
+        let seal = sealer.is_ok().then_some(seal);
+        match durability {
+            Durability::Sync => {
                 let (tx, synced) = mpsc::sync_channel(SYNC_QUEUE);
                 let waiting = &queued;
                 let syncer = std::thread::Builder::new()
                     .name("canon-sync".into())
                     .spawn_scoped(scope, move || sync(store, &synced, waiting, failed));
-                match syncer {
-                    Ok(_) => write(
-                        store,
-                        rx,
-                        failed,
-                        topics,
-                        recent,
-                        Persist::Syncer(tx, &queued),
-                    ),
+                let persist = match syncer {
+                    Ok(_) => Persist::Syncer(tx, &queued),
                     // No second thread: sync in line.
-                    Err(_) => write(
-                        store,
-                        rx,
-                        failed,
-                        topics,
-                        recent,
-                        Persist::Inline(PersistMode::SyncData),
-                    ),
-                }
-                // `tx` is dropped with `write`: the syncer finishes what is queued, and the scope
-                // waits for it.
-            });
-        }
-        // Into the OS buffers: safe from a crash of this process (the journal is flushed by
-        // hand, once per commit). A background thread syncs the journal every
-        // `BACKGROUND_SYNC`, which bounds what an OS crash can lose and keeps fjall's own
-        // syncs short: before every flush fjall fsyncs the journal while it holds the journal
-        // lock, and with the OS left to write back on its own (after 30 s) that fsync wrote
-        // megabytes and held every commit for 13-16 ms (strace, BENCHMARKS.md).
-        Durability::LoseRecentOnOsCrash => {
-            std::thread::scope(|scope| {
+                    Err(_) => Persist::Inline(PersistMode::SyncData),
+                };
+                // `tx` is dropped with `write`: the syncer finishes what is queued, and the
+                // scope waits for it.
+                write(store, rx, failed, topics, recent, persist, seal.as_ref());
+            }
+            // Into the OS buffers: safe from a crash of this process (the journal is flushed
+            // by hand, once per commit). A background thread syncs the journal every
+            // `BACKGROUND_SYNC`, which bounds what an OS crash can lose and keeps fjall's own
+            // syncs short: before every flush fjall fsyncs the journal while it holds the
+            // journal lock, and with the OS left to write back on its own (after 30 s) that
+            // fsync wrote megabytes and held every commit for 13-16 ms (strace,
+            // BENCHMARKS.md).
+            Durability::LoseRecentOnOsCrash => {
                 let (stop, stopped) = mpsc::channel::<()>();
                 let syncer = std::thread::Builder::new()
                     .name("canon-sync".into())
@@ -472,18 +470,14 @@ fn run(
                 if let Err(e) = syncer {
                     tracing::warn!(error = %e, "no background sync thread: the OS writes back alone");
                 }
-                write(
-                    store,
-                    rx,
-                    failed,
-                    topics,
-                    recent,
-                    Persist::Inline(PersistMode::Buffer),
-                );
+                let persist = Persist::Inline(PersistMode::Buffer);
+                write(store, rx, failed, topics, recent, persist, seal.as_ref());
                 drop(stop);
-            });
+            }
         }
-    }
+        // Closes the sealer's channel, so that the scope can end.
+        drop(seal);
+    });
 }
 
 /// How often `Durability::LoseRecentOnOsCrash` syncs the journal in the background.
@@ -643,6 +637,7 @@ fn write(
     topics: &Topics,
     mut recent: Recent,
     persist: Persist<'_>,
+    seal: Option<&mpsc::SyncSender<()>>,
 ) {
     // A job taken from the queue while deciding how to persist a batch: the next batch's first.
     let mut taken: Option<Job> = None;
@@ -816,7 +811,7 @@ fn write(
                 for (topic, _, _) in &touched {
                     enforce_retention(store, topic);
                 }
-                bound_write_buffer(store);
+                bound_write_buffer(store, seal);
             }
             Err(e) => {
                 // Nothing of this commit is acknowledged. The in-memory state may now disagree
@@ -851,45 +846,69 @@ const MAX_STALL: Duration = Duration::from_secs(2);
 /// (to 57 MiB in a measured run, with 100 MiB of memtables in all, and a peak RSS of 353 MB
 /// over ten million events).
 ///
-/// Over `WRITE_BUFFER_SOFT`, the writer seals the full memtables itself (the largest one if
-/// none is full and none is waiting for its flush), which queues their flush. Only over
-/// `WRITE_BUFFER_HARD` does it wait for the worker to flush: at full-rate ingest writes then
-/// slow to what the disk and the worker sustain instead of growing memory, and at moderate
-/// rates (5,000 events/s) a compaction never makes a commit wait. The commit just made has
-/// been answered already, or handed to the syncer, which answers it without the writer.
+/// Over `WRITE_BUFFER_SOFT`, the writer asks the sealing thread (`canon-seal`) to seal the
+/// full memtables (`seal_memtables`), which queues their flush. A seal takes fjall's journal
+/// lock and runs fjall's version and journal maintenance: 25-50 ms at times when the writer did
+/// it in line, with every commit waiting meanwhile. Only over `WRITE_BUFFER_HARD` does the
+/// writer seal in line (if nothing is sealed yet) and wait for the worker to flush: at
+/// full-rate ingest writes then slow to what the disk and the worker sustain instead of
+/// growing memory, and at moderate rates (5,000 events/s) a compaction never makes a commit
+/// wait. The commit just made has been answered already, or handed to the syncer, which
+/// answers it without the writer.
+fn bound_write_buffer(store: &Store, seal: Option<&mpsc::SyncSender<()>>) {
+    let size = store.db.write_buffer_size();
+    if size <= WRITE_BUFFER_SOFT {
+        return;
+    }
+    match seal {
+        // A request already waiting will do.
+        Some(seal) if size <= WRITE_BUFFER_HARD => {
+            let _ = seal.try_send(());
+            return;
+        }
+        _ => {}
+    }
+    if !sealed(store) {
+        seal_memtables(store);
+    }
+    let started = std::time::Instant::now();
+    while store.db.write_buffer_size() > WRITE_BUFFER_HARD
+        && sealed(store)
+        && started.elapsed() < MAX_STALL
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether some keyspace has a sealed memtable waiting for its flush.
+fn sealed(store: &Store) -> bool {
+    store
+        .keyspaces()
+        .iter()
+        .any(|ks| ks.sealed_memtable_count() > 0)
+}
+
+/// Seals the full memtables, or the largest one if none is full and none waits for its flush.
 ///
 /// `Keyspace::rotate_memtable` is public but hidden from fjall's documentation, so a fjall
 /// upgrade may change it (a removal fails the build; a change of meaning shows in the
 /// ten-million-event run of `canon-load`).
-fn bound_write_buffer(store: &Store) {
+fn seal_memtables(store: &Store) {
     use fjall::AbstractTree;
     if store.db.write_buffer_size() <= WRITE_BUFFER_SOFT {
         return;
     }
     let size = |ks: &fjall::Keyspace| ks.tree.active_memtable().size();
-    let sealed = || {
-        store
-            .keyspaces()
-            .iter()
-            .any(|ks| ks.sealed_memtable_count() > 0)
-    };
     for ks in store.keyspaces() {
         if size(ks) >= store::MEMTABLE_BYTES {
             // Best effort: on failure the worker still rotates it when it gets to it.
             let _ = ks.rotate_memtable();
         }
     }
-    if !sealed()
+    if !sealed(store)
         && let Some(ks) = store.keyspaces().into_iter().max_by_key(|ks| size(ks))
     {
         let _ = ks.rotate_memtable();
-    }
-    let started = std::time::Instant::now();
-    while store.db.write_buffer_size() > WRITE_BUFFER_HARD
-        && sealed()
-        && started.elapsed() < MAX_STALL
-    {
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

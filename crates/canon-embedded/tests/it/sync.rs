@@ -6,7 +6,7 @@
 //! survive a killed process); a power loss would. The same check run on
 //! `Durability::LoseRecentOnOsCrash` must find acknowledgements with no sync behind them, so
 //! it is known to tell the two apart; and there the background sync must have covered every
-//! acknowledged write within ten of its intervals.
+//! acknowledged write within forty of its intervals.
 //!
 //! Needs `strace` (scripts/services installs it when missing); without it the test fails.
 
@@ -68,8 +68,9 @@ fn sync_worker() {
         while let Some(done) = publishers.join_next().await {
             done.expect("publisher");
         }
-        // Ten background sync intervals of the weaker mode, then a mark in the trace.
-        tokio::time::sleep(10 * BACKGROUND_SYNC).await;
+        // Forty background sync intervals of the weaker mode (a wide margin for a loaded
+        // machine), then a mark in the trace.
+        tokio::time::sleep(40 * BACKGROUND_SYNC).await;
         acks.lock()
             .expect("acks")
             .write_all(b"end\n")
@@ -139,7 +140,7 @@ struct Acked {
     id: String,
     /// A sync of its journal write ended before the acknowledgement.
     synced_before_ack: bool,
-    /// ... before the worker's `end` line, ten background sync intervals after the last one.
+    /// ... before the worker's `end` line, forty background sync intervals after the last one.
     synced_before_end: bool,
 }
 
@@ -247,6 +248,6 @@ fn acknowledged_publishes_were_synced() {
         .collect();
     assert!(
         never.is_empty(),
-        "not synced within ten background intervals: {never:?}"
+        "not synced within forty background intervals: {never:?}"
     );
 }

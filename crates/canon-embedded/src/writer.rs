@@ -484,15 +484,29 @@ fn run(
 pub(crate) const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
 
 /// `Durability::LoseRecentOnOsCrash`'s syncer: syncs the journal every `BACKGROUND_SYNC` (on
-/// its own handles, without fjall's journal lock) until `stop` is dropped. A failed sync fails
-/// the backend as in `Sync` mode: after a failed `fdatasync` the OS may have dropped the
-/// unwritten pages, so what was acknowledged may be gone.
+/// its own handles, without fjall's journal lock) until `stop` is dropped, and once more then.
+/// A failed `fdatasync` fails the backend as in `Sync` mode: the OS may have dropped the
+/// unwritten pages, so what was acknowledged may be gone. A journal that cannot be listed or
+/// opened (out of file handles, say) is tried again at the next round.
 fn sync_in_background(store: &Store, stop: &mpsc::Receiver<()>, failed: &AtomicBool) {
     let mut journal = ActiveJournal::new(store);
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(BACKGROUND_SYNC) {
-        if let Err(e) = journal.sync() {
-            tracing::error!(error = %e, "the background sync of the journal failed");
-            failed.store(true, Ordering::SeqCst);
+    loop {
+        let last = !matches!(
+            stop.recv_timeout(BACKGROUND_SYNC),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        match journal.sync() {
+            Ok(()) => {}
+            Err(SyncFailure::Find(e)) => {
+                tracing::warn!(error = %e, "the background sync could not find the journal; trying again");
+            }
+            Err(SyncFailure::Sync(e)) => {
+                tracing::error!(error = %e, "the background sync of the journal failed");
+                failed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        if last {
             return;
         }
     }
@@ -510,8 +524,9 @@ fn sync(store: &Store, queue: &mpsc::Receiver<Written>, queued: &AtomicUsize, fa
         if broken.is_none()
             && let Err(e) = journal.sync()
         {
+            // Answers wait for this sync: whichever part failed, they cannot be given.
             failed.store(true, Ordering::SeqCst);
-            broken = Some(BackendError::storage(e));
+            broken = Some(e.into_error());
         }
         let n = batches.len();
         for b in batches {
@@ -556,28 +571,30 @@ impl<'a> ActiveJournal<'a> {
         }
     }
 
-    fn sync(&mut self) -> Result<(), BackendError> {
-        let all = journals(&self.store.dir).map_err(BackendError::storage)?;
+    fn sync(&mut self) -> Result<(), SyncFailure> {
+        let find = |e| SyncFailure::Find(BackendError::storage(e));
+        let synced = |e| SyncFailure::Sync(BackendError::storage(e));
+        let all = journals(&self.store.dir).map_err(find)?;
         let Some(&newest) = all.last() else {
             return self.fall_back();
         };
         let from = self.from.unwrap_or(newest);
         for &n in all.iter().filter(|&&n| n >= from && n < newest) {
             match self.open_journal(n) {
-                Ok(file) => file.sync_data().map_err(BackendError::storage)?,
+                Ok(file) => file.sync_data().map_err(synced)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(BackendError::storage(e)),
+                Err(e) => return Err(find(e)),
             }
         }
         if self.open.as_ref().is_none_or(|(n, _)| *n != newest) {
             match self.open_journal(newest) {
                 Ok(file) => self.open = Some((newest, file)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.fall_back(),
-                Err(e) => return Err(BackendError::storage(e)),
+                Err(e) => return Err(find(e)),
             }
         }
         if let Some((_, file)) = &self.open {
-            file.sync_data().map_err(BackendError::storage)?;
+            file.sync_data().map_err(synced)?;
         }
         self.from = Some(newest);
         Ok(())
@@ -590,13 +607,30 @@ impl<'a> ActiveJournal<'a> {
     }
 
     /// fjall's own sync, under its journal lock; the next round lists the journals again.
-    fn fall_back(&mut self) -> Result<(), BackendError> {
+    fn fall_back(&mut self) -> Result<(), SyncFailure> {
         self.open = None;
         self.from = None;
         self.store
             .db
             .persist(PersistMode::SyncData)
-            .map_err(BackendError::storage)
+            .map_err(|e| SyncFailure::Sync(BackendError::storage(e)))
+    }
+}
+
+/// Why a round of `ActiveJournal::sync` failed.
+enum SyncFailure {
+    /// A journal could not be listed or opened: nothing was synced, nothing is known lost.
+    Find(BackendError),
+    /// A sync failed: what was written may not be on disk, and after a failed `fdatasync` the
+    /// OS may have dropped the unwritten pages.
+    Sync(BackendError),
+}
+
+impl SyncFailure {
+    fn into_error(self) -> BackendError {
+        match self {
+            SyncFailure::Find(e) | SyncFailure::Sync(e) => e,
+        }
     }
 }
 
@@ -860,13 +894,12 @@ fn bound_write_buffer(store: &Store, seal: Option<&mpsc::SyncSender<()>>) {
     if size <= WRITE_BUFFER_SOFT {
         return;
     }
-    match seal {
+    if let Some(seal) = seal {
         // A request already waiting will do.
-        Some(seal) if size <= WRITE_BUFFER_HARD => {
-            let _ = seal.try_send(());
+        let _ = seal.try_send(());
+        if size <= WRITE_BUFFER_HARD {
             return;
         }
-        _ => {}
     }
     if !sealed(store) {
         seal_memtables(store);

@@ -157,12 +157,10 @@ fn acks_and_syncs(calls: &[Call]) -> Vec<Acked> {
         .iter()
         .filter(acks_log)
         .find(|c| c.text.contains("\"end\\n\""))
-        .map_or(usize::MAX, |c| c.start);
+        .expect("the worker's end line is in the trace")
+        .start;
     let mut out = Vec::new();
-    for ack in calls
-        .iter()
-        .filter(|c| c.name == "write" && c.path.ends_with("acks.log"))
-    {
+    for ack in calls.iter().filter(acks_log) {
         let Some(id) = ack
             .text
             .split_once("\"ack ")
@@ -178,6 +176,18 @@ fn acks_and_syncs(calls: &[Call]) -> Vec<Acked> {
         else {
             panic!("no journal write before the acknowledgement of {id} holds it");
         };
+        // A commit reaches the journal through an 8 KiB buffer emptied at every commit: under
+        // 8 KiB it is one `write`, so a sync after that write covers the whole commit (its
+        // end marker and checksum too, without which recovery drops it).
+        let bytes: usize = write
+            .text
+            .rsplit_once("= ")
+            .and_then(|(_, ret)| ret.trim().parse().ok())
+            .expect("a write's byte count");
+        assert!(
+            bytes < 8 * 1024,
+            "the commit holding {id} took more than one write ({bytes} bytes in the first)"
+        );
         let synced_before = |until: usize| {
             calls
                 .iter()

@@ -257,8 +257,6 @@ fn error_codes_are_documented_both_ways() {
     crate::assert_codes_documented("docs/http-api.md", canon_server::problem::CODES);
 }
 
-/// A request slower than `request_timeout_ms` gets 408 as a problem document, and stores
-/// nothing.
 /// A server's `[[outbox]]` relays a PostgreSQL table's rows into its backend, and a topic the
 /// relay makes (no catalog: topics are made as rows name them) gets the server's topic
 /// settings, not the built-in defaults.
@@ -313,20 +311,23 @@ async fn outbox_relay_makes_topics_with_the_configured_settings() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(v["last"], 1, "the row was relayed: {v}");
-    assert_eq!(
-        (&v["dedup_window_ms"], &v["max_age_ms"]),
-        (&json!(5_000), &json!(3_600_000)),
-        "the relay made the topic with topic_defaults: {v}"
-    );
+    // Cleaned up before the assertions, so that a failed run leaves no tables behind.
     s.stop().await;
     db.batch_execute(&format!(
         "DROP TABLE {table}, {table}_rejected; DROP FUNCTION {table}_notify()"
     ))
     .await
     .unwrap();
+    assert_eq!(v["last"], 1, "the row was relayed: {v}");
+    assert_eq!(
+        (&v["dedup_window_ms"], &v["max_age_ms"]),
+        (&json!(5_000), &json!(3_600_000)),
+        "the relay made the topic with topic_defaults: {v}"
+    );
 }
 
+/// A request slower than `request_timeout_ms` gets 408 as a problem document, and stores
+/// nothing.
 #[tokio::test]
 async fn slow_requests_time_out_with_a_problem() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -91,6 +91,16 @@ fn ids(ds: &[Delivery]) -> Vec<&str> {
     ds.iter().map(|d| d.event.event.id.as_str()).collect()
 }
 
+/// The ids of group `g`'s DLQ entries that match `filter`, in the backend's order.
+async fn dlq_ids<B: Backend>(b: &B, filter: DeadLetterFilter) -> Vec<String> {
+    b.dead_letters(TOPIC, "g", &filter)
+        .await
+        .expect("dlq")
+        .into_iter()
+        .map(|d| d.event.event.id)
+        .collect()
+}
+
 /// P1: an acknowledged publish survives a restart.
 pub async fn p1_acknowledged_publish_survives_restart<H: Harness>(h: &H) {
     let b = setup(h, &[("g", quick(false))]).await;
@@ -883,35 +893,16 @@ pub async fn r6_dead_letters_can_be_filtered<H: Harness>(h: &H) {
         types: vec!["order.cancelled".into()],
         ..DeadLetterFilter::default()
     };
-    let got = b.dead_letters(TOPIC, "g", &by_type).await.expect("dlq");
-    assert_eq!(
-        got.iter()
-            .map(|d| d.event.event.id.as_str())
-            .collect::<Vec<_>>(),
-        ["b"],
-        "R6: by type"
-    );
+    assert_eq!(dlq_ids(&b, by_type).await, ["b"], "R6: by type");
+    let count = |filter| {
+        let b = &b;
+        async move { dlq_ids(b, filter).await.len() }
+    };
     let limited = DeadLetterFilter {
         limit: 2,
         ..DeadLetterFilter::default()
     };
-    assert_eq!(
-        b.dead_letters(TOPIC, "g", &limited)
-            .await
-            .expect("dlq")
-            .len(),
-        2,
-        "R6: limit"
-    );
-    let count = |filter: DeadLetterFilter| {
-        let b = &b;
-        async move {
-            b.dead_letters(TOPIC, "g", &filter)
-                .await
-                .expect("dlq")
-                .len()
-        }
-    };
+    assert_eq!(count(limited).await, 2, "R6: limit");
     let by_reason = |reason| DeadLetterFilter {
         reason: Some(reason),
         ..DeadLetterFilter::default()
@@ -958,10 +949,7 @@ pub async fn r6_dead_letters_can_be_filtered<H: Harness>(h: &H) {
         "R6: by time (since is inclusive, until exclusive)"
     );
     assert_eq!(
-        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
-            .await
-            .expect("dlq")
-            .len(),
+        count(DeadLetterFilter::default()).await,
         3,
         "R6: listing consumes nothing"
     );
@@ -1005,37 +993,26 @@ pub async fn r6_a_large_dlq_is_listed_whole<H: Harness>(h: &H) {
         "R6: events were leased out of publish order, so this check cannot fix one DLQ order"
     );
     let order: Vec<String> = order.into_iter().map(|(_, id)| id).collect();
-    let list = |filter: DeadLetterFilter| {
-        let b = &b;
-        async move {
-            b.dead_letters(TOPIC, "g", &filter)
-                .await
-                .expect("dlq")
-                .into_iter()
-                .map(|d| d.event.event.id)
-                .collect::<Vec<_>>()
-        }
-    };
-    let all = list(DeadLetterFilter::default()).await;
+    let all = dlq_ids(&b, DeadLetterFilter::default()).await;
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(sorted, names, "R6: whole");
     assert_eq!(all, order, "R6: oldest first");
+    let limited = DeadLetterFilter {
+        limit: 1_050,
+        ..DeadLetterFilter::default()
+    };
     assert_eq!(
-        list(DeadLetterFilter {
-            limit: 1_050,
-            ..DeadLetterFilter::default()
-        })
-        .await,
+        dlq_ids(&b, limited).await,
         order[..1_050],
         "R6: a limit past the first thousand"
     );
+    let one = DeadLetterFilter {
+        ids: vec![order[1_080].clone()],
+        ..DeadLetterFilter::default()
+    };
     assert_eq!(
-        list(DeadLetterFilter {
-            ids: vec![order[1_080].clone()],
-            ..DeadLetterFilter::default()
-        })
-        .await,
+        dlq_ids(&b, one).await,
         [order[1_080].clone()],
         "R6: an entry past the first thousand"
     );
@@ -1047,7 +1024,7 @@ pub async fn r6_a_large_dlq_is_listed_whole<H: Harness>(h: &H) {
         "R8: a large DLQ purges whole"
     );
     assert!(
-        list(DeadLetterFilter::default()).await.is_empty(),
+        dlq_ids(&b, DeadLetterFilter::default()).await.is_empty(),
         "R8: empty"
     );
 }
@@ -1244,10 +1221,7 @@ pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
         "R8: everything"
     );
     assert!(
-        b.dead_letters(TOPIC, "g", &DeadLetterFilter::default())
-            .await
-            .expect("dlq")
-            .is_empty(),
+        dlq_ids(&b, DeadLetterFilter::default()).await.is_empty(),
         "R8: empty"
     );
 }

@@ -362,13 +362,22 @@ impl<B: Backend> App<B> {
     /// how every topic made while serving is made (schema-less publishes, Dapr topics,
     /// dead-letter topics).
     pub(crate) async fn ensure_topic(&self, name: &str) -> Result<(), BackendError> {
-        let backend = self.engine.backend();
-        match backend.topic_info(name).await {
-            Err(BackendError::UnknownTopic(_)) => {
-                backend.create_topic(self.config.topic(name)).await
-            }
+        if self.topic_exists(name).await? {
+            return Ok(());
+        }
+        self.engine
+            .backend()
+            .create_topic(self.config.topic(name))
+            .await
+    }
+
+    /// Whether the backend holds topic `name`. Only `UnknownTopic` means no: any other failure
+    /// is an error, not a reason to create the topic or to answer 404.
+    pub(crate) async fn topic_exists(&self, name: &str) -> Result<bool, BackendError> {
+        match self.engine.backend().topic_info(name).await {
+            Ok(_) => Ok(true),
+            Err(BackendError::UnknownTopic(_)) => Ok(false),
             Err(e) => Err(e),
-            Ok(_) => Ok(()),
         }
     }
 

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use canon_backend::{
-    Backend, BackendError, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery, GroupConfig,
-    LeaseToken, RedriveOptions, RetryPolicy, StartPosition,
+    Backend, DeadLetter, DeadLetterFilter, DeadLetterReason, Delivery, GroupConfig, LeaseToken,
+    RedriveOptions, RetryPolicy, StartPosition,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -361,15 +361,15 @@ async fn create_inner<B: Backend>(
              since it takes events of any type, and not the subscription's own",
         )));
     }
-    match app.engine.backend().topic_info(&sub.topic).await {
-        Err(BackendError::UnknownTopic(_)) => {
-            return Err(fail(Problem::new(
-                "not-found",
-                format!("no topic named {}", sub.topic),
-            )));
-        }
-        Err(e) => return Err(fail(e.into())),
-        Ok(_) => {}
+    if !app
+        .topic_exists(&sub.topic)
+        .await
+        .map_err(|e| fail(e.into()))?
+    {
+        return Err(fail(Problem::new(
+            "not-found",
+            format!("no topic named {}", sub.topic),
+        )));
     }
     // Only declared consumers may subscribe to a type.
     if let Some(consumer) = &sub.consumer
@@ -1385,9 +1385,7 @@ async fn forward_once<B: Backend>(
         .iter()
         .map(|d| canon_backend::PublishRequest {
             ordering_key: d.event.ordering_key.clone(),
-            idempotency_key: None,
-            expected_sequence: None,
-            event: d.event.event.clone(),
+            ..canon_backend::PublishRequest::new(d.event.event.clone())
         })
         .collect();
     backend.publish(dlt, requests).await?;

@@ -13,6 +13,18 @@ use expect_test::expect;
 
 mod cluster;
 
+/// The lines a child writes to `pipe`, as they come, read on a thread of their own.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    lines
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -492,17 +504,7 @@ fn serve_and_the_client_commands() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let tail_out = tail.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(tail_out)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(l);
-        }
-    });
+    let lines = lines_of(tail.stdout.take().unwrap());
     let data = r#"{"userId":"u-flag","platform":"x","prompt":"p","draftId":"d-flag","archetype":"a","valuesMode":true}"#;
     let (code, out, err) = run(
         &[
@@ -693,7 +695,6 @@ fn serve_starts_as_one_apps_sidecar_with_the_flags_of_dapr_run() {
 /// any valid CloudEvent on a topic named in the URL.
 #[test]
 fn serve_without_catalogs_says_it_is_schema_less() {
-    use std::io::BufRead;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -712,16 +713,7 @@ fn serve_without_catalogs_says_it_is_schema_less() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
+    let lines = lines_of(child.stderr.take().unwrap());
     let mut said = false;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !said && std::time::Instant::now() < deadline {

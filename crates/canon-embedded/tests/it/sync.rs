@@ -225,6 +225,15 @@ fn traced(mode: &str) -> Vec<Acked> {
     acks_and_syncs(&parse(&text))
 }
 
+/// The ids of the acknowledgements without the sync `synced` asks about.
+fn unsynced(acked: &[Acked], synced: impl Fn(&Acked) -> bool) -> Vec<&str> {
+    acked
+        .iter()
+        .filter(|a| !synced(a))
+        .map(|a| a.id.as_str())
+        .collect()
+}
+
 #[test]
 fn acknowledged_publishes_were_synced() {
     let synced = traced("sync");
@@ -233,14 +242,10 @@ fn acknowledged_publishes_were_synced() {
         PUBLISHERS * EACH,
         "every acknowledgement was traced"
     );
-    let unsynced: Vec<&str> = synced
-        .iter()
-        .filter(|a| !a.synced_before_ack)
-        .map(|a| a.id.as_str())
-        .collect();
-    assert!(
-        unsynced.is_empty(),
-        "acknowledged before their journal write was synced: {unsynced:?}"
+    assert_eq!(
+        unsynced(&synced, |a| a.synced_before_ack),
+        Vec::<&str>::new(),
+        "acknowledged before their journal write was synced"
     );
 
     // The weaker mode acknowledges before the sync (the check tells the two apart), and its
@@ -248,16 +253,12 @@ fn acknowledged_publishes_were_synced() {
     let buffered = traced("buffered");
     assert_eq!(buffered.len(), PUBLISHERS * EACH);
     assert!(
-        buffered.iter().any(|a| !a.synced_before_ack),
+        !unsynced(&buffered, |a| a.synced_before_ack).is_empty(),
         "the check finds buffered acknowledgements without a sync (else it proves nothing)"
     );
-    let never: Vec<&str> = buffered
-        .iter()
-        .filter(|a| !a.synced_before_end)
-        .map(|a| a.id.as_str())
-        .collect();
-    assert!(
-        never.is_empty(),
-        "not synced within forty background intervals: {never:?}"
+    assert_eq!(
+        unsynced(&buffered, |a| a.synced_before_end),
+        Vec::<&str>::new(),
+        "not synced within forty background intervals"
     );
 }

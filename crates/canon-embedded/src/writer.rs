@@ -8,6 +8,10 @@
 //! batch queued by then) and only then makes the batch visible to readers and answers it. The
 //! writer meanwhile plans and writes the next batch: the syncer syncs its own handle on the
 //! journal file (`ActiveJournal`), so fjall's journal lock is free while the disk works.
+//! With `Durability::LoseRecentOnOsCrash` a thread of the same name syncs the journal every
+//! `BACKGROUND_SYNC` instead. In both modes a third thread, `canon-seal`, seals memtables when
+//! the writer asks (`bound_write_buffer`). Neither helper changes data: the writer's thread
+//! is still the only one that writes.
 //!
 //! The writer is the one thread every write waits for, so work that decides nothing happens
 //! on the publishing tasks before a job is queued: encoding, key building and the first dedup

@@ -85,6 +85,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Acknowledges a delivery: the event is done for this group (C5).
     fn ack(&self, token: &LeaseToken) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Acknowledges many deliveries, with one answer per token in order; each answered success
+    /// is an `ack` (C5b), durable when answered. A backend that can commit them together
+    /// overrides this (one sync for all); the default acks each token.
+    fn ack_many(
+        &self,
+        tokens: &[LeaseToken],
+    ) -> impl Future<Output = Vec<Result<(), BackendError>>> + Send {
+        futures_util::future::join_all(tokens.iter().map(|t| self.ack(t)))
+    }
+
     /// Acknowledges deliveries for a caller that tells nobody it did, with one answer per token
     /// in order. The answer may come before the acks are durable against a machine crash, after
     /// which the group may get those events again (as at-least-once allows for deliveries that

@@ -400,25 +400,41 @@ pub async fn c4_extend_keeps_a_lease_and_fails_once_lost<H: Harness>(h: &H) {
 
 /// C5: an acked event is not delivered again, even after a restart.
 pub async fn c5_an_ack_holds_across_restart<H: Harness>(h: &H) {
-    acks_hold_across_restart(h, "C5", false).await;
+    acks_hold_across_restart(h, "C5", Acks::Each).await;
 }
 
 /// C5a: unconfirmed acks have the effect of acks, with one answer per token in order (checked
 /// across a clean restart; what a machine crash may undo cannot be checked here).
 pub async fn c5a_unconfirmed_acks_are_acks<H: Harness>(h: &H) {
-    acks_hold_across_restart(h, "C5a", true).await;
+    acks_hold_across_restart(h, "C5a", Acks::Unconfirmed).await;
+}
+
+/// C5b: `ack_many` acks each token, with one answer per token in order.
+pub async fn c5b_many_acks_at_once_are_acks<H: Harness>(h: &H) {
+    acks_hold_across_restart(h, "C5b", Acks::Many).await;
+}
+
+/// How a check acks.
+#[derive(Clone, Copy)]
+enum Acks {
+    /// `ack`, one token at a time.
+    Each,
+    /// `ack_many`.
+    Many,
+    /// `ack_unconfirmed`.
+    Unconfirmed,
 }
 
 /// Acks a and c of four events, restarts, and checks that only b and d come back; then acks a
 /// stale token of b (from before the restart) with the new ones: that one answer is
 /// `lease-lost`, and nothing comes back after.
-async fn acks_hold_across_restart<H: Harness>(h: &H, rule: &str, unconfirmed: bool) {
+async fn acks_hold_across_restart<H: Harness>(h: &H, rule: &str, how: Acks) {
     let b = setup(h, &[("g", quick(false))]).await;
     publish(&b, &["a", "b", "c", "d"]).await;
     let got = pull(&b, "g", 4).await;
     assert_eq!(ids(&got), ["a", "b", "c", "d"]);
     let first = [got[0].token.clone(), got[2].token.clone()];
-    let answers = ack_all(&b, &first, unconfirmed).await;
+    let answers = ack_all(&b, &first, how).await;
     assert_eq!(answers, [Ok(()), Ok(())], "{rule}: acks answered");
     let stale = got[1].token.clone();
     drop(got);
@@ -434,7 +450,7 @@ async fn acks_hold_across_restart<H: Harness>(h: &H, rule: &str, unconfirmed: bo
     );
     let tokens = [stale, again[0].token.clone(), again[1].token.clone()];
     assert_eq!(
-        ack_all(&b, &tokens, unconfirmed).await,
+        ack_all(&b, &tokens, how).await,
         [Err(BackendError::LeaseLost), Ok(()), Ok(())],
         "{rule}: one answer per token, in order"
     );
@@ -446,20 +462,19 @@ async fn acks_hold_across_restart<H: Harness>(h: &H, rule: &str, unconfirmed: bo
     );
 }
 
-/// Acks `tokens` one by one, or in one `ack_unconfirmed`.
-async fn ack_all<B: Backend>(
-    b: &B,
-    tokens: &[LeaseToken],
-    unconfirmed: bool,
-) -> Vec<Result<(), BackendError>> {
-    if unconfirmed {
-        return b.ack_unconfirmed(tokens).await;
+/// Acks `tokens` as `how` says.
+async fn ack_all<B: Backend>(b: &B, tokens: &[LeaseToken], how: Acks) -> Vec<Result<(), BackendError>> {
+    match how {
+        Acks::Each => {
+            let mut answers = Vec::new();
+            for t in tokens {
+                answers.push(b.ack(t).await);
+            }
+            answers
+        }
+        Acks::Many => b.ack_many(tokens).await,
+        Acks::Unconfirmed => b.ack_unconfirmed(tokens).await,
     }
-    let mut answers = Vec::new();
-    for t in tokens {
-        answers.push(b.ack(t).await);
-    }
-    answers
 }
 
 /// C6: nack with a delay redelivers no earlier than the delay.

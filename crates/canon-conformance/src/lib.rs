@@ -49,6 +49,7 @@ macro_rules! suite {
             c4_extend_keeps_a_lease_and_fails_once_lost,
             c5_an_ack_holds_across_restart,
             c5a_unconfirmed_acks_are_acks,
+            c5b_many_acks_at_once_are_acks,
             c6_nack_with_delay_redelivers_no_earlier,
             c8_in_flight_events_survive_a_restart,
             c9_pull_returns_at_most_max_and_waits_for_a_publish,

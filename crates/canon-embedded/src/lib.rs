@@ -319,6 +319,47 @@ impl EmbeddedBackend {
         }
     }
 
+    /// Acks `tokens` in one write to the log, answered when `answer` says.
+    async fn ack_together(
+        &self,
+        tokens: &[LeaseToken],
+        answer: Answer,
+    ) -> Vec<Result<(), BackendError>> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        let mut ops = Vec::new();
+        let mut topics: Vec<&str> = Vec::new();
+        for token in tokens {
+            let acked = self
+                .group(&token.topic, &token.group)
+                .and_then(|group| lock(&group).ack(token).map_err(lost));
+            if let Ok(more) = &acked
+                && !more.is_empty()
+                && !topics.contains(&token.topic.as_str())
+            {
+                topics.push(&token.topic);
+            }
+            answers.push(acked.map(|more| ops.extend(more)));
+        }
+        if !ops.is_empty() {
+            let written = match answer {
+                Answer::WhenSynced => self.writer.write(ops).await,
+                Answer::WhenWritten => self.writer.write_unsynced(ops).await,
+            };
+            if let Err(e) = written {
+                for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                    *a = Err(e.clone());
+                }
+            }
+            // As `on_lease`: waiting pulls look again.
+            for t in topics {
+                if let Ok(shared) = self.topic(t) {
+                    shared.notify.notify_waiters();
+                }
+            }
+        }
+        answers
+    }
+
     /// Runs a lease operation on its group and persists what it changed.
     async fn on_lease<T>(
         &self,
@@ -337,6 +378,15 @@ impl EmbeddedBackend {
         }
         Ok(value)
     }
+}
+
+/// When `ack_together` answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Once the acks are synced (`ack_many`).
+    WhenSynced,
+    /// Once they are written to the OS (`ack_unconfirmed`).
+    WhenWritten,
 }
 
 impl Drop for EmbeddedBackend {
@@ -585,38 +635,15 @@ impl Backend for EmbeddedBackend {
             .await
     }
 
+    /// One commit for all the acks, answered once it is synced.
+    async fn ack_many(&self, tokens: &[LeaseToken]) -> Vec<Result<(), BackendError>> {
+        self.ack_together(tokens, Answer::WhenSynced).await
+    }
+
     /// One write for all the acks, answered once it is written to the OS (safe from a crash
     /// of this process), without waiting for its sync.
     async fn ack_unconfirmed(&self, tokens: &[LeaseToken]) -> Vec<Result<(), BackendError>> {
-        let mut answers = Vec::with_capacity(tokens.len());
-        let mut ops = Vec::new();
-        let mut topics: Vec<&str> = Vec::new();
-        for token in tokens {
-            let acked = self
-                .group(&token.topic, &token.group)
-                .and_then(|group| lock(&group).ack(token).map_err(lost));
-            if let Ok(more) = &acked
-                && !more.is_empty()
-                && !topics.contains(&token.topic.as_str())
-            {
-                topics.push(&token.topic);
-            }
-            answers.push(acked.map(|more| ops.extend(more)));
-        }
-        if !ops.is_empty() {
-            if let Err(e) = self.writer.write_unsynced(ops).await {
-                for a in answers.iter_mut().filter(|a| a.is_ok()) {
-                    *a = Err(e.clone());
-                }
-            }
-            // As `on_lease`: waiting pulls look again.
-            for t in topics {
-                if let Ok(shared) = self.topic(t) {
-                    shared.notify.notify_waiters();
-                }
-            }
-        }
-        answers
+        self.ack_together(tokens, Answer::WhenWritten).await
     }
 
     async fn nack(

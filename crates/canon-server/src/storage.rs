@@ -178,6 +178,10 @@ impl Backend for AnyBackend {
         each!(self, b => b.ack(token).await)
     }
 
+    async fn ack_many(&self, tokens: &[LeaseToken]) -> Vec<Result<(), BackendError>> {
+        each!(self, b => b.ack_many(tokens).await)
+    }
+
     async fn ack_unconfirmed(&self, tokens: &[LeaseToken]) -> Vec<Result<(), BackendError>> {
         each!(self, b => b.ack_unconfirmed(tokens).await)
     }

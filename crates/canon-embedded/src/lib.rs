@@ -325,10 +325,16 @@ impl EmbeddedBackend {
         tokens: &[LeaseToken],
         answer: Answer,
     ) -> Vec<Result<(), BackendError>> {
-        let mut answers = Vec::with_capacity(tokens.len());
+        // In ascending order per group: an ack next to the group's floor moves the floor, where
+        // one further on leaves a `done` entry to write now and delete later. A push worker's
+        // acks arrive in whatever order its requests finished.
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_unstable_by_key(|&i| (&tokens[i].topic, &tokens[i].group, tokens[i].seq));
+        let mut answers = vec![Ok(()); tokens.len()];
         let mut ops = Vec::new();
         let mut topics: Vec<&str> = Vec::new();
-        for token in tokens {
+        for i in order {
+            let token = &tokens[i];
             let acked = self
                 .group(&token.topic, &token.group)
                 .and_then(|group| lock(&group).ack(token).map_err(lost));
@@ -338,7 +344,7 @@ impl EmbeddedBackend {
             {
                 topics.push(&token.topic);
             }
-            answers.push(acked.map(|more| ops.extend(more)));
+            answers[i] = acked.map(|more| ops.extend(more));
         }
         if !ops.is_empty() {
             let written = match answer {

@@ -11,6 +11,7 @@
 
 mod group;
 mod store;
+mod writeback;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap};

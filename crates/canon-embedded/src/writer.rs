@@ -10,8 +10,9 @@
 //! journal file (`ActiveJournal`), so fjall's journal lock is free while the disk works.
 //! With `Durability::LoseRecentOnOsCrash` a thread of the same name syncs the journal every
 //! `BACKGROUND_SYNC` instead. In both modes a third thread, `canon-seal`, seals memtables when
-//! the writer asks (`bound_write_buffer`). Neither helper changes data: the writer's thread
-//! is still the only one that writes.
+//! the writer asks (`bound_write_buffer`), and on Linux a fourth, `canon-writeback`, starts the
+//! write-back of tables while fjall writes them (`crate::writeback`). No helper changes data:
+//! the writer's thread is still the only one that writes.
 //!
 //! The writer is the one thread every write waits for, so work that decides nothing happens
 //! on the publishing tasks before a job is queued: encoding, key building and the first dedup
@@ -443,6 +444,17 @@ fn run(
                 }
             });
         let seal = sealer.is_ok().then_some(seal);
+        // Trickles tables to the disk while fjall writes them (see `writeback`): the journal
+        // syncs then never queue behind a whole table. Ends when `nudging` is dropped.
+        let (nudging, stop_nudging) = mpsc::channel::<()>();
+        if crate::writeback::AVAILABLE {
+            let nudger = std::thread::Builder::new()
+                .name("canon-writeback".into())
+                .spawn_scoped(scope, move || crate::writeback::run(&store.dir, &stop_nudging));
+            if let Err(e) = nudger {
+                tracing::warn!(error = %e, "no write-back thread: tables go to the disk in bursts");
+            }
+        }
         match durability {
             Durability::Sync => {
                 let (tx, synced) = mpsc::sync_channel(SYNC_QUEUE);
@@ -479,8 +491,9 @@ fn run(
                 drop(stop);
             }
         }
-        // Closes the sealer's channel, so that the scope can end.
+        // Closes the sealer's and the write-back thread's channels, so that the scope can end.
         drop(seal);
+        drop(nudging);
     });
 }
 

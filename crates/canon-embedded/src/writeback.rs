@@ -1,0 +1,187 @@
+//! Starts the write-back of tables while fjall writes them (the `canon-writeback` thread).
+//!
+//! fjall writes a table (a flush's or a compaction's output) through the page cache and fsyncs
+//! it once, at the end: tens of MB go to the disk in one burst, and a journal sync issued
+//! meanwhile waits behind them. That wait was the synced publish's worst stall, 40–150 ms
+//! (BENCHMARKS.md). fjall has no setting like RocksDB's `bytes_per_sync`, so this thread does
+//! the same from outside: every `NUDGE` it asks the kernel to start writing what each table
+//! being written has added (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`, which does not wait
+//! for the writes). The burst becomes a trickle, and the final fsync finds little left to do.
+//!
+//! It knows fjall's layout (`keyspaces/*/tables/*`), as the background sync knows its journals.
+//! Should the layout change, it finds no tables and does nothing. Nothing depends on it for
+//! durability: fjall still syncs every table itself. Linux only; elsewhere there is no thread.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the tables being written are nudged.
+pub(crate) const NUDGE: Duration = Duration::from_millis(5);
+/// Every how many nudges the directories are listed for new tables. A table takes longer than
+/// this to write, so nearly all of it is still trickled.
+const LIST_EVERY: u32 = 10;
+/// A table that has not grown for this long is finished.
+const FINISHED: Duration = Duration::from_secs(1);
+
+/// The tables being written, and the ones known to be finished.
+#[derive(Default)]
+pub(crate) struct Tables {
+    writing: HashMap<PathBuf, Writing>,
+    finished: HashSet<PathBuf>,
+    /// Nudges issued, for tests.
+    pub(crate) nudges: u64,
+}
+
+struct Writing {
+    file: File,
+    /// Its length at the last nudge.
+    len: u64,
+    grew: Instant,
+}
+
+impl Tables {
+    /// Finds tables under `dir` that are new since the last call: those modified in the last
+    /// `FINISHED` are followed, the others remembered as finished. Forgets tables that are gone.
+    pub(crate) fn list(&mut self, dir: &Path) {
+        let now = SystemTime::now();
+        let mut seen = HashSet::new();
+        let Ok(keyspaces) = std::fs::read_dir(dir.join("keyspaces")) else {
+            return;
+        };
+        for ks in keyspaces.flatten() {
+            let Ok(tables) = std::fs::read_dir(ks.path().join("tables")) else {
+                continue;
+            };
+            for table in tables.flatten() {
+                let path = table.path();
+                if !self.writing.contains_key(&path) && !self.finished.contains(&path) {
+                    let recent = table
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < FINISHED);
+                    match recent.then(|| File::open(&path)) {
+                        Some(Ok(file)) => {
+                            let grew = Instant::now();
+                            drop(self.writing.insert(path.clone(), Writing { file, len: 0, grew }));
+                        }
+                        // Gone already, or not openable: nothing to nudge.
+                        Some(Err(_)) => {}
+                        None => drop(self.finished.insert(path.clone())),
+                    }
+                }
+                seen.insert(path);
+            }
+        }
+        self.finished.retain(|p| seen.contains(p));
+    }
+
+    /// Starts the write-back of what each table being written has added since the last call;
+    /// a table that stopped growing moves to the finished ones.
+    pub(crate) fn nudge(&mut self) {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (path, w) in &mut self.writing {
+            let len = w.file.metadata().map_or(w.len, |m| m.len());
+            if len > w.len {
+                start_writeback(&w.file);
+                self.nudges += 1;
+                w.len = len;
+                w.grew = now;
+            } else if now.duration_since(w.grew) >= FINISHED {
+                done.push(path.clone());
+            }
+        }
+        for path in done {
+            drop(self.writing.remove(&path));
+            self.finished.insert(path);
+        }
+    }
+
+    /// Tables followed now.
+    #[cfg(test)]
+    pub(crate) fn writing(&self) -> usize {
+        self.writing.len()
+    }
+}
+
+/// Nudges the tables under `dir` until `stop` is dropped.
+pub(crate) fn run(dir: &Path, stop: &mpsc::Receiver<()>) {
+    let mut tables = Tables::default();
+    let mut round = 0u32;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(NUDGE) {
+        if round.is_multiple_of(LIST_EVERY) {
+            tables.list(dir);
+        }
+        round = round.wrapping_add(1);
+        tables.nudge();
+    }
+}
+
+/// Whether this platform has the thread.
+pub(crate) const AVAILABLE: bool = cfg!(target_os = "linux");
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `sync_file_range` takes a descriptor and three integers and touches no memory of
+    // this process; the descriptor stays open for the call, since `file` is borrowed. A failure
+    // only means the table is written back later, by its own fsync.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) {}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A table being written is nudged as it grows, and finished once it stops; an old one is
+    /// never followed; a deleted one is forgotten.
+    #[test]
+    fn tables_are_followed_while_they_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables_dir = dir.path().join("keyspaces").join("3").join("tables");
+        std::fs::create_dir_all(&tables_dir).unwrap();
+        let old = tables_dir.join("1");
+        std::fs::write(&old, b"old").unwrap();
+        let old_time = SystemTime::now() - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(old_time)
+            .unwrap();
+        let mut tables = Tables::default();
+        tables.list(dir.path());
+        assert_eq!(tables.writing(), 0, "an old table is not followed");
+
+        let mut new = File::create(tables_dir.join("2")).unwrap();
+        tables.list(dir.path());
+        assert_eq!(tables.writing(), 1, "a new table is followed");
+        for _ in 0..3 {
+            new.write_all(&[7; 4096]).unwrap();
+            tables.nudge();
+        }
+        assert_eq!(tables.nudges, 3, "one nudge per growth");
+        tables.nudge();
+        assert_eq!(tables.nudges, 3, "no nudge without growth");
+
+        std::thread::sleep(FINISHED);
+        tables.nudge();
+        assert_eq!(tables.writing(), 0, "a table that stopped growing is finished");
+        tables.list(dir.path());
+        assert_eq!(tables.writing(), 0, "and not followed again");
+
+        std::fs::remove_file(tables_dir.join("2")).unwrap();
+        std::fs::remove_file(&old).unwrap();
+        tables.list(dir.path());
+        assert!(tables.finished.is_empty(), "deleted tables are forgotten");
+    }
+}

@@ -230,6 +230,7 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
 
     // Single-event publish latency at a fixed rate.
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let phase_started = std::time::SystemTime::now();
     {
         let lat = Arc::clone(&lat);
         let (http, publish_url) = (http.clone(), publish_url.clone());
@@ -255,6 +256,12 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     let mut timed = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     if let Some(path) = &args.latency_dump {
         timed.sort_unstable();
+        // The wall-clock start, to line the requests up with a trace of the same run.
+        let start = phase_started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let header = format!("# phase started at {start:.6} (Unix time, s)\n");
         let lines: String = timed
             .iter()
             .map(|(i, d)| {
@@ -265,7 +272,8 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
                 )
             })
             .collect();
-        std::fs::write(path, lines).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, header + &lines)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     let mut lat: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
     lat.sort_unstable();

@@ -82,8 +82,10 @@ pub(crate) struct Args {
     /// subscription and subscriber connection: `http` (HTTP/1.1), `h2c` (HTTP/2, prior knowledge).
     #[arg(long, value_delimiter = ',', default_value = "http,h2c")]
     push_protocols: Vec<String>,
+
     /// Writes the HTTP single-publish latencies to this file, one line per request: when it
-    /// was due (ms after the phase started) and its latency (ms), for looking at a tail.
+    /// was due (ms after the phase started) and its latency (ms), for looking at a tail. A
+    /// first line (`#`) gives the phase's start in Unix time, to match a trace of the run.
     #[arg(long)]
     latency_dump: Option<std::path::PathBuf>,
     /// Push requests in flight (the subscription's `concurrency`).

@@ -463,7 +463,11 @@ async fn acks_hold_across_restart<H: Harness>(h: &H, rule: &str, how: Acks) {
 }
 
 /// Acks `tokens` as `how` says.
-async fn ack_all<B: Backend>(b: &B, tokens: &[LeaseToken], how: Acks) -> Vec<Result<(), BackendError>> {
+async fn ack_all<B: Backend>(
+    b: &B,
+    tokens: &[LeaseToken],
+    how: Acks,
+) -> Vec<Result<(), BackendError>> {
     match how {
         Acks::Each => {
             let mut answers = Vec::new();

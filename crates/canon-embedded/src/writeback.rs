@@ -65,7 +65,10 @@ impl Tables {
                     match recent.then(|| File::open(&path)) {
                         Some(Ok(file)) => {
                             let grew = Instant::now();
-                            drop(self.writing.insert(path.clone(), Writing { file, len: 0, grew }));
+                            drop(
+                                self.writing
+                                    .insert(path.clone(), Writing { file, len: 0, grew }),
+                            );
                         }
                         // Gone already, or not openable: nothing to nudge.
                         Some(Err(_)) => {}
@@ -175,7 +178,11 @@ mod tests {
 
         std::thread::sleep(FINISHED);
         tables.nudge();
-        assert_eq!(tables.writing(), 0, "a table that stopped growing is finished");
+        assert_eq!(
+            tables.writing(),
+            0,
+            "a table that stopped growing is finished"
+        );
         tables.list(dir.path());
         assert_eq!(tables.writing(), 0, "and not followed again");
 

@@ -450,7 +450,9 @@ fn run(
         if crate::writeback::AVAILABLE {
             let nudger = std::thread::Builder::new()
                 .name("canon-writeback".into())
-                .spawn_scoped(scope, move || crate::writeback::run(&store.dir, &stop_nudging));
+                .spawn_scoped(scope, move || {
+                    crate::writeback::run(&store.dir, &stop_nudging)
+                });
             if let Err(e) = nudger {
                 tracing::warn!(error = %e, "no write-back thread: tables go to the disk in bursts");
             }

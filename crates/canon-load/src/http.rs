@@ -230,8 +230,7 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
 
     // Single-event publish latency at a fixed rate.
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let phase_started = std::time::SystemTime::now();
-    {
+    let phase_started = {
         let lat = Arc::clone(&lat);
         let (http, publish_url) = (http.clone(), publish_url.clone());
         crate::paced(args, move |i| {
@@ -251,17 +250,17 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
                 Ok(())
             }
         })
-        .await?;
-    }
+        .await?
+    };
     let mut timed = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     if let Some(path) = &args.latency_dump {
         timed.sort_unstable();
-        // The wall-clock start, to line the requests up with a trace of the same run.
+        // When the first request was due, to line the requests up with a trace of the run.
         let start = phase_started
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let header = format!("# phase started at {start:.6} (Unix time, s)\n");
+        let header = format!("# first request due at {start:.6} (Unix time, s)\n");
         let lines: String = timed
             .iter()
             .map(|(i, d)| {

@@ -85,7 +85,7 @@ pub(crate) struct Args {
 
     /// Writes the HTTP single-publish latencies to this file, one line per request: when it
     /// was due (ms after the phase started) and its latency (ms), for looking at a tail. A
-    /// first line (`#`) gives the phase's start in Unix time, to match a trace of the run.
+    /// first line (`#`) gives when the first request was due, in Unix time, to match a trace.
     #[arg(long)]
     latency_dump: Option<std::path::PathBuf>,
     /// Push requests in flight (the subscription's `concurrency`).
@@ -381,7 +381,7 @@ pub(crate) fn latency_deadline(args: &Args) -> Instant {
 
 /// After `args.settle_secs`, calls `publish(i)` at `args.rate` per second for
 /// `args.latency_secs`, each call on its own task so a slow one does not hold back the schedule.
-pub(crate) async fn paced<F, Fut>(args: &Args, publish: F) -> Result<()>
+pub(crate) async fn paced<F, Fut>(args: &Args, publish: F) -> Result<std::time::SystemTime>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -389,6 +389,7 @@ where
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let total = (args.rate * args.latency_secs) as usize;
     let started = Instant::now();
+    let wall_clock = std::time::SystemTime::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
@@ -398,7 +399,7 @@ where
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    Ok(())
+    Ok(wall_clock)
 }
 
 async fn jetstream(args: &Args) -> Result<Figures> {

@@ -451,7 +451,7 @@ fn run(
             let nudger = std::thread::Builder::new()
                 .name("canon-writeback".into())
                 .spawn_scoped(scope, move || {
-                    crate::writeback::run(&store.dir, &stop_nudging)
+                    crate::writeback::run(&store.dir, &stop_nudging);
                 });
             if let Err(e) = nudger {
                 tracing::warn!(error = %e, "no write-back thread: tables go to the disk in bursts");

@@ -100,12 +100,13 @@ pub trait Backend: Send + Sync + 'static {
     /// which the group may get those events again (as at-least-once allows for deliveries that
     /// were never acknowledged). Push delivery acks this way: the subscriber's answer was the
     /// acknowledgment, and nothing waits on Canon's record of it. Otherwise each is an `ack`
-    /// (C5a). A backend without a cheaper way keeps this default, which acks each token.
+    /// (C5a). A backend without a cheaper way keeps this default, `ack_many`: its promise is the
+    /// stronger one.
     fn ack_unconfirmed(
         &self,
         tokens: &[LeaseToken],
     ) -> impl Future<Output = Vec<Result<(), BackendError>>> + Send {
-        futures_util::future::join_all(tokens.iter().map(|t| self.ack(t)))
+        self.ack_many(tokens)
     }
 
     /// Gives a delivery back to be retried after `delay`, or after the group's retry policy delay

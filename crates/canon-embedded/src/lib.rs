@@ -330,7 +330,8 @@ impl EmbeddedBackend {
         // one further on leaves a `done` entry to write now and delete later. A push worker's
         // acks arrive in whatever order its requests finished.
         let mut order: Vec<usize> = (0..tokens.len()).collect();
-        order.sort_unstable_by_key(|&i| (&tokens[i].topic, &tokens[i].group, tokens[i].seq));
+        // Equal tokens keep the caller's order: the first of two copies gets the `ok`.
+        order.sort_unstable_by_key(|&i| (&tokens[i].topic, &tokens[i].group, tokens[i].seq, i));
         let mut answers = vec![Ok(()); tokens.len()];
         let mut ops = Vec::new();
         let mut topics: Vec<&str> = Vec::new();

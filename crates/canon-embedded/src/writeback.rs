@@ -1,9 +1,10 @@
 //! Starts the write-back of tables while fjall writes them (the `canon-writeback` thread).
 //!
 //! fjall writes a table (a flush's or a compaction's output) through the page cache and fsyncs
-//! it once, at the end: tens of MB go to the disk in one burst, and a journal sync issued
-//! meanwhile waits behind them. That wait was the synced publish's worst stall, 40–150 ms
-//! (BENCHMARKS.md). fjall has no setting like RocksDB's `bytes_per_sync`, so this thread does
+//! it once, at the end: up to 16 MiB go to the disk in one burst, and a journal sync issued
+//! meanwhile waits behind them (9–15 ms in `scripts/fsync-probe.py`, 65–99 ms once measured in
+//! the writer on a busier disk; BENCHMARKS.md). fjall has no setting like RocksDB's
+//! `bytes_per_sync`, so this thread does
 //! the same from outside: every `NUDGE` it asks the kernel to start writing what each table
 //! being written has added (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`, which does not wait
 //! for the writes). The burst becomes a trickle, and the final fsync finds little left to do.
@@ -31,8 +32,10 @@ const FINISHED: Duration = Duration::from_secs(1);
 pub(crate) struct Tables {
     writing: HashMap<PathBuf, Writing>,
     finished: HashSet<PathBuf>,
-    /// Nudges issued, for tests.
+    /// Nudges the kernel took, for tests.
     pub(crate) nudges: u64,
+    /// Whether a nudge was refused yet (logged once).
+    refused: bool,
 }
 
 struct Writing {
@@ -89,8 +92,15 @@ impl Tables {
         for (path, w) in &mut self.writing {
             let len = w.file.metadata().map_or(w.len, |m| m.len());
             if len > w.len {
-                start_writeback(&w.file);
-                self.nudges += 1;
+                match start_writeback(&w.file) {
+                    Ok(()) => self.nudges += 1,
+                    Err(e) if !self.refused => {
+                        self.refused = true;
+                        tracing::debug!(table = %path.display(), error = %e,
+                            "sync_file_range refused; tables are written back by their own fsync");
+                    }
+                    Err(_) => {}
+                }
                 w.len = len;
                 w.grew = now;
             } else if now.duration_since(w.grew) >= FINISHED {
@@ -104,21 +114,31 @@ impl Tables {
     }
 
     /// Tables followed now.
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub(crate) fn writing(&self) -> usize {
         self.writing.len()
     }
 }
 
-/// Nudges the tables under `dir` until `stop` is dropped.
+/// Nudges the tables under `dir` until `stop` is dropped. With no table being written it only
+/// lists, every `NUDGE * LIST_EVERY`.
 pub(crate) fn run(dir: &Path, stop: &mpsc::Receiver<()>) {
     let mut tables = Tables::default();
     let mut round = 0u32;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(NUDGE) {
-        if round.is_multiple_of(LIST_EVERY) {
-            tables.list(dir);
+    loop {
+        let idle = tables.writing.is_empty();
+        let wait = if idle { NUDGE * LIST_EVERY } else { NUDGE };
+        if !matches!(
+            stop.recv_timeout(wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        ) {
+            return;
         }
-        round = round.wrapping_add(1);
+        if idle || round.is_multiple_of(LIST_EVERY) {
+            tables.list(dir);
+            round = 0;
+        }
+        round += 1;
         tables.nudge();
     }
 }
@@ -126,20 +146,29 @@ pub(crate) fn run(dir: &Path, stop: &mpsc::Receiver<()>) {
 /// Whether this platform has the thread.
 pub(crate) const AVAILABLE: bool = cfg!(target_os = "linux");
 
+/// Asks the kernel to start writing `file`'s dirty pages, without waiting. A refusal only
+/// means the table is written back later, by its own fsync.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
+fn start_writeback(file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: `sync_file_range` takes a descriptor and three integers and touches no memory of
-    // this process; the descriptor stays open for the call, since `file` is borrowed. A failure
-    // only means the table is written back later, by its own fsync.
+    // this process; the descriptor stays open for the call, since `file` is borrowed.
     #[allow(unsafe_code)]
-    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    let answer =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if answer == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File) {}
+fn start_writeback(_: &File) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::io::Write;
 
@@ -190,5 +219,28 @@ mod tests {
         std::fs::remove_file(&old).unwrap();
         tables.list(dir.path());
         assert!(tables.finished.is_empty(), "deleted tables are forgotten");
+    }
+
+    /// The layout `list` reads is fjall's: a table a flush writes is found, and the kernel
+    /// takes the nudge for it.
+    #[test]
+    fn fjall_tables_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).expect("open");
+        let mut batch = store.db.batch();
+        for i in 0..1000u32 {
+            batch.insert(&store.log, i.to_be_bytes().to_vec(), vec![7u8; 512]);
+        }
+        batch.commit().expect("commit");
+        store.log.rotate_memtable_and_wait().expect("flush");
+        let mut tables = Tables::default();
+        tables.list(dir.path());
+        assert!(
+            tables.writing() > 0,
+            "the flushed table is found (just written)"
+        );
+        tables.nudge();
+        assert!(tables.nudges > 0, "and nudged");
+        drop(store);
     }
 }

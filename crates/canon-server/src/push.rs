@@ -90,8 +90,7 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
     let permits = Arc::new(Semaphore::new(concurrency));
     // Settling (an ack, a nack) waits for its commit; a delivery gives its request permit back
     // as soon as the subscriber answered, so requests do not wait on syncs. Every delivery
-    // holds one of these until it is settled.
-    const UNSETTLED: u32 = 1 << 20;
+    // holds one of `UNSETTLED` until it is settled.
     let unsettled = Arc::new(Semaphore::new(UNSETTLED as usize));
     let consumer = format!("push:{}", app.instance);
     let batch = spec.batch.unwrap_or(1).max(1);
@@ -122,7 +121,12 @@ async fn run<B: Backend>(app: Shared<B>, sub: Arc<Subscription>, mut stop: watch
         }
     };
     let (acks, acked) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(ack_batches(app.clone(), sub.clone(), acked));
+    let acker = tokio::spawn(ack_batches(
+        app.clone(),
+        sub.clone(),
+        acked,
+        Arc::clone(&unsettled),
+    ));
     let to = Arc::new(To {
         client,
         path: match target.query() {
@@ -236,11 +240,15 @@ struct Acked {
     outcome: &'static str,
 }
 
+/// A push worker's bound on deliveries not yet settled (far above any in-flight limit): each
+/// holds one permit of the worker's `unsettled` semaphore until its ack or nack is handed over.
+const UNSETTLED: u32 = 1 << 20;
+
 /// The most acks written at once.
 const ACK_BATCH: usize = 1024;
 
-/// How long an unordered push worker's acker waits for more acks before it writes them.
-const ACK_GATHER: Duration = Duration::from_millis(1);
+/// How long a busy, unordered push worker's acker waits for more acks before it writes them.
+const ACK_GATHER: Duration = GATHER_WAIT;
 
 /// A push worker's acker: acks what its deliveries' subscribers answered for, in batches
 /// (`Backend::ack_unconfirmed`: the subscriber's answer was the acknowledgment, so the acks need
@@ -251,15 +259,18 @@ async fn ack_batches<B: Backend>(
     app: Shared<B>,
     sub: Arc<Subscription>,
     mut rx: mpsc::UnboundedReceiver<Acked>,
+    unsettled: Arc<Semaphore>,
 ) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
-    // An unordered subscription's acks wait a moment to be written together: one write (and
-    // one wake-up of the writer thread) per millisecond instead of one per few acks, which was
-    // a fifth of a push run's CPU (BENCHMARKS.md). An ordered one's next event of a key waits
-    // for the ack, so it is written at once.
-    let gather = !sub.ordered.unwrap_or(false);
+    // While other deliveries are in flight, an unordered subscription's acks wait a moment to
+    // be written together: one write (and one wake-up of the writer thread) per millisecond
+    // instead of one per few acks, which was a fifth of a push run's CPU (BENCHMARKS.md). An
+    // ordered subscription's next event of a key waits for the ack, and a quiet one (or one
+    // with a small in-flight limit) has nothing to gather: those acks are written at once.
+    let unordered = sub.ordered == Some(false);
+    let busy = || UNSETTLED as usize - unsettled.available_permits() > 1;
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        if gather && batch.len() < ACK_BATCH {
+        if unordered && batch.len() < ACK_BATCH && busy() {
             tokio::time::sleep(ACK_GATHER).await;
             while batch.len() < ACK_BATCH
                 && let Ok(more) = rx.try_recv()

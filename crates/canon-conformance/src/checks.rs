@@ -993,59 +993,63 @@ pub async fn r6_a_large_dlq_is_listed_whole<H: Harness>(h: &H) {
             .expect("publish");
     }
     // Dead-lettered one at a time in publish order, so that "oldest first" is one order
-    // whether a backend keeps its DLQ by event or by the time of the dead-lettering.
-    let mut order: Vec<(u64, String)> = Vec::with_capacity(N);
-    while order.len() < N {
-        let mut got = pull_n(&b, "g", (N - order.len()).min(200), Duration::from_secs(5)).await;
+    // (`names`) whether a backend keeps its DLQ by event or by the time of the dead-lettering.
+    let (mut dead, mut last_seq) = (0, 0);
+    while dead < N {
+        let mut got = pull_n(&b, "g", (N - dead).min(200), Duration::from_secs(5)).await;
         assert!(
             !got.is_empty(),
-            "R6: {} of {N} dead-lettered, then nothing",
-            order.len()
+            "R6: {dead} of {N} dead-lettered, then nothing"
         );
         got.sort_by_key(|d| d.event.seq);
         for d in &got {
+            assert!(
+                d.event.seq > last_seq,
+                "R6: events were leased out of publish order, so this check cannot fix one DLQ order"
+            );
+            last_seq = d.event.seq;
             b.dead_letter(&d.token, None).await.expect("dead-letter");
-            order.push((d.event.seq, d.event.event.id.clone()));
+            dead += 1;
         }
     }
-    assert!(
-        order.windows(2).all(|w| w[0].0 < w[1].0),
-        "R6: events were leased out of publish order, so this check cannot fix one DLQ order"
+    assert_eq!(
+        dlq_ids(&b, DeadLetterFilter::default()).await,
+        names,
+        "R6: whole, oldest first"
     );
-    let order: Vec<String> = order.into_iter().map(|(_, id)| id).collect();
-    let all = dlq_ids(&b, DeadLetterFilter::default()).await;
-    let mut sorted = all.clone();
-    sorted.sort();
-    assert_eq!(sorted, names, "R6: whole");
-    assert_eq!(all, order, "R6: oldest first");
     let limited = DeadLetterFilter {
         limit: 1_050,
         ..DeadLetterFilter::default()
     };
     assert_eq!(
         dlq_ids(&b, limited).await,
-        order[..1_050],
+        names[..1_050],
         "R6: a limit past the first thousand"
     );
     let one = DeadLetterFilter {
-        ids: vec![order[1_080].clone()],
+        ids: vec![names[1_080].clone()],
         ..DeadLetterFilter::default()
     };
     assert_eq!(
         dlq_ids(&b, one).await,
-        [order[1_080].clone()],
+        [names[1_080].clone()],
         "R6: an entry past the first thousand"
     );
+    purge_whole(&b, N, "R8: a large DLQ").await;
+}
+
+/// Purges group `g`'s whole DLQ, and checks that it held `n` entries and holds none after.
+async fn purge_whole<B: Backend>(b: &B, n: usize, what: &str) {
     assert_eq!(
         b.purge(TOPIC, "g", &DeadLetterFilter::default())
             .await
             .expect("purge"),
-        N,
-        "R8: a large DLQ purges whole"
+        n,
+        "{what}: purges whole"
     );
     assert!(
-        dlq_ids(&b, DeadLetterFilter::default()).await.is_empty(),
-        "R8: empty"
+        dlq_ids(b, DeadLetterFilter::default()).await.is_empty(),
+        "{what}: empty after"
     );
 }
 
@@ -1233,17 +1237,7 @@ pub async fn r8_purge_deletes_matching_entries<H: Harness>(h: &H) {
     );
     publish(&b, &["c"]).await;
     reject_all(&b, 1).await;
-    assert_eq!(
-        b.purge(TOPIC, "g", &DeadLetterFilter::default())
-            .await
-            .expect("purge"),
-        1,
-        "R8: everything"
-    );
-    assert!(
-        dlq_ids(&b, DeadLetterFilter::default()).await.is_empty(),
-        "R8: empty"
-    );
+    purge_whole(&b, 1, "R8: everything").await;
 }
 
 /// L1: a group can be reset to the earliest, the latest, a time or an event id; replayed

@@ -6,13 +6,16 @@
 //! once the write holding it is on disk (`fdatasync`), shared by everything queued meanwhile
 //! (group commit, see `writer`). [`Durability::LoseRecentOnOsCrash`] answers once the write is
 //! in the operating system's buffers: it survives a crash of the process, not of the machine;
-//! a background thread syncs the journal every 50 ms, so a machine crash loses about the last
-//! 50 ms of acknowledged writes (more while the disk is slower than the writes).
+//! a background thread syncs the journal every [`BACKGROUND_SYNC`] (50 ms), so a machine crash
+//! loses about the last 50 ms of acknowledged writes (more while the disk is slower than the
+//! writes).
 
 mod group;
 mod store;
 mod writeback;
 mod writer;
+
+pub use writer::BACKGROUND_SYNC;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -39,7 +42,7 @@ pub enum Durability {
     /// In the operating system's buffers before it is acknowledged, not synced: survives a crash
     /// of this process (the crash harness runs half its rounds in this mode), but an
     /// operating-system crash or power loss can lose the last acknowledged writes: those since
-    /// the last background sync of the journal, which runs every 50 ms.
+    /// the last background sync of the journal, which runs every [`BACKGROUND_SYNC`].
     LoseRecentOnOsCrash,
 }
 

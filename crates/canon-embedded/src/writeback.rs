@@ -4,16 +4,16 @@
 //! it once, at the end: up to 16 MiB go to the disk in one burst, and a journal sync issued
 //! meanwhile waits behind them (9–15 ms in `scripts/fsync-probe.py`, 65–99 ms once measured in
 //! the writer on a busier disk; BENCHMARKS.md). fjall has no setting like RocksDB's
-//! `bytes_per_sync`, so this thread does
-//! the same from outside: every `NUDGE` it asks the kernel to start writing what each table
-//! being written has added (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`, which does not wait
-//! for the writes). The burst becomes a trickle, and the final fsync finds little left to do.
+//! `bytes_per_sync`, so this thread does the same from outside: every `NUDGE` it asks the kernel
+//! to start writing what each table being written has added (`sync_file_range` with
+//! `SYNC_FILE_RANGE_WRITE`, which does not wait for the writes). The burst becomes a trickle,
+//! and the final fsync finds little left to do.
 //!
 //! It knows fjall's layout (`keyspaces/*/tables/*`), as the background sync knows its journals.
 //! Should the layout change, it finds no tables and does nothing. Nothing depends on it for
 //! durability: fjall still syncs every table itself. Linux only; elsewhere there is no thread.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -27,11 +27,10 @@ const LIST_EVERY: u32 = 10;
 /// A table that has not grown for this long is finished.
 const FINISHED: Duration = Duration::from_secs(1);
 
-/// The tables being written, and the ones known to be finished.
+/// The tables being written.
 #[derive(Default)]
 pub(crate) struct Tables {
     writing: HashMap<PathBuf, Writing>,
-    finished: HashSet<PathBuf>,
     /// Nudges the kernel took, for tests.
     pub(crate) nudges: u64,
     /// Whether a nudge was refused yet (logged once).
@@ -46,11 +45,10 @@ struct Writing {
 }
 
 impl Tables {
-    /// Finds tables under `dir` that are new since the last call: those modified in the last
-    /// `FINISHED` are followed, the others remembered as finished. Forgets tables that are gone.
+    /// Follows the tables under `dir` modified in the last `FINISHED` that it does not follow
+    /// yet. A finished table's last change is older than that, so it is not followed again.
     pub(crate) fn list(&mut self, dir: &Path) {
         let now = SystemTime::now();
-        let mut seen = HashSet::new();
         let Ok(keyspaces) = std::fs::read_dir(dir.join("keyspaces")) else {
             return;
         };
@@ -60,32 +58,26 @@ impl Tables {
             };
             for table in tables.flatten() {
                 let path = table.path();
-                if !self.writing.contains_key(&path) && !self.finished.contains(&path) {
-                    let recent = table
+                let recent = || {
+                    table
                         .metadata()
                         .and_then(|m| m.modified())
-                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < FINISHED);
-                    match recent.then(|| File::open(&path)) {
-                        Some(Ok(file)) => {
-                            let grew = Instant::now();
-                            drop(
-                                self.writing
-                                    .insert(path.clone(), Writing { file, len: 0, grew }),
-                            );
-                        }
-                        // Gone already, or not openable: nothing to nudge.
-                        Some(Err(_)) => {}
-                        None => drop(self.finished.insert(path.clone())),
-                    }
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < FINISHED)
+                };
+                if self.writing.contains_key(&path) || !recent() {
+                    continue;
                 }
-                seen.insert(path);
+                // Gone already, or not openable: nothing to nudge.
+                if let Ok(file) = File::open(&path) {
+                    let grew = Instant::now();
+                    self.writing.insert(path, Writing { file, len: 0, grew });
+                }
             }
         }
-        self.finished.retain(|p| seen.contains(p));
     }
 
     /// Starts the write-back of what each table being written has added since the last call;
-    /// a table that stopped growing moves to the finished ones.
+    /// a table that stopped growing is let go.
     pub(crate) fn nudge(&mut self) {
         let now = Instant::now();
         let mut done = Vec::new();
@@ -108,8 +100,7 @@ impl Tables {
             }
         }
         for path in done {
-            drop(self.writing.remove(&path));
-            self.finished.insert(path);
+            self.writing.remove(&path);
         }
     }
 
@@ -174,8 +165,8 @@ mod tests {
 
     use super::*;
 
-    /// A table being written is nudged as it grows, and finished once it stops; an old one is
-    /// never followed; a deleted one is forgotten.
+    /// A table being written is nudged as it grows, and let go once it stops; an old one is
+    /// never followed, nor one let go.
     #[test]
     fn tables_are_followed_while_they_grow() {
         let dir = tempfile::tempdir().unwrap();
@@ -214,11 +205,6 @@ mod tests {
         );
         tables.list(dir.path());
         assert_eq!(tables.writing(), 0, "and not followed again");
-
-        std::fs::remove_file(tables_dir.join("2")).unwrap();
-        std::fs::remove_file(&old).unwrap();
-        tables.list(dir.path());
-        assert!(tables.finished.is_empty(), "deleted tables are forgotten");
     }
 
     /// The layout `list` reads is fjall's: a table a flush writes is found, and the kernel

@@ -499,8 +499,9 @@ fn run(
     });
 }
 
-/// How often `Durability::LoseRecentOnOsCrash` syncs the journal in the background.
-pub(crate) const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
+/// How often `Durability::LoseRecentOnOsCrash` syncs the journal in the background: about what
+/// a machine crash can lose in that mode.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
 
 /// `Durability::LoseRecentOnOsCrash`'s syncer: syncs the journal every `BACKGROUND_SYNC` (on
 /// its own handles, without fjall's journal lock) until `stop` is dropped, and once more then.

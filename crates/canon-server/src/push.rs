@@ -247,9 +247,6 @@ const UNSETTLED: u32 = 1 << 20;
 /// The most acks written at once.
 const ACK_BATCH: usize = 1024;
 
-/// How long a busy, unordered push worker's acker waits for more acks before it writes them.
-const ACK_GATHER: Duration = GATHER_WAIT;
-
 /// A push worker's acker: acks what its deliveries' subscribers answered for, in batches
 /// (`Backend::ack_unconfirmed`: the subscriber's answer was the acknowledgment, so the acks need
 /// not be durable before the next request; a machine crash may deliver those events again, as
@@ -271,7 +268,7 @@ async fn ack_batches<B: Backend>(
     let busy = || UNSETTLED as usize - unsettled.available_permits() > 1;
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
         if unordered && batch.len() < ACK_BATCH && busy() {
-            tokio::time::sleep(ACK_GATHER).await;
+            tokio::time::sleep(GATHER_WAIT).await;
             while batch.len() < ACK_BATCH
                 && let Ok(more) = rx.try_recv()
             {
@@ -302,7 +299,8 @@ pub(crate) struct To {
     pub(crate) label: SubLabel,
 }
 
-/// How long a busy push worker waits for more request slots before it pulls (see `run`).
+/// How long a busy push worker waits for more request slots before it pulls (see `run`), and
+/// its acker for more acks before it writes them (`ack_batches`).
 const GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// Sends one delivery and settles it.

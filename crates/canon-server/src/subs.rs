@@ -856,20 +856,25 @@ async fn settle<B: Backend>(
             ))
         })?;
         let backend = app.engine.backend();
-        let tokens: Vec<Option<LeaseToken>> = req
+        // The tokens of the ids that parse, and for each id whether it did.
+        let mut valid = Vec::with_capacity(req.ack_ids.len());
+        let parsed: Vec<bool> = req
             .ack_ids
             .iter()
             .map(|ack_id| {
-                let (s, h) = ack_id.split_once('.')?;
-                Some(LeaseToken {
-                    topic: sub.topic.clone(),
-                    group: sub.name.clone(),
-                    seq: s.parse().ok()?,
-                    handle: h.parse().ok()?,
-                })
+                let token = ack_id.split_once('.').and_then(|(s, h)| {
+                    Some(LeaseToken {
+                        topic: sub.topic.clone(),
+                        group: sub.name.clone(),
+                        seq: s.parse().ok()?,
+                        handle: h.parse().ok()?,
+                    })
+                });
+                let ok = token.is_some();
+                valid.extend(token);
+                ok
             })
             .collect();
-        let valid: Vec<LeaseToken> = tokens.iter().flatten().cloned().collect();
         // Every id at once: the backend commits them together (one sync for the request).
         let (delay, error) = (req.delay_ms, req.error.as_ref());
         let mut answers = match how {
@@ -885,9 +890,9 @@ async fn settle<B: Backend>(
             Settle::Reject => each_token(&valid, |t| backend.dead_letter(t, error.cloned())).await,
         }
         .into_iter();
-        let outcomes: Vec<Option<Result<(), canon_backend::BackendError>>> = tokens
+        let outcomes: Vec<Option<Result<(), canon_backend::BackendError>>> = parsed
             .iter()
-            .map(|t| t.as_ref().and_then(|_| answers.next()))
+            .map(|&ok| if ok { answers.next() } else { None })
             .collect();
         let mut results = Vec::with_capacity(outcomes.len());
         let mut settled = 0u64;

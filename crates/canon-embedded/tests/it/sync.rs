@@ -17,13 +17,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use canon_backend::{Backend, PublishRequest, TopicConfig};
-use canon_embedded::{Durability, EmbeddedBackend};
+use canon_embedded::{BACKGROUND_SYNC, Durability, EmbeddedBackend};
 use canon_envelope::CloudEvent;
 
 const PUBLISHERS: usize = 8;
 const EACH: usize = 25;
-/// How often `LoseRecentOnOsCrash` syncs the journal in the background (`writer.rs`).
-const BACKGROUND_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Publishes single events from several tasks at once (so the writer both syncs in line and
 /// hands batches to its syncer) and writes `ack <id>` to `acks.log`, one `write` per answer.

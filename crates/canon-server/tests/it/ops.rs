@@ -33,14 +33,20 @@ async fn health_ready_and_metrics() {
     s.stop().await;
 }
 
+/// The PostgreSQL the tests use (`CANON_TEST_POSTGRES`, default the local server that
+/// scripts/services starts).
+fn postgres_url() -> String {
+    std::env::var("CANON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned())
+}
+
 /// `/ready` answers 503 `storage-unavailable` while storage fails, here the PostgreSQL
 /// backend's schema dropped under the running server (`CANON_TEST_POSTGRES`, default
 /// `postgres://postgres:canon@127.0.0.1:5432/test`; scripts/services starts one), and 200
 /// before; `/health` says the process is up either way.
 #[tokio::test]
 async fn readiness_follows_storage() {
-    let url = std::env::var("CANON_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned());
+    let url = postgres_url();
     let schema = format!("canon_ready_{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let mut c = crate::config(dir.path());
@@ -263,8 +269,7 @@ fn error_codes_are_documented_both_ways() {
 #[tokio::test]
 async fn outbox_relay_makes_topics_with_the_configured_settings() {
     use canon_server::config::{OutboxConfig, TopicSettings};
-    let url = std::env::var("CANON_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres:canon@127.0.0.1:5432/test".to_owned());
+    let url = postgres_url();
     let table = format!(
         "canon_outbox_srv_{}_{}",
         std::process::id(),

@@ -439,8 +439,15 @@ fn run(
         let sealer = std::thread::Builder::new()
             .name("canon-seal".into())
             .spawn_scoped(scope, move || {
-                while seal_requests.recv().is_ok() {
-                    seal_memtables(store);
+                let mut keeper = Keeper::default();
+                loop {
+                    keeper.hold(store);
+                    match seal_requests.recv_timeout(Keeper::POLL) {
+                        Ok(()) => seal_memtables(store),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    keeper.release();
                 }
             });
         let seal = sealer.is_ok().then_some(seal);
@@ -933,6 +940,44 @@ fn bound_write_buffer(store: &Store, seal: Option<&mpsc::SyncSender<()>>) {
     }
 }
 
+/// Frees memtables on the sealing thread instead of where fjall lets go of them.
+///
+/// fjall drops a flushed memtable when it prunes a keyspace's old versions, which it does at
+/// every memtable rotation while it holds that keyspace's version lock; and every commit that
+/// writes to the keyspace takes that lock to reach the active memtable. Freeing a 16 MiB
+/// skiplist there took over 20 ms of CPU, with the writer, and so every publish, waiting
+/// (BENCHMARKS.md, seventh session). The keeper holds a second reference to every memtable it
+/// has seen, and lets go of those only it still holds, outside any lock of fjall's.
+///
+/// A memtable that is rotated, flushed and pruned between two looks (`POLL`) is freed by
+/// fjall as before: a later free, never a lost one.
+#[derive(Default)]
+struct Keeper {
+    /// `Arc<lsm_tree::Memtable>`, which fjall does not name; only the count matters here.
+    held: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Keeper {
+    /// How often the keeper looks for new memtables and frees the ones fjall let go.
+    const POLL: Duration = Duration::from_millis(100);
+
+    /// Holds every keyspace's active memtable.
+    fn hold(&mut self, store: &Store) {
+        use fjall::AbstractTree;
+        for ks in store.keyspaces() {
+            let active: Arc<dyn std::any::Any + Send + Sync> = ks.tree.active_memtable();
+            if !self.held.iter().any(|m| Arc::ptr_eq(m, &active)) {
+                self.held.push(active);
+            }
+        }
+    }
+
+    /// Frees the memtables nothing else refers to any more.
+    fn release(&mut self) {
+        self.held.retain(|m| Arc::strong_count(m) > 1);
+    }
+}
+
 /// Whether some keyspace has a sealed memtable waiting for its flush.
 fn sealed(store: &Store) -> bool {
     store
@@ -1267,6 +1312,52 @@ mod tests {
     fn newest(dir: &std::path::Path) -> u64 {
         let all = journals(dir).expect("list");
         *all.last().expect("a journal")
+    }
+
+    /// fjall lets go of a flushed memtable (when it prunes old versions, at a later rotation)
+    /// while the keeper still holds it; the keeper's `release` is then the one that frees it.
+    #[test]
+    fn the_keeper_frees_flushed_memtables() {
+        use fjall::AbstractTree;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let store = crate::store::Store::open(tmp.path()).expect("open");
+        let write = |k: u32| {
+            let mut batch = store.db.batch();
+            batch.insert(&store.log, k.to_be_bytes().to_vec(), vec![7u8; 512]);
+            batch.commit().expect("commit");
+        };
+        let flushed = || {
+            let started = std::time::Instant::now();
+            while store.log.sealed_memtable_count() > 0 {
+                assert!(started.elapsed() < Duration::from_secs(10), "no flush");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        write(0);
+        let mut keeper = super::Keeper::default();
+        keeper.hold(&store);
+        assert_eq!(keeper.held.len(), store.keyspaces().len());
+        let first = Arc::downgrade(&store.log.tree.active_memtable());
+        store.log.rotate_memtable().expect("rotate");
+        flushed();
+        // Rotations prune the versions that still refer to the flushed memtable.
+        for k in 1..=20 {
+            if first.strong_count() == 1 {
+                break;
+            }
+            write(k);
+            store.log.rotate_memtable().expect("rotate");
+            flushed();
+        }
+        assert_eq!(
+            first.strong_count(),
+            1,
+            "fjall still refers to the memtable"
+        );
+        keeper.release();
+        assert!(first.upgrade().is_none(), "the keeper did not free it");
+        // The active memtable (and the other keyspaces') stay held.
+        assert!(!keeper.held.is_empty());
     }
 
     /// The facts of fjall's journal that `ActiveJournal` rests on: the journals are `<n>.jnl`

@@ -10,7 +10,7 @@
 //! journal file (`ActiveJournal`), so fjall's journal lock is free while the disk works.
 //! With `Durability::LoseRecentOnOsCrash` a thread of the same name syncs the journal every
 //! `BACKGROUND_SYNC` instead. In both modes a third thread, `canon-seal`, seals memtables when
-//! the writer asks (`bound_write_buffer`), and on Linux a fourth, `canon-writeback`, starts the
+//! the writer asks (`bound_write_buffer`) and frees the flushed ones (`Keeper`), and on Linux a fourth, `canon-writeback`, starts the
 //! write-back of tables while fjall writes them (`crate::writeback`). No helper changes data:
 //! the writer's thread is still the only one that writes.
 //!
@@ -950,7 +950,9 @@ fn bound_write_buffer(store: &Store, seal: Option<&mpsc::SyncSender<()>>) {
 /// has seen, and lets go of those only it still holds, outside any lock of fjall's.
 ///
 /// A memtable that is rotated, flushed and pruned between two looks (`POLL`) is freed by
-/// fjall as before: a later free, never a lost one.
+/// fjall as before. The keeper only delays a free, never prevents one. This works around
+/// fjall from outside; the fix proper is in fjall (prune, then free after the lock). Files
+/// pruned under the same lock (old version files, compacted tables) are still deleted there.
 #[derive(Default)]
 struct Keeper {
     /// `Arc<lsm_tree::Memtable>`, which fjall does not name; only the count matters here.

@@ -10,9 +10,10 @@
 //! journal file (`ActiveJournal`), so fjall's journal lock is free while the disk works.
 //! With `Durability::LoseRecentOnOsCrash` a thread of the same name syncs the journal every
 //! `BACKGROUND_SYNC` instead. In both modes a third thread, `canon-seal`, seals memtables when
-//! the writer asks (`bound_write_buffer`) and frees the flushed ones (`Keeper`), and on Linux a fourth, `canon-writeback`, starts the
-//! write-back of tables while fjall writes them (`crate::writeback`). No helper changes data:
-//! the writer's thread is still the only one that writes.
+//! the writer asks (`bound_write_buffer`) and frees the flushed ones (`Keeper`), and on Linux
+//! a fourth, `canon-writeback`, starts the write-back of tables while fjall writes them
+//! (`crate::writeback`). No helper changes data: the writer's thread is still the only one
+//! that writes.
 //!
 //! The writer is the one thread every write waits for, so work that decides nothing happens
 //! on the publishing tasks before a job is queued: encoding, key building and the first dedup

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod dapr;
+pub mod files;
 mod metrics;
 pub mod openapi;
 mod outbox;
@@ -750,6 +751,11 @@ pub async fn serve(
             "refusing to listen on {addr} without credentials: configure [auth] api_keys or jwt, \
              or listen on a loopback address"
         )));
+    }
+    // Before storage opens and connections come (files.rs).
+    match files::reserve(files::SLOTS) {
+        Some(slots) => tracing::debug!(slots, "file table sized"),
+        None => tracing::debug!("file table left to grow on demand"),
     }
     let catalogs = load_catalogs(&config.catalogs)?;
     let durability = match config.durability {

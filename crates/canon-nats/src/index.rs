@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::js::Stored;
 use crate::publish::{KEY_HEADER, decode_key};
-use crate::{NatsBackend, Topic, lock, nats_err, state};
+use crate::{NatsBackend, Topic, nats_err, state};
 
 /// What events are looked up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +234,7 @@ pub(crate) async fn topic_info(b: &NatsBackend, t: &Topic) -> Result<TopicInfo, 
     Ok(TopicInfo {
         config: TopicConfig {
             name: t.names.topic.clone(),
-            dedup_window: *lock(&t.dedup_window),
+            dedup_window: t.window_read(crate::stream_window(&info)),
             max_age: (age > 0).then(|| Duration::from_nanos(u64::try_from(age).unwrap_or(0))),
             max_bytes: (bytes > 0).then(|| u64::try_from(bytes).unwrap_or(0)),
         },

@@ -75,16 +75,48 @@ impl Drop for Inner {
     }
 }
 
+/// How long a topic's dedup window, read from its stream, is used before it is read again.
+/// It bounds how long a server keeps claiming idempotency keys for the old window after
+/// another server sharing the JetStream reconfigured the topic.
+pub const WINDOW_FRESH: Duration = Duration::from_secs(5);
+
+/// The dedup window stored in a stream's configuration (`duplicate_window`, in nanoseconds;
+/// JetStream's default of two minutes if absent).
+pub(crate) fn stream_window(info: &serde_json::Value) -> Duration {
+    info.pointer("/config/duplicate_window")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(Duration::from_secs(120), Duration::from_nanos)
+}
+
+/// A topic's dedup window and when it was read.
+#[derive(Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) value: Duration,
+    read: std::time::Instant,
+}
+
 /// A topic's JetStream objects, opened once per process.
 pub(crate) struct Topic {
     pub(crate) names: TopicNames,
-    pub(crate) dedup_window: Mutex<Duration>,
+    /// Its dedup window (for the TTL of idempotency-key claims), see `dedup_window`.
+    dedup_window: Mutex<Window>,
     pub(crate) state: jetstream::kv::Store,
     /// Bounds this process's atomic batches in flight (JetStream takes 50 per stream).
     pub(crate) batches: tokio::sync::Semaphore,
     /// One index catch-up at a time.
     pub(crate) indexing: tokio::sync::Mutex<()>,
     pub(crate) groups: RwLock<HashMap<String, Arc<groups::Group>>>,
+}
+
+impl Topic {
+    /// Records the dedup window just read or set, and returns it.
+    pub(crate) fn window_read(&self, value: Duration) -> Duration {
+        *lock(&self.dedup_window) = Window {
+            value,
+            read: std::time::Instant::now(),
+        };
+        value
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -201,11 +233,32 @@ impl NatsBackend {
             }
             Err(e) => return Err(e.into()),
         };
-        let window = info
-            .pointer("/config/duplicate_window")
-            .and_then(serde_json::Value::as_u64)
-            .map_or(Duration::from_secs(120), Duration::from_nanos);
-        self.open_topic(names, window).await
+        self.open_topic(names, stream_window(&info)).await
+    }
+
+    /// The topic's dedup window: as last read from its stream, read again once that is
+    /// `WINDOW_FRESH` old, since another server on the same JetStream may have reconfigured the
+    /// topic. If it cannot be read, the last value serves (the publish that asks will meet the
+    /// same trouble and report it).
+    pub(crate) async fn dedup_window(&self, t: &Topic) -> Duration {
+        let known = *lock(&t.dedup_window);
+        if known.read.elapsed() < WINDOW_FRESH {
+            return known.value;
+        }
+        match self
+            .js()
+            .api(
+                &format!("STREAM.INFO.{}", t.names.stream),
+                &serde_json::json!({}),
+            )
+            .await
+        {
+            Ok(info) => t.window_read(stream_window(&info)),
+            Err(e) => {
+                tracing::debug!(topic = %t.names.topic, error = %e, "dedup window not re-read");
+                known.value
+            }
+        }
     }
 
     /// The topic if this process has opened it before.
@@ -238,7 +291,10 @@ impl NatsBackend {
                 .map_err(nats_err)?,
         };
         let topic = Arc::new(Topic {
-            dedup_window: Mutex::new(window),
+            dedup_window: Mutex::new(Window {
+                value: window,
+                read: std::time::Instant::now(),
+            }),
             state,
             batches: tokio::sync::Semaphore::new(32),
             indexing: tokio::sync::Mutex::new(()),
@@ -340,7 +396,7 @@ impl Backend for NatsBackend {
         })
         .await?;
         let topic = self.open_topic(names, window).await?;
-        *lock(&topic.dedup_window) = window;
+        topic.window_read(window);
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::js::{JsError, code};
 use crate::names::msg_id;
-use crate::{NatsBackend, Topic, index, lock};
+use crate::{NatsBackend, Topic, index};
 
 /// How long a claim of an idempotency key waits for its event before another event may take it.
 pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -305,7 +305,7 @@ enum Claim {
 
 async fn claim(b: &NatsBackend, t: &Topic, key: &str, e: &Outgoing) -> Result<Claim, BackendError> {
     let subject = t.names.claim_subject(key);
-    let window = *lock(&t.dedup_window);
+    let window = b.dedup_window(t).await;
     let payload: Bytes = json!({
         "msg": e.msg_id, "source": e.source, "id": e.id,
         "at": codec::millis(SystemTime::now()),

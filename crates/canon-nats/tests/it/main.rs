@@ -42,3 +42,5 @@ impl Harness for NatsHarness {
 }
 
 canon_conformance::suite!(NatsHarness::new());
+
+mod window;

@@ -225,6 +225,7 @@ pub(crate) async fn locate(
 }
 
 pub(crate) async fn topic_info(b: &NatsBackend, t: &Topic) -> Result<TopicInfo, BackendError> {
+    let asked = std::time::Instant::now();
     let info = stream_state(b, t).await?;
     let n = |p: &str| info.pointer(p).and_then(Value::as_i64).unwrap_or(0);
     let last = last_seq(&info);
@@ -234,7 +235,7 @@ pub(crate) async fn topic_info(b: &NatsBackend, t: &Topic) -> Result<TopicInfo, 
     Ok(TopicInfo {
         config: TopicConfig {
             name: t.names.topic.clone(),
-            dedup_window: t.window_read(crate::stream_window(&info)),
+            dedup_window: t.window_read(asked, crate::stream_window(&info)),
             max_age: (age > 0).then(|| Duration::from_nanos(u64::try_from(age).unwrap_or(0))),
             max_bytes: (bytes > 0).then(|| u64::try_from(bytes).unwrap_or(0)),
         },

@@ -109,12 +109,14 @@ pub(crate) struct Topic {
 }
 
 impl Topic {
-    /// Records the dedup window just read or set, and returns it.
-    pub(crate) fn window_read(&self, value: Duration) -> Duration {
-        *lock(&self.dedup_window) = Window {
-            value,
-            read: std::time::Instant::now(),
-        };
+    /// Records the dedup window as read (or set) by a request sent at `asked`, unless a later
+    /// request's value is recorded already (an answer that comes late does not undo a newer
+    /// one), and returns the value it read.
+    pub(crate) fn window_read(&self, asked: std::time::Instant, value: Duration) -> Duration {
+        let mut known = lock(&self.dedup_window);
+        if asked >= known.read {
+            *known = Window { value, read: asked };
+        }
         value
     }
 }
@@ -238,12 +240,17 @@ impl NatsBackend {
 
     /// The topic's dedup window: as last read from its stream, read again once that is
     /// `WINDOW_FRESH` old, since another server on the same JetStream may have reconfigured the
-    /// topic. If it cannot be read, the last value serves (the publish that asks will meet the
-    /// same trouble and report it).
+    /// topic. One caller re-reads it; the others meanwhile use the last value, as does the one
+    /// whose read fails (the next try comes `WINDOW_FRESH` later).
     pub(crate) async fn dedup_window(&self, t: &Topic) -> Duration {
-        let known = *lock(&t.dedup_window);
-        if known.read.elapsed() < WINDOW_FRESH {
-            return known.value;
+        let asked = std::time::Instant::now();
+        {
+            let mut known = lock(&t.dedup_window);
+            if asked.duration_since(known.read) < WINDOW_FRESH {
+                return known.value;
+            }
+            // This caller re-reads it: the others see a fresh value until it answers.
+            known.read = asked;
         }
         match self
             .js()
@@ -253,10 +260,10 @@ impl NatsBackend {
             )
             .await
         {
-            Ok(info) => t.window_read(stream_window(&info)),
+            Ok(info) => t.window_read(asked, stream_window(&info)),
             Err(e) => {
                 tracing::debug!(topic = %t.names.topic, error = %e, "dedup window not re-read");
-                known.value
+                lock(&t.dedup_window).value
             }
         }
     }
@@ -396,7 +403,8 @@ impl Backend for NatsBackend {
         })
         .await?;
         let topic = self.open_topic(names, window).await?;
-        topic.window_read(window);
+        // Set now that the stream holds it: a re-read sent before this does not undo it.
+        topic.window_read(std::time::Instant::now(), window);
         Ok(())
     }
 

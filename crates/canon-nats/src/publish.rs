@@ -319,7 +319,9 @@ async fn claim(b: &NatsBackend, t: &Topic, key: &str, e: &Outgoing) -> Result<Cl
             "Nats-Expected-Last-Subject-Sequence",
             expect.to_string().as_str(),
         );
-        headers.insert("Nats-TTL", format!("{}s", window.as_secs().max(1)).as_str());
+        // Whole seconds, rounded up: a claim never expires before its window ends.
+        let ttl = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+        headers.insert("Nats-TTL", format!("{}s", ttl.max(1)).as_str());
         match b
             .js()
             .publish(subject.clone(), headers, payload.clone())

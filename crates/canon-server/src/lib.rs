@@ -67,6 +67,9 @@ macro_rules! jemalloc {
 
         // jemalloc reads its options from this symbol at start-up; `_RJEM_MALLOC_CONF` in the
         // environment overrides them one by one.
+        // SAFETY: `_rjem_malloc_conf` is the options symbol of the jemalloc that
+        // tikv-jemallocator links (a `const char *` to a NUL-terminated string, which `Options`
+        // is laid out as); nothing else in a binary defines it.
         #[allow(unsafe_code)]
         #[unsafe(export_name = "_rjem_malloc_conf")]
         static MALLOC_CONF: $crate::alloc::Options = $crate::alloc::OPTIONS;

@@ -57,7 +57,8 @@ pub(crate) fn event_of(m: &Stored) -> Option<StoredEvent> {
     })
 }
 
-async fn stream_state(b: &NatsBackend, t: &Topic) -> Result<Value, BackendError> {
+/// The stream's `STREAM.INFO`: its configuration and state.
+pub(crate) async fn stream_state(b: &NatsBackend, t: &Topic) -> Result<Value, BackendError> {
     Ok(b.js()
         .api(&format!("STREAM.INFO.{}", t.names.stream), &json!({}))
         .await?)

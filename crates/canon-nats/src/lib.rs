@@ -89,9 +89,8 @@ pub(crate) fn stream_window(info: &serde_json::Value) -> Duration {
 }
 
 /// A topic's dedup window and when it was read.
-#[derive(Clone, Copy)]
-pub(crate) struct Window {
-    pub(crate) value: Duration,
+struct Window {
+    value: Duration,
     read: std::time::Instant,
 }
 
@@ -252,14 +251,7 @@ impl NatsBackend {
             // This caller re-reads it: the others see a fresh value until it answers.
             known.read = asked;
         }
-        match self
-            .js()
-            .api(
-                &format!("STREAM.INFO.{}", t.names.stream),
-                &serde_json::json!({}),
-            )
-            .await
-        {
+        match index::stream_state(self, t).await {
             Ok(info) => t.window_read(asked, stream_window(&info)),
             Err(e) => {
                 tracing::debug!(topic = %t.names.topic, error = %e, "dedup window not re-read");

@@ -12,13 +12,13 @@
 
 /// Descriptors the table is sized for at start-up (at most the soft `RLIMIT_NOFILE`): 64 KiB
 /// of table.
-pub const SLOTS: u64 = 8192;
+pub(crate) const SLOTS: u64 = 8192;
 
 /// Grows the file table to hold `slots` descriptors (fewer if the soft `RLIMIT_NOFILE` is
 /// lower) and returns its new size in slots, or `None` where it cannot (not Linux, or the
 /// system refused; the table then grows on demand, as it would anyway).
 #[allow(unsafe_code)]
-pub fn reserve(slots: u64) -> Option<u64> {
+pub(crate) fn reserve(slots: u64) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -56,7 +56,7 @@ pub fn reserve(slots: u64) -> Option<u64> {
 }
 
 /// The size of the process's file table in slots (`FDSize` in `/proc/self/status`).
-pub fn table_size() -> Option<u64> {
+pub(crate) fn table_size() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()

@@ -14,7 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod dapr;
-pub mod files;
+mod files;
 mod metrics;
 pub mod openapi;
 mod outbox;

@@ -356,6 +356,14 @@ impl Backend for NatsBackend {
         let window = config
             .max_age
             .map_or(config.dedup_window, |a| a.min(config.dedup_window));
+        // A `duplicate_window` of 0 is JetStream's default (2 minutes), not "remember nothing".
+        if window.is_zero() {
+            return Err(BackendError::InvalidConfig(format!(
+                "topic {:?}: a dedup window (or max age) of 0 is not possible on JetStream, \
+                 where 0 means its default of 2 minutes",
+                config.name
+            )));
+        }
         let mut metadata = HashMap::new();
         metadata.insert("canon.topic".to_owned(), config.name.clone());
         self.put_stream(stream::Config {

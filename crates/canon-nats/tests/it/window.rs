@@ -73,3 +73,24 @@ async fn a_window_changed_by_another_server_is_taken_up() {
     );
     h.close().await;
 }
+
+#[tokio::test]
+async fn a_window_of_zero_is_refused_not_turned_into_two_minutes() {
+    let h = NatsHarness::new();
+    let b = h.open().await;
+    for config in [
+        window(Duration::ZERO),
+        TopicConfig {
+            max_age: Some(Duration::ZERO),
+            ..TopicConfig::new("w")
+        },
+    ] {
+        let err = b.create_topic(config).await.expect_err("a window of 0");
+        assert!(
+            matches!(err, canon_backend::BackendError::InvalidConfig(ref m) if m.contains("2 minutes")),
+            "{err:?}"
+        );
+    }
+    assert!(b.topics().await.expect("topics").is_empty(), "nothing half-made");
+    h.close().await;
+}

@@ -86,6 +86,9 @@ pub(crate) struct Args {
     /// Writes the HTTP single-publish latencies to this file, one line per request: when it
     /// was due (ms after the phase started) and its latency (ms), for looking at a tail. A
     /// first line (`#`) gives when the first request was due, in Unix time, to match a trace.
+    /// Every other latency phase goes beside it, to `<file>.<phase>` (`embedded`, `jetstream`,
+    /// `on-jetstream`, `on-postgresql`, `postgresql`): when each event was sent (ms after the
+    /// first) and its publish→deliver latency.
     #[arg(long)]
     latency_dump: Option<std::path::PathBuf>,
     /// Push requests in flight (the subscription's `concurrency`).
@@ -165,6 +168,13 @@ pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
     ev
 }
 
+/// The Unix time now.
+pub(crate) fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -199,11 +209,18 @@ pub(crate) struct Figures {
     p99: Duration,
     p999: Duration,
     delivered: usize,
+    /// Each delivery of the latency phase: when it was sent (since the phase's clock) and its
+    /// latency, for `--latency-dump`.
+    timed: Vec<(Duration, Duration)>,
+    /// The Unix time of the latency phase's clock, which `timed` counts from.
+    epoch: Duration,
 }
 
 impl Figures {
-    fn set_latencies(&mut self, mut lat: Vec<Duration>) {
+    fn set_latencies(&mut self, timed: Vec<(Duration, Duration)>) {
+        let mut lat: Vec<Duration> = timed.iter().map(|&(_, l)| l).collect();
         lat.sort_unstable();
+        self.timed = timed;
         (self.p50, self.p99, self.p999, self.delivered) = (
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
@@ -225,6 +242,33 @@ pub(crate) fn report(name: &str, f: &Figures) {
         f.p999.as_secs_f64() * 1e3,
         f.delivered
     );
+}
+
+/// Writes a latency phase's deliveries to `<--latency-dump>.<phase>`, one line each: when the
+/// event was sent (ms after the first was) and its publish→deliver latency (ms), sorted by the
+/// first. The first line (`#`) gives when the first was sent, in Unix time, to match a trace.
+fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
+    let Some(path) = &args.latency_dump else {
+        return Ok(());
+    };
+    let mut timed = f.timed.clone();
+    timed.sort_unstable();
+    let Some(&(first, _)) = timed.first() else {
+        return Ok(());
+    };
+    let start = f.epoch + first;
+    let mut out = format!("# first sent at {:.6} (Unix time, s)\n", start.as_secs_f64());
+    for (sent, latency) in timed {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "{:.3}\t{:.3}",
+            (sent - first).as_secs_f64() * 1e3,
+            latency.as_secs_f64() * 1e3
+        );
+    }
+    let path = format!("{}.{phase}", path.display());
+    std::fs::write(&path, out).with_context(|| format!("write {path}"))
 }
 
 async fn canon(args: &Args, durability: Durability) -> Result<Figures> {
@@ -309,6 +353,7 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
     b.reset("bench", "latency", canon_backend::StartPosition::Latest)
         .await?;
     let clock = Instant::now();
+    f.epoch = unix_now();
     let give_up = latency_deadline(args);
     let consumer = {
         let b = Arc::clone(b);
@@ -337,7 +382,8 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
                         .and_then(|v| v.as_str())
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
-                    lat.push(now.saturating_sub(Duration::from_nanos(sent)));
+                    let sent = Duration::from_nanos(sent);
+                    lat.push((sent, now.saturating_sub(sent)));
                 }
                 if got.is_empty() {
                     continue;
@@ -592,6 +638,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         ))
         .await?;
     let clock = Instant::now();
+    f.epoch = unix_now();
     let expect = (args.rate * args.latency_secs) as usize;
     // The first message comes after the settling pause.
     let quiet = Duration::from_secs(2 + args.settle_secs);
@@ -605,12 +652,14 @@ async fn jetstream(args: &Args) -> Result<Figures> {
                 break;
             };
             let m = m.map_err(|e| anyhow::anyhow!(e))?;
-            let sent: u64 = std::str::from_utf8(&m.payload)
-                .ok()
-                .and_then(|s| s.split(':').next())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            lat.push(clock.elapsed().saturating_sub(Duration::from_nanos(sent)));
+            let sent = Duration::from_nanos(
+                std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|s| s.split(':').next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            );
+            lat.push((sent, clock.elapsed().saturating_sub(sent)));
             m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
         anyhow::Ok(lat)
@@ -670,6 +719,7 @@ async fn run(args: Args) -> Result<()> {
             "embedded" if !args.no_embedded => {
                 let f = canon(&args, durability).await?;
                 report(&format!("canon embedded ({})", args.durability), &f);
+                dump(&args, "embedded", &f)?;
                 println!("canon peak RSS: {:.0} MB", peak_rss_mb());
                 let started = Instant::now();
                 let reopened = EmbeddedBackend::open(&args.dir, durability)?;
@@ -692,6 +742,7 @@ async fn run(args: Args) -> Result<()> {
                 b.destroy().await?;
                 let f = workload(&args, &b).await?;
                 report("canon on jetstream", &f);
+                dump(&args, "on-jetstream", &f)?;
                 b.destroy().await?;
                 on_nats = Some(f);
             }
@@ -708,6 +759,7 @@ async fn run(args: Args) -> Result<()> {
                 );
                 let f = workload(&args, &b).await?;
                 report("canon on postgresql", &f);
+                dump(&args, "on-postgresql", &f)?;
                 drop(b);
                 drop_schema(&args.postgres, schema).await?;
                 on_pg = Some(f);
@@ -767,6 +819,7 @@ async fn run(args: Args) -> Result<()> {
     if !args.postgres.is_empty() && on_pg.is_some() {
         let raw = pg::run(&args).await?;
         report("postgresql (raw queue table)", &raw);
+        dump(&args, "postgresql", &raw)?;
         if let Some(p) = &on_pg {
             println!(
                 "ratios canon-on-postgresql/raw: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.3}x",
@@ -779,6 +832,7 @@ async fn run(args: Args) -> Result<()> {
     if !args.nats.is_empty() {
         let j = jetstream(&args).await?;
         report("nats jetstream (file)", &j);
+        dump(&args, "jetstream", &j)?;
         println!(
             "nats jetstream (file) raw   publish with Nats-Msg-Id {:>9.0} ev/s | atomic batches of {} {:>9.0} ev/s | consume with confirmed acks {:>9.0} ev/s",
             j.publish_msgid_eps, args.batch, j.publish_atomic_eps, j.consume_sync_eps

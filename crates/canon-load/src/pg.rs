@@ -90,6 +90,7 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
 
     // Latency at a fixed rate.
     let clock = Instant::now();
+    f.epoch = crate::unix_now();
     let expect = (args.rate * args.latency_secs) as usize;
     let (listener, mut conn) = tokio_postgres::connect(&args.postgres, NoTls).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -121,9 +122,8 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
             let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             for r in &rows {
                 let sent: i64 = r.get(1);
-                lat.push(
-                    now.saturating_sub(Duration::from_nanos(u64::try_from(sent).unwrap_or(0))),
-                );
+                let sent = Duration::from_nanos(u64::try_from(sent).unwrap_or(0));
+                lat.push((sent, now.saturating_sub(sent)));
             }
             if !ids.is_empty() {
                 tx.execute("DELETE FROM canon_load_raw WHERE id = ANY($1)", &[&ids])

@@ -257,7 +257,10 @@ fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
         return Ok(());
     };
     let start = f.epoch + first;
-    let mut out = format!("# first sent at {:.6} (Unix time, s)\n", start.as_secs_f64());
+    let mut out = format!(
+        "# first sent at {:.6} (Unix time, s)\n",
+        start.as_secs_f64()
+    );
     for (sent, latency) in timed {
         use std::fmt::Write as _;
         let _ = writeln!(

@@ -359,7 +359,10 @@ fn acknowledged_publishes_were_synced() {
 fn acknowledged_publishes_were_synced_across_a_journal_rotation() {
     for mode in ["sync", "buffered"] {
         let acked = traced(mode, true);
-        assert!(acked.len() >= PUBLISHERS * (EACH + AFTER_ROTATION), "{mode}");
+        assert!(
+            acked.len() >= PUBLISHERS * (EACH + AFTER_ROTATION),
+            "{mode}"
+        );
         let files: std::collections::BTreeSet<&str> =
             acked.iter().map(|a| a.journal.as_str()).collect();
         assert!(

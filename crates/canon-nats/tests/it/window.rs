@@ -91,6 +91,9 @@ async fn a_window_of_zero_is_refused_not_turned_into_two_minutes() {
             "{err:?}"
         );
     }
-    assert!(b.topics().await.expect("topics").is_empty(), "nothing half-made");
+    assert!(
+        b.topics().await.expect("topics").is_empty(),
+        "nothing half-made"
+    );
     h.close().await;
 }

@@ -91,7 +91,7 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
         url: app_url,
         protocol: Default::default(),
     });
-    let server = canon_server::start(config).await?;
+    let server = crate::http::Served::start(config).await?;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)

@@ -111,7 +111,7 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         body_limit: 64 * 1024 * 1024,
         ..Config::default()
     };
-    let server = canon_server::start(config).await?;
+    let server = Served::start(config).await?;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -327,4 +327,35 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
 
     server.shutdown().await?;
     Ok(f)
+}
+
+/// `canon serve` on a tokio runtime of its own, as it runs in its own process: the server's
+/// tasks do not wait in the load generator's run queues, nor its tasks in the server's.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) addr: std::net::SocketAddr,
+    server: canon_server::Running,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Served {
+    pub(crate) async fn start(config: Config) -> Result<Served> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("canon-serve")
+            .build()?;
+        let server = runtime.spawn(canon_server::start(config)).await??;
+        Ok(Served {
+            addr: server.addr,
+            server,
+            runtime,
+        })
+    }
+
+    /// Shuts the server down gracefully, then its runtime.
+    pub(crate) async fn shutdown(self) -> Result<()> {
+        self.server.shutdown().await?;
+        self.runtime.shutdown_background();
+        Ok(())
+    }
 }

@@ -92,7 +92,7 @@ pub(crate) async fn run(args: &Args) -> Result<DaprFigures> {
         protocol: Default::default(),
     });
     let server = crate::http::Served::start(config).await?;
-    let base = format!("http://{}", server.addr);
+    let base = format!("http://{}", server.addr());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;

@@ -112,7 +112,7 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         ..Config::default()
     };
     let server = Served::start(config).await?;
-    let base = format!("http://{}", server.addr);
+    let base = format!("http://{}", server.addr());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
@@ -255,24 +255,15 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     let mut timed = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     if let Some(path) = &args.latency_dump {
         timed.sort_unstable();
-        // When the first request was due, to line the requests up with a trace of the run.
-        let start = phase_started
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let header = format!("# first request due at {start:.6} (Unix time, s)\n");
-        let lines: String = timed
+        // Each request by when it was due, counted from when the first was.
+        let due: Vec<(Duration, Duration)> = timed
             .iter()
-            .map(|(i, d)| {
-                format!(
-                    "{:.3}\t{:.3}\n",
-                    *i as f64 * 1e3 / args.rate as f64,
-                    d.as_secs_f64() * 1e3
-                )
-            })
+            .map(|&(i, d)| (Duration::from_secs_f64(i as f64 / args.rate as f64), d))
             .collect();
-        std::fs::write(path, header + &lines)
-            .with_context(|| format!("write {}", path.display()))?;
+        let epoch = phase_started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        crate::write_dump(path, "request due", epoch, &due)?;
     }
     let mut lat: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
     lat.sort_unstable();
@@ -333,7 +324,6 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
 /// tasks do not wait in the load generator's run queues, nor its tasks in the server's.
 #[derive(Debug)]
 pub(crate) struct Served {
-    pub(crate) addr: std::net::SocketAddr,
     server: canon_server::Running,
     runtime: tokio::runtime::Runtime,
 }
@@ -345,11 +335,11 @@ impl Served {
             .thread_name("canon-serve")
             .build()?;
         let server = runtime.spawn(canon_server::start(config)).await??;
-        Ok(Served {
-            addr: server.addr,
-            server,
-            runtime,
-        })
+        Ok(Served { server, runtime })
+    }
+
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr
     }
 
     /// Shuts the server down gracefully, then its runtime.

@@ -209,17 +209,18 @@ pub(crate) struct Figures {
     p99: Duration,
     p999: Duration,
     delivered: usize,
-    /// Each delivery of the latency phase: when it was sent (since the phase's clock) and its
-    /// latency, for `--latency-dump`.
+    /// Each delivery of the latency phase, in the order sent: when it was sent (since the
+    /// phase's clock) and its latency, for `--latency-dump`.
     timed: Vec<(Duration, Duration)>,
     /// The Unix time of the latency phase's clock, which `timed` counts from.
     epoch: Duration,
 }
 
 impl Figures {
-    fn set_latencies(&mut self, timed: Vec<(Duration, Duration)>) {
+    fn set_latencies(&mut self, mut timed: Vec<(Duration, Duration)>) {
         let mut lat: Vec<Duration> = timed.iter().map(|&(_, l)| l).collect();
         lat.sort_unstable();
+        timed.sort_unstable();
         self.timed = timed;
         (self.p50, self.p99, self.p999, self.delivered) = (
             percentile(&lat, 0.5),
@@ -244,34 +245,46 @@ pub(crate) fn report(name: &str, f: &Figures) {
     );
 }
 
-/// Writes a latency phase's deliveries to `<--latency-dump>.<phase>`, one line each: when the
-/// event was sent (ms after the first was) and its publish→deliver latency (ms), sorted by the
-/// first. The first line (`#`) gives when the first was sent, in Unix time, to match a trace.
+/// Writes a latency phase's deliveries to `<--latency-dump>.<phase>` (see `write_dump`).
 fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
-    let Some(path) = &args.latency_dump else {
+    match &args.latency_dump {
+        Some(path) => write_dump(
+            std::path::Path::new(&format!("{}.{phase}", path.display())),
+            "sent",
+            f.epoch,
+            &f.timed,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Writes a latency dump: a first line (`#`) with the Unix time at which the first row's
+/// event was `what` ("sent", "request due"), to line the rows up with a trace, then one line
+/// per row: ms after the first, and the latency in ms. `rows` are sorted by their first
+/// member, which counts from `epoch` (a Unix time).
+pub(crate) fn write_dump(
+    path: &std::path::Path,
+    what: &str,
+    epoch: Duration,
+    rows: &[(Duration, Duration)],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let Some(&(first, _)) = rows.first() else {
         return Ok(());
     };
-    let mut timed = f.timed.clone();
-    timed.sort_unstable();
-    let Some(&(first, _)) = timed.first() else {
-        return Ok(());
-    };
-    let start = f.epoch + first;
     let mut out = format!(
-        "# first sent at {:.6} (Unix time, s)\n",
-        start.as_secs_f64()
+        "# first {what} at {:.6} (Unix time, s)\n",
+        (epoch + first).as_secs_f64()
     );
-    for (sent, latency) in timed {
-        use std::fmt::Write as _;
+    for &(at, latency) in rows {
         let _ = writeln!(
             out,
             "{:.3}\t{:.3}",
-            (sent - first).as_secs_f64() * 1e3,
+            (at - first).as_secs_f64() * 1e3,
             latency.as_secs_f64() * 1e3
         );
     }
-    let path = format!("{}.{phase}", path.display());
-    std::fs::write(&path, out).with_context(|| format!("write {path}"))
+    std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
 }
 
 async fn canon(args: &Args, durability: Durability) -> Result<Figures> {

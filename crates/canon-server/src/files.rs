@@ -22,18 +22,7 @@ pub(crate) fn reserve(slots: u64) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given, which lives for the call.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return None;
-        }
-        // `rlim_t` is 32 bits on some Linux targets.
-        #[allow(clippy::useless_conversion)]
-        let soft = u64::from(limit.rlim_cur);
-        let top = slots.min(soft).checked_sub(1)?;
+        let top = slots.min(soft_limit()?).checked_sub(1)?;
         let top = libc::c_int::try_from(top).ok()?;
         let null = std::fs::File::open("/dev/null").ok()?;
         // The lowest free descriptor at or above `top`: the table grows to hold it. Closed at
@@ -55,6 +44,23 @@ pub(crate) fn reserve(slots: u64) -> Option<u64> {
     }
 }
 
+/// The soft `RLIMIT_NOFILE`: one more than the highest descriptor the process may open.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn soft_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    // `rlim_t` is 32 bits on some Linux targets.
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(limit.rlim_cur))
+}
+
 /// The size of the process's file table in slots (`FDSize` in `/proc/self/status`).
 pub(crate) fn table_size() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -67,19 +73,8 @@ pub(crate) fn table_size() -> Option<u64> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]
-    #[allow(unsafe_code)]
     fn the_table_is_grown_and_stays_grown() {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        #[allow(clippy::useless_conversion)]
-        let wanted = 4096.min(u64::from(limit.rlim_cur));
+        let wanted = 4096.min(super::soft_limit().expect("RLIMIT_NOFILE"));
         let size = super::reserve(4096).expect("reserved");
         assert!(size >= wanted, "FDSize {size}");
         // Closing the high descriptor did not shrink the table, and the slot it took is free.

@@ -10,14 +10,14 @@ use anyhow::{Context, Result, bail};
 use canon_server::config::{Config, DurabilitySetting};
 use serde_json::{Value, json};
 
-use crate::{Args, event, percentile};
+use crate::{Args, Tail, event};
 
 /// What the HTTP modes measured.
 #[derive(Debug, Default)]
 pub(crate) struct HttpFigures {
     pub(crate) publish_eps: f64,
-    pub(crate) single_p50: Duration,
-    pub(crate) single_p99: Duration,
+    /// Single-event publish, request latency.
+    pub(crate) single: Tail,
     pub(crate) pull_eps: f64,
     pub(crate) sdk_eps: f64,
     /// Push delivery, events/s, per HTTP version.
@@ -32,10 +32,9 @@ pub(crate) fn report(f: &HttpFigures) {
         .map(|(p, eps)| format!("push {p} {eps:>9.0} ev/s"))
         .collect();
     println!(
-        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish p50 {:.3} ms p99 {:.3} ms | pull+ack {:>9.0} ev/s | sdk consumer {:>9.0} ev/s ({:.2}x pull+ack) | {} ({} per request)",
+        "canon serve (http)           publish {:>9.0} ev/s (batches) | single publish {} | pull+ack {:>9.0} ev/s | sdk consumer {:>9.0} ev/s ({:.2}x pull+ack) | {} ({} per request)",
         f.publish_eps,
-        f.single_p50.as_secs_f64() * 1e3,
-        f.single_p99.as_secs_f64() * 1e3,
+        f.single.show(),
         f.pull_eps,
         f.sdk_eps,
         f.sdk_eps / f.pull_eps.max(1.0),
@@ -253,8 +252,9 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         .await?
     };
     let mut timed = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    timed.sort_unstable();
+    let warm = args.warmup_events(args.rate);
     if let Some(path) = &args.latency_dump {
-        timed.sort_unstable();
         // Each request by when it was due, counted from when the first was.
         let due: Vec<(Duration, Duration)> = timed
             .iter()
@@ -263,12 +263,9 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
         let epoch = phase_started
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        crate::write_dump(path, "request due", epoch, &due)?;
+        crate::write_dump(path, "request due", epoch, &due, warm)?;
     }
-    let mut lat: Vec<Duration> = timed.into_iter().map(|(_, d)| d).collect();
-    lat.sort_unstable();
-    f.single_p50 = percentile(&lat, 0.5);
-    f.single_p99 = percentile(&lat, 0.99);
+    f.single = Tail::of(timed.into_iter().map(|(_, d)| d), warm);
     // Push delivery to a local subscriber that answers 200 with an empty body (HTTP/1.1 and
     // HTTP/2 both: axum detects the HTTP/2 preface).
     for protocol in &args.push_protocols {

@@ -50,9 +50,15 @@ pub(crate) struct Args {
     /// Rate of the latency phase, events per second.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
-    /// Length of the latency phase, seconds.
-    #[arg(long, default_value_t = 5)]
+    /// Length of each latency phase, seconds, after its warm-up. Long enough that the phase
+    /// holds several memtable flushes at 5,000/s (one about every 4 s), not one or none.
+    #[arg(long, default_value_t = 20)]
     latency_secs: u64,
+    /// Warm-up of each latency phase, seconds, at the same rate and with the same events,
+    /// before the measured part. Its latencies are reported on their own (`warm-up p99, max`),
+    /// not mixed into the steady state's, as OpenMessaging Benchmark's warm-up is.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
     /// Pause before each latency phase, seconds, the same for every system: the flushes and
     /// compactions that the bulk phases before it left behind finish first, so the phase
     /// measures a steady 5,000/s rather than the tail of a bulk load.
@@ -136,6 +142,18 @@ static ID_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Event `i` of the workload, `size` bytes in the JSON format (or the smallest event, when
 /// `size` is less). Builds it without serializing it: the generator shares the two cores with
 /// what it measures, and the JetStream peer reuses one serialized payload.
+impl Args {
+    /// Events sent in a latency phase at `rate`, warm-up included.
+    pub(crate) fn phase_events(&self, rate: u64) -> usize {
+        (rate * (self.warmup_secs + self.latency_secs)) as usize
+    }
+
+    /// The first this many of a phase's events (in the order sent) are its warm-up.
+    pub(crate) fn warmup_events(&self, rate: u64) -> usize {
+        (rate * self.warmup_secs) as usize
+    }
+}
+
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
     /// The JSON length of the event with an empty id and `"data":{"pad":""}`. Ids are ASCII
     /// without escapes, so the length grows by exactly the id's.
@@ -175,6 +193,51 @@ pub(crate) fn unix_now() -> Duration {
         .unwrap_or_default()
 }
 
+/// A latency phase's percentiles: the steady state's, and the warm-up's apart.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tail {
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) p999: Duration,
+    /// Measured (steady-state) samples.
+    pub(crate) n: usize,
+    pub(crate) warm_p99: Duration,
+    pub(crate) warm_max: Duration,
+}
+
+impl Tail {
+    /// `in_order` holds each latency in the order the events were sent; the first `warm` are
+    /// the warm-up's.
+    pub(crate) fn of(in_order: impl IntoIterator<Item = Duration>, warm: usize) -> Self {
+        let mut all: Vec<Duration> = in_order.into_iter().collect();
+        let mut steady = all.split_off(warm.min(all.len()));
+        all.sort_unstable();
+        steady.sort_unstable();
+        Self {
+            p50: percentile(&steady, 0.5),
+            p99: percentile(&steady, 0.99),
+            p999: percentile(&steady, 0.999),
+            n: steady.len(),
+            warm_p99: percentile(&all, 0.99),
+            warm_max: all.last().copied().unwrap_or_default(),
+        }
+    }
+
+    /// `p50 … ms p99 … ms p999 … ms (n measured; warm-up p99 … ms, max … ms)`.
+    pub(crate) fn show(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} measured; warm-up p99 {:.3} ms, max {:.3} ms)",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.p999),
+            self.n,
+            ms(self.warm_p99),
+            ms(self.warm_max)
+        )
+    }
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -205,10 +268,7 @@ pub(crate) struct Figures {
     /// Raw JetStream only: consume with confirmed acks (ack as a request, as Canon acks).
     consume_sync_eps: f64,
     consume_eps: f64,
-    p50: Duration,
-    p99: Duration,
-    p999: Duration,
-    delivered: usize,
+    lat: Tail,
     /// Each delivery of the latency phase, in the order sent: when it was sent (since the
     /// phase's clock) and its latency, for `--latency-dump`.
     timed: Vec<(Duration, Duration)>,
@@ -217,31 +277,22 @@ pub(crate) struct Figures {
 }
 
 impl Figures {
-    fn set_latencies(&mut self, mut timed: Vec<(Duration, Duration)>) {
-        let mut lat: Vec<Duration> = timed.iter().map(|&(_, l)| l).collect();
-        lat.sort_unstable();
+    /// Takes a phase's deliveries (when sent, latency); the first `warm` sent are its warm-up.
+    fn set_latencies(&mut self, mut timed: Vec<(Duration, Duration)>, warm: usize) {
         timed.sort_unstable();
+        self.lat = Tail::of(timed.iter().map(|&(_, l)| l), warm);
         self.timed = timed;
-        (self.p50, self.p99, self.p999, self.delivered) = (
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999),
-            lat.len(),
-        );
     }
 }
 
 pub(crate) fn report(name: &str, f: &Figures) {
     println!(
-        "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s, each {:>9.0} ev/s | consume+ack {:>9.0} ev/s | latency p50 {:>7.3} ms p99 {:>7.3} ms p999 {:>7.3} ms ({} delivered)",
+        "{name:<28} publish {:>9.0} ev/s {:>7.1} MB/s, each {:>9.0} ev/s | consume+ack {:>9.0} ev/s | latency {}",
         f.publish_eps,
         f.publish_mbps,
         f.publish_each_eps,
         f.consume_eps,
-        f.p50.as_secs_f64() * 1e3,
-        f.p99.as_secs_f64() * 1e3,
-        f.p999.as_secs_f64() * 1e3,
-        f.delivered
+        f.lat.show()
     );
 }
 
@@ -253,6 +304,7 @@ fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
             "sent",
             f.epoch,
             &f.timed,
+            args.warmup_events(args.rate),
         ),
         None => Ok(()),
     }
@@ -261,19 +313,21 @@ fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
 /// Writes a latency dump: a first line (`#`) with the Unix time at which the first row's
 /// event was `what` ("sent", "request due"), to line the rows up with a trace, then one line
 /// per row: ms after the first, and the latency in ms. `rows` are sorted by their first
-/// member, which counts from `epoch` (a Unix time).
+/// member, which counts from `epoch` (a Unix time); the first `warm` are the warm-up, which a
+/// second `#` line says.
 pub(crate) fn write_dump(
     path: &std::path::Path,
     what: &str,
     epoch: Duration,
     rows: &[(Duration, Duration)],
+    warm: usize,
 ) -> Result<()> {
     use std::fmt::Write as _;
     let Some(&(first, _)) = rows.first() else {
         return Ok(());
     };
     let mut out = format!(
-        "# first {what} at {:.6} (Unix time, s)\n",
+        "# first {what} at {:.6} (Unix time, s)\n# the first {warm} rows are the warm-up\n",
         (epoch + first).as_secs_f64()
     );
     for &(at, latency) in rows {
@@ -373,7 +427,7 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
     let give_up = latency_deadline(args);
     let consumer = {
         let b = Arc::clone(b);
-        let expect = (args.rate * args.latency_secs) as usize;
+        let expect = args.phase_events(args.rate);
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(expect);
             // Acks run beside the next pull, one unconfirmed write per pull (answered once
@@ -432,24 +486,26 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
         }
     })
     .await?;
-    f.set_latencies(consumer.await??);
+    f.set_latencies(consumer.await??, args.warmup_events(args.rate));
     Ok(f)
 }
 
 /// When a latency phase's consumer stops waiting for what is still missing.
 pub(crate) fn latency_deadline(args: &Args) -> Instant {
-    Instant::now() + Duration::from_secs(30 + args.settle_secs + args.latency_secs)
+    Instant::now()
+        + Duration::from_secs(30 + args.settle_secs + args.warmup_secs + args.latency_secs)
 }
 
 /// After `args.settle_secs`, calls `publish(i)` at `args.rate` per second for
-/// `args.latency_secs`, each call on its own task so a slow one does not hold back the schedule.
+/// `args.warmup_secs` and then `args.latency_secs`, each call on its own task so a slow one does
+/// not hold back the schedule. Returns when the first call was due.
 pub(crate) async fn paced<F, Fut>(args: &Args, publish: F) -> Result<std::time::SystemTime>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + Send + 'static,
 {
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
-    let total = (args.rate * args.latency_secs) as usize;
+    let total = args.phase_events(args.rate);
     let started = Instant::now();
     let wall_clock = std::time::SystemTime::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -655,7 +711,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         .await?;
     let clock = Instant::now();
     f.epoch = unix_now();
-    let expect = (args.rate * args.latency_secs) as usize;
+    let expect = args.phase_events(args.rate);
     // The first message comes after the settling pause.
     let quiet = Duration::from_secs(2 + args.settle_secs);
     let give_up = latency_deadline(args);
@@ -692,7 +748,7 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         }
     })
     .await?;
-    f.set_latencies(receiver.await??);
+    f.set_latencies(receiver.await??, args.warmup_events(args.rate));
     let _ = js.delete_stream("CANONBENCH").await;
     Ok(f)
 }
@@ -714,8 +770,14 @@ async fn run(args: Args) -> Result<()> {
         other => anyhow::bail!("--durability is sync or buffered, not {other}"),
     };
     println!(
-        "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s",
-        args.events, args.size, args.batch, args.publishers, args.rate, args.latency_secs
+        "workload: {} events of {} B, batches of {}, {} publishers; latency at {}/s for {} s after {} s of warm-up",
+        args.events,
+        args.size,
+        args.batch,
+        args.publishers,
+        args.rate,
+        args.latency_secs,
+        args.warmup_secs
     );
     if args.disk {
         let dir = std::path::PathBuf::from(&args.dir);
@@ -741,7 +803,7 @@ async fn run(args: Args) -> Result<()> {
                 let reopened = EmbeddedBackend::open(&args.dir, durability)?;
                 println!(
                     "canon open with {} events stored{}: {:.0} ms",
-                    2 * args.events + (args.rate * args.latency_secs) as usize,
+                    2 * args.events + args.phase_events(args.rate),
                     if args.keep_data {
                         " by this run, beside what --dir held"
                     } else {
@@ -841,7 +903,7 @@ async fn run(args: Args) -> Result<()> {
                 "ratios canon-on-postgresql/raw: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.3}x",
                 p.publish_eps / raw.publish_eps,
                 p.consume_eps / raw.consume_eps,
-                p.p99.as_secs_f64() / raw.p99.as_secs_f64().max(1e-9)
+                p.lat.p99.as_secs_f64() / raw.lat.p99.as_secs_f64().max(1e-9)
             );
         }
     }
@@ -858,7 +920,7 @@ async fn run(args: Args) -> Result<()> {
                 "ratios canon/jetstream: publish {:.2}x, consume+ack {:.2}x, p99 latency {:.3}x",
                 c.publish_eps / j.publish_eps,
                 c.consume_eps / j.consume_eps,
-                c.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
+                c.lat.p99.as_secs_f64() / j.lat.p99.as_secs_f64().max(1e-9)
             );
         }
         if let Some(n) = &on_nats {
@@ -868,7 +930,7 @@ async fn run(args: Args) -> Result<()> {
                 n.publish_eps / j.publish_atomic_eps,
                 n.consume_eps / j.consume_sync_eps,
                 n.consume_eps / j.consume_eps,
-                n.p99.as_secs_f64() / j.p99.as_secs_f64().max(1e-9)
+                n.lat.p99.as_secs_f64() / j.lat.p99.as_secs_f64().max(1e-9)
             );
         }
         if let Some(h) = &h {
@@ -899,6 +961,23 @@ async fn drop_schema(url: &str, schema: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_warm_up_is_counted_apart() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        // Ten slow warm-up deliveries, then 1 ms to 100 ms.
+        let t = super::Tail::of(
+            std::iter::repeat_n(ms(500), 10).chain((1..=100).map(ms)),
+            10,
+        );
+        assert_eq!(t.n, 100);
+        assert_eq!((t.p50, t.p99, t.p999), (ms(51), ms(99), ms(100)));
+        assert_eq!((t.warm_p99, t.warm_max), (ms(500), ms(500)));
+        // A phase shorter than its warm-up measures nothing rather than failing.
+        let t = super::Tail::of([ms(3)], 10);
+        assert_eq!((t.n, t.p99, t.warm_max), (0, Duration::ZERO, ms(3)));
+    }
+
     #[test]
     fn events_have_the_asked_size() {
         for i in [0, 7, 12_345, 2_000_000_123] {

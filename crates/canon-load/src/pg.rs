@@ -91,7 +91,7 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
     // Latency at a fixed rate.
     let clock = Instant::now();
     f.epoch = crate::unix_now();
-    let expect = (args.rate * args.latency_secs) as usize;
+    let expect = args.phase_events(args.rate);
     let (listener, mut conn) = tokio_postgres::connect(&args.postgres, NoTls).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     {
@@ -166,7 +166,7 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
         }
     })
     .await?;
-    f.set_latencies(consumer.await??);
+    f.set_latencies(consumer.await??, args.warmup_events(args.rate));
     admin.batch_execute("DROP TABLE canon_load_raw").await?;
     Ok(f)
 }

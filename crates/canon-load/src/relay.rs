@@ -14,7 +14,7 @@ use canon_engine::Engine;
 use canon_outbox::{Outbox, Relay, RelayConfig};
 use tokio_postgres::{Client, NoTls};
 
-use crate::{Args, event, paced, percentile};
+use crate::{Args, Tail, event, paced};
 
 const TOPIC: &str = "relay";
 
@@ -23,21 +23,15 @@ const TOPIC: &str = "relay";
 pub(crate) struct RelayFigures {
     pub(crate) rows: usize,
     pub(crate) rows_per_s: f64,
-    pub(crate) p50: Duration,
-    pub(crate) p99: Duration,
-    pub(crate) p999: Duration,
-    pub(crate) delivered: usize,
+    pub(crate) lat: Tail,
 }
 
 pub(crate) fn report(backend: &str, f: &RelayFigures) {
     println!(
-        "outbox relay into {backend:<10} {:>9.0} rows/s ({} rows) | commit→delivered at rate p50 {:.3} ms p99 {:.3} ms p999 {:.3} ms ({} delivered)",
+        "outbox relay into {backend:<10} {:>9.0} rows/s ({} rows) | commit→delivered at rate {}",
         f.rows_per_s,
         f.rows,
-        f.p50.as_secs_f64() * 1e3,
-        f.p99.as_secs_f64() * 1e3,
-        f.p999.as_secs_f64() * 1e3,
-        f.delivered
+        f.lat.show()
     );
 }
 
@@ -134,7 +128,7 @@ pub(crate) async fn run<B: Backend>(args: &Args, engine: Arc<Engine<B>>) -> Resu
         .await?;
     let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let delivered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let expect = (args.relay_rate * args.latency_secs) as usize;
+    let expect = args.phase_events(args.relay_rate);
     let consumer = {
         let (engine, delivered) = (Arc::clone(&engine), Arc::clone(&delivered));
         tokio::spawn(async move {
@@ -209,23 +203,24 @@ pub(crate) async fn run<B: Backend>(args: &Args, engine: Arc<Engine<B>>) -> Resu
     consumer.await??;
     let _ = stop.send(());
     task.await??;
-    let mut lat: Vec<Duration> = {
+    f.lat = {
         let committed = committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let delivered = delivered
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        committed
+        // In the order committed: row `lat-{i}` was the `i`th due.
+        let mut timed: Vec<(Instant, Duration)> = committed
             .iter()
-            .filter_map(|(id, c)| Some(delivered.get(id)?.saturating_duration_since(*c)))
-            .collect()
+            .filter_map(|(id, c)| Some((*c, delivered.get(id)?.saturating_duration_since(*c))))
+            .collect();
+        timed.sort_unstable();
+        Tail::of(
+            timed.into_iter().map(|(_, l)| l),
+            args.warmup_events(args.relay_rate),
+        )
     };
-    lat.sort_unstable();
-    f.delivered = lat.len();
-    f.p50 = percentile(&lat, 0.5);
-    f.p99 = percentile(&lat, 0.99);
-    f.p999 = percentile(&lat, 0.999);
     client
         .batch_execute(&format!("DROP TABLE {table}; DROP TABLE {table}_rejected"))
         .await?;

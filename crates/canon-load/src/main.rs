@@ -512,6 +512,11 @@ where
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
         tokio::time::sleep_until(due.into()).await;
+        // Finished tasks are reaped as the phase goes: a `JoinSet` keeps each one's memory
+        // until it is joined (about 600 B a publish, 50 MB over a 20 s phase in the peak RSS).
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
         tasks.spawn(publish(i));
     }
     while let Some(r) = tasks.join_next().await {

@@ -256,9 +256,15 @@ pub(crate) async fn run(args: &Args) -> Result<HttpFigures> {
     let warm = args.warmup_events(args.rate);
     if let Some(path) = &args.latency_dump {
         // Each request by when it was due, counted from when the first was.
-        let due: Vec<(Duration, Duration)> = timed
+        let due: Vec<(Duration, Duration, Option<Duration>)> = timed
             .iter()
-            .map(|&(i, d)| (Duration::from_secs_f64(i as f64 / args.rate as f64), d))
+            .map(|&(i, d)| {
+                (
+                    Duration::from_secs_f64(i as f64 / args.rate as f64),
+                    d,
+                    None,
+                )
+            })
             .collect();
         let epoch = phase_started
             .duration_since(std::time::UNIX_EPOCH)

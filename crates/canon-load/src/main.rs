@@ -94,7 +94,8 @@ pub(crate) struct Args {
     /// first line (`#`) gives when the first request was due, in Unix time, to match a trace.
     /// Every other latency phase goes beside it, to `<file>.<phase>` (`embedded`, `jetstream`,
     /// `on-jetstream`, `on-postgresql`, `postgresql`): when each event was sent (ms after the
-    /// first) and its publish→deliver latency.
+    /// first), its publish→deliver latency, and how long its publish took to be acknowledged.
+    /// A second `#` line says how many rows (the first) are the warm-up.
     #[arg(long)]
     latency_dump: Option<std::path::PathBuf>,
     /// Push requests in flight (the subscription's `concurrency`).
@@ -269,20 +270,52 @@ pub(crate) struct Figures {
     consume_sync_eps: f64,
     consume_eps: f64,
     lat: Tail,
+    /// The latency phase's publishes: from sending to the publish's acknowledgement (for a
+    /// synced backend, its commit and sync), apart from the delivery after it.
+    ack: Tail,
     /// Each delivery of the latency phase, in the order sent: when it was sent (since the
-    /// phase's clock) and its latency, for `--latency-dump`.
-    timed: Vec<(Duration, Duration)>,
+    /// phase's clock), its latency, and its publish's acknowledgement latency (`--latency-dump`).
+    timed: Vec<(Duration, Duration, Option<Duration>)>,
     /// The Unix time of the latency phase's clock, which `timed` counts from.
     epoch: Duration,
 }
 
 impl Figures {
-    /// Takes a phase's deliveries (when sent, latency); the first `warm` sent are its warm-up.
-    fn set_latencies(&mut self, mut timed: Vec<(Duration, Duration)>, warm: usize) {
+    /// Takes a phase's deliveries and its publishes' acknowledgements (each: when sent,
+    /// latency); the first `warm` sent are its warm-up.
+    fn set_latencies(
+        &mut self,
+        mut timed: Vec<(Duration, Duration)>,
+        acked: &Acked,
+        warm: usize,
+    ) -> Result<()> {
+        let mut acked =
+            std::mem::take(&mut *acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        acked.sort_unstable();
         timed.sort_unstable();
         self.lat = Tail::of(timed.iter().map(|&(_, l)| l), warm);
-        self.timed = timed;
+        self.ack = Tail::of(acked.iter().map(|&(_, l)| l), warm);
+        let acked: std::collections::HashMap<Duration, Duration> = acked.into_iter().collect();
+        self.timed = timed
+            .into_iter()
+            .map(|(sent, l)| (sent, l, acked.get(&sent).copied()))
+            .collect();
+        Ok(())
     }
+}
+
+/// A latency phase's publishes as they are acknowledged: when each was sent (since the phase's
+/// clock, as its event carries it) and how long its acknowledgement took.
+pub(crate) type Acked = Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>;
+
+/// Records that the publish sent at `sent` (on `clock`) was acknowledged now.
+pub(crate) fn record_ack(acked: &Acked, clock: Instant, sent: Duration) -> Result<()> {
+    let took = clock.elapsed().saturating_sub(sent);
+    acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push((sent, took));
+    Ok(())
 }
 
 pub(crate) fn report(name: &str, f: &Figures) {
@@ -294,6 +327,7 @@ pub(crate) fn report(name: &str, f: &Figures) {
         f.consume_eps,
         f.lat.show()
     );
+    println!("{:<28} publish acknowledged: {}", "", f.ack.show());
 }
 
 /// Writes a latency phase's deliveries to `<--latency-dump>.<phase>` (see `write_dump`).
@@ -312,31 +346,35 @@ fn dump(args: &Args, phase: &str, f: &Figures) -> Result<()> {
 
 /// Writes a latency dump: a first line (`#`) with the Unix time at which the first row's
 /// event was `what` ("sent", "request due"), to line the rows up with a trace, then one line
-/// per row: ms after the first, and the latency in ms. `rows` are sorted by their first
-/// member, which counts from `epoch` (a Unix time); the first `warm` are the warm-up, which a
-/// second `#` line says.
+/// per row: ms after the first, the latency in ms and, where known, the publish's
+/// acknowledgement latency in ms. `rows` are sorted by their first member, which counts from
+/// `epoch` (a Unix time); the first `warm` are the warm-up, which a second `#` line says.
 pub(crate) fn write_dump(
     path: &std::path::Path,
     what: &str,
     epoch: Duration,
-    rows: &[(Duration, Duration)],
+    rows: &[(Duration, Duration, Option<Duration>)],
     warm: usize,
 ) -> Result<()> {
     use std::fmt::Write as _;
-    let Some(&(first, _)) = rows.first() else {
+    let Some(&(first, _, _)) = rows.first() else {
         return Ok(());
     };
     let mut out = format!(
         "# first {what} at {:.6} (Unix time, s)\n# the first {warm} rows are the warm-up\n",
         (epoch + first).as_secs_f64()
     );
-    for &(at, latency) in rows {
-        let _ = writeln!(
+    for &(at, latency, ack) in rows {
+        let _ = write!(
             out,
             "{:.3}\t{:.3}",
             (at - first).as_secs_f64() * 1e3,
             latency.as_secs_f64() * 1e3
         );
+        let _ = match ack {
+            Some(ack) => writeln!(out, "\t{:.3}", ack.as_secs_f64() * 1e3),
+            None => writeln!(out),
+        };
     }
     std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
 }
@@ -473,20 +511,20 @@ pub(crate) async fn workload<B: Backend>(args: &Args, b: &Arc<B>) -> Result<Figu
             anyhow::Ok(lat)
         })
     };
+    let acked = Acked::default();
     paced(args, |i| {
-        let b = Arc::clone(b);
+        let (b, acked) = (Arc::clone(b), Arc::clone(&acked));
         let size = args.size;
         async move {
             let mut ev = event(1_000_000_000 + i, size);
-            ev.set_extension("sent", clock.elapsed().as_nanos().to_string());
-            b.publish("bench", vec![PublishRequest::new(ev)])
-                .await
-                .map(drop)
-                .map_err(anyhow::Error::from)
+            let sent = Duration::from_nanos(clock.elapsed().as_nanos() as u64);
+            ev.set_extension("sent", sent.as_nanos().to_string());
+            b.publish("bench", vec![PublishRequest::new(ev)]).await?;
+            record_ack(&acked, clock, sent)
         }
     })
     .await?;
-    f.set_latencies(consumer.await??, args.warmup_events(args.rate));
+    f.set_latencies(consumer.await??, &acked, args.warmup_events(args.rate))?;
     Ok(f)
 }
 
@@ -742,18 +780,20 @@ async fn jetstream(args: &Args) -> Result<Figures> {
         anyhow::Ok(lat)
     });
     let pad = "x".repeat(args.size.saturating_sub(30));
+    let acked = Acked::default();
     paced(args, |_| {
-        let js = js.clone();
-        let body = format!("{}:{pad}", clock.elapsed().as_nanos());
+        let (js, acked) = (js.clone(), Arc::clone(&acked));
+        let sent = Duration::from_nanos(clock.elapsed().as_nanos() as u64);
+        let body = format!("{}:{pad}", sent.as_nanos());
         async move {
             js.publish("canonbench.tick", body.into_bytes().into())
                 .await?
                 .await?;
-            Ok(())
+            record_ack(&acked, clock, sent)
         }
     })
     .await?;
-    f.set_latencies(receiver.await??, args.warmup_events(args.rate));
+    f.set_latencies(receiver.await??, &acked, args.warmup_events(args.rate))?;
     let _ = js.delete_stream("CANONBENCH").await;
     Ok(f)
 }

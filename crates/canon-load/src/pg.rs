@@ -148,8 +148,9 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
             .collect(),
     );
     let payload = Arc::new(payload);
+    let acked = crate::Acked::default();
     paced(args, |i| {
-        let (pool, payload) = (Arc::clone(&pool), Arc::clone(&payload));
+        let (pool, payload, acked) = (Arc::clone(&pool), Arc::clone(&payload), Arc::clone(&acked));
         async move {
             let mut client = pool[i % pool.len()].lock().await;
             let tx = client.transaction().await?;
@@ -162,11 +163,15 @@ pub(crate) async fn run(args: &Args) -> Result<Figures> {
             tx.execute("SELECT pg_notify('canon_load_raw', '')", &[])
                 .await?;
             tx.commit().await?;
-            Ok(())
+            crate::record_ack(
+                &acked,
+                clock,
+                Duration::from_nanos(u64::try_from(sent).unwrap_or(0)),
+            )
         }
     })
     .await?;
-    f.set_latencies(consumer.await??, args.warmup_events(args.rate));
+    f.set_latencies(consumer.await??, &acked, args.warmup_events(args.rate))?;
     admin.batch_execute("DROP TABLE canon_load_raw").await?;
     Ok(f)
 }

@@ -136,13 +136,6 @@ pub(crate) struct Args {
     disk: bool,
 }
 
-/// What this run's event ids start with: `ev-`, or with --keep-data `ev-<run>-`, so that a
-/// run on a kept directory does not publish the ids of an earlier run (they would be dedup hits).
-static ID_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Event `i` of the workload, `size` bytes in the JSON format (or the smallest event, when
-/// `size` is less). Builds it without serializing it: the generator shares the two cores with
-/// what it measures, and the JetStream peer reuses one serialized payload.
 impl Args {
     /// Events sent in a latency phase at `rate`, warm-up included.
     pub(crate) fn phase_events(&self, rate: u64) -> usize {
@@ -155,6 +148,13 @@ impl Args {
     }
 }
 
+/// What this run's event ids start with: `ev-`, or with --keep-data `ev-<run>-`, so that a
+/// run on a kept directory does not publish the ids of an earlier run (they would be dedup hits).
+static ID_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Event `i` of the workload, `size` bytes in the JSON format (or the smallest event, when
+/// `size` is less). Builds it without serializing it: the generator shares the two cores with
+/// what it measures, and the JetStream peer reuses one serialized payload.
 pub(crate) fn event(i: usize, size: usize) -> CloudEvent {
     /// The JSON length of the event with an empty id and `"data":{"pad":""}`. Ids are ASCII
     /// without escapes, so the length grows by exactly the id's.

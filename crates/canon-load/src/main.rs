@@ -210,17 +210,17 @@ impl Tail {
     /// `in_order` holds each latency in the order the events were sent; the first `warm` are
     /// the warm-up's.
     pub(crate) fn of(in_order: impl IntoIterator<Item = Duration>, warm: usize) -> Self {
-        let mut all: Vec<Duration> = in_order.into_iter().collect();
-        let mut steady = all.split_off(warm.min(all.len()));
-        all.sort_unstable();
+        let mut warm_up: Vec<Duration> = in_order.into_iter().collect();
+        let mut steady = warm_up.split_off(warm.min(warm_up.len()));
+        warm_up.sort_unstable();
         steady.sort_unstable();
         Self {
             p50: percentile(&steady, 0.5),
             p99: percentile(&steady, 0.99),
             p999: percentile(&steady, 0.999),
             n: steady.len(),
-            warm_p99: percentile(&all, 0.99),
-            warm_max: all.last().copied().unwrap_or_default(),
+            warm_p99: percentile(&warm_up, 0.99),
+            warm_max: warm_up.last().copied().unwrap_or_default(),
         }
     }
 
